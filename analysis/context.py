@@ -1,0 +1,130 @@
+"""What every study needs: the discovered groups, loaded models, data on the device, the store.
+
+One :class:`StudyContext` is built per command (or notebook call) and handed to each
+study function (``analysis.interpolation.study``, ``analysis.hessian.study``, ...). It
+caches loaded models and device-resident data so that several analyses in one ``run``
+share them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from checkpoints import Run, discover, load_model, sha256
+from checkpoints.sources import DataSet, load_data
+from landscape.data import Batches, as_batches, resolve_device
+from landscape.errors import UserError
+from landscape.params import check_same_family
+from landscape.store import ResultsStore, provenance
+
+
+@dataclass
+class StudyContext:
+    """Groups of runs, data and output store for one study."""
+
+    groups: dict[str, list[Run]]
+    data_spec: str = "digits"
+    store: ResultsStore | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    samples: int | None = None
+    batch_size: int | None = None
+    arch: str | None = None
+    force: bool = False
+    progress: bool = True
+    sample_seed: int = 0
+    _models: dict[tuple[str, str], nn.Module] = field(default_factory=dict, repr=False)
+    _data: dict[str, DataSet] = field(default_factory=dict, repr=False)
+    _batches: dict[str, Batches] = field(default_factory=dict, repr=False)
+    _hashes: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def create(cls, roots: Iterable[str | Path] | str | Path, *, data: str = "digits", output: str | Path | None = None,
+               device: str | None = "auto", samples: int | None = None, batch_size: int | None = None, arch: str | None = None,
+               force: bool = False, progress: bool = True) -> "StudyContext":
+        groups = discover(roots)
+        store = ResultsStore(output) if output is not None else None
+        return cls(groups, data, store, resolve_device(device), samples, batch_size, arch, force, progress)
+
+    # -- data ------------------------------------------------------------------------------
+    def dataset(self, split: str = "test") -> DataSet:
+        if split not in self._data:
+            self._data[split] = load_data(self.data_spec, split, samples=self.samples, seed=self.sample_seed)
+        return self._data[split]
+
+    def batches(self, split: str = "test") -> Batches:
+        """The split on the device, loaded once and shared by every analysis."""
+        if split not in self._batches:
+            ds = self.dataset(split)
+            b = as_batches(ds.pair, device=self.device, batch_size=self.batch_size)
+            b.description = dict(ds.description)
+            self._batches[split] = b
+        return self._batches[split]
+
+    # -- models ----------------------------------------------------------------------------
+    def model(self, run: Run, which: str = "final") -> nn.Module:
+        """The loaded model (cached; callers must not modify it in place, copy first)."""
+        path = run.final if which == "final" else run.init
+        if path is None:
+            raise UserError(f"group {run.group} seed {run.seed}: no {which} checkpoint")
+        key = (str(path), which)
+        if key not in self._models:
+            self._models[key] = load_model(path, arch=self.arch, device=self.device)
+        return self._models[key]
+
+    def group_models(self, group: str) -> list[nn.Module]:
+        """Final models of a group, checked to be one network family (same masks, same shapes)."""
+        runs = self.groups[group]
+        models = [self.model(r) for r in runs]
+        for r, m in zip(runs[1:], models[1:]):
+            check_same_family(models[0], m, f"group {group}: {runs[0].final} and {r.final}")
+        return models
+
+    def variant(self, group: str) -> str:
+        """The group's variant (sidecar or embedded config), ``unknown`` when not recorded."""
+        run = self.groups[group][0]
+        v = run.sidecar.get("variant")
+        if v is None:
+            v = (getattr(self.model(run), "config", None) or {}).get("variant", "unknown")
+        return str(v)
+
+    # -- provenance ------------------------------------------------------------------------
+    def file_hash(self, path: Path | None) -> str | None:
+        if path is None:
+            return None
+        key = str(path)
+        if key not in self._hashes:
+            self._hashes[key] = sha256(path)
+        return self._hashes[key]
+
+    def run_attrs(self, *runs: Run, which: Iterable[str] = ("final",)) -> dict[str, Any]:
+        paths, hashes = [], []
+        for r in runs:
+            for w in which:
+                p = r.final if w == "final" else r.init
+                paths.append(str(p))
+                hashes.append(self.file_hash(p))
+        return {"checkpoints": paths, "checkpoint_sha256": hashes, "seeds": [r.seed for r in runs]}
+
+    def record_attrs(self, analysis: str, group: str, *runs: Run, which: Iterable[str] = ("final",), splits: Iterable[str] = ("test",),
+                     **settings: Any) -> dict[str, Any]:
+        """The attributes every record carries: analysis, group, data, checkpoints, settings, versions."""
+        attrs = {"analysis": analysis, "group": group, "variant": self.variant(group), "device": str(self.device),
+                 "data": {s: self.dataset(s).description for s in splits}, "settings": settings}
+        attrs.update(self.run_attrs(*runs, which=which))
+        attrs.update(provenance())
+        return attrs
+
+    def should_skip(self, key: str) -> bool:
+        return self.store is not None and not self.force and self.store.has(key)
+
+
+def timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0

@@ -1,0 +1,252 @@
+"""Data sources named by one ``--data`` spec.
+
+- ``digits``: the embedded 1,797-image 8x8 handwritten digits (UCI; attribution in
+  ``checkpoints/data/DIGITS_LICENSE.txt``), split 1,437 train / 360 test by a fixed seed;
+- ``mnist:DIR``, ``fashion-mnist:DIR``: IDX files, gzipped or not, in ``DIR`` or as
+  torchvision lays them out (``DIR/MNIST/raw``, ``DIR/FashionMNIST/raw``);
+- ``cifar10:DIR``: the python pickle batches (``DIR`` or ``DIR/cifar-10-batches-py``),
+  read by a restricted unpickler that only rebuilds plain arrays;
+- ``npz:FILE`` / ``pt:FILE``: arrays ``X`` and ``y`` (``pt`` read with ``weights_only``);
+- ``module:callable`` (or ``path/file.py:callable``): returns a Dataset of ``(x, y)``
+  (or a ``(train, test)`` pair of them, or a callable taking ``split=``).
+
+Images come as float32 ``(N, C, H, W)``, scaled to [0, 1] then standardised with the
+source's mean and std (recorded in the description); labels as int64.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from landscape.data import subset
+from landscape.errors import UserError
+
+SPLITS = ("train", "test")
+STATS = {
+    "digits": ((0.3051,), (0.4170,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+@dataclass
+class DataSet:
+    """Tensors plus the description that results files record."""
+
+    X: Tensor
+    y: Tensor
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def pair(self) -> tuple[Tensor, Tensor]:
+        return self.X, self.y
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.y.max()) + 1 if not self.y.is_floating_point() else int(self.y.shape[-1])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.X.shape[1:])
+
+
+def _standardise(x: np.ndarray, name: str) -> Tensor:
+    mean, std = STATS[name]
+    t = torch.from_numpy(np.ascontiguousarray(x)).float()
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return (t - m) / s
+
+
+# ----------------------------------------------------------------------------- digits
+def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+    with resources.files("checkpoints").joinpath("data/digits.npz").open("rb") as f:
+        d = np.load(io.BytesIO(f.read()), allow_pickle=False)
+        images, target = d["images"], d["target"]
+    order = np.random.default_rng(0).permutation(len(target))
+    idx = order[:1437] if split == "train" else order[1437:]
+    idx.sort()
+    return images[idx][:, None].astype(np.float32) / 16.0, target[idx].astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- IDX
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): magic 0x0000 <dtype> <ndim>, big-endian dims."""
+    raw = path.read_bytes()
+    if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise UserError(f"{path}: truncated or corrupt gzip file") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise UserError(f"{path}: not an IDX file (bad magic number)")
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if raw[2] not in dtypes:
+        raise UserError(f"{path}: unknown IDX data type 0x{raw[2]:02x}")
+    ndim = raw[3]
+    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    dt = np.dtype(dtypes[raw[2]])
+    need = int(np.prod(dims)) * dt.itemsize
+    body = raw[4 + 4 * ndim :]
+    if len(body) < need:
+        raise UserError(f"{path}: truncated IDX file ({len(body)} of {need} bytes)")
+    return np.frombuffer(body[:need], dtype=dt).reshape(dims)
+
+
+def _find(dirpath: Path, names: list[str], source: str) -> Path:
+    for d in [dirpath, dirpath / "raw", *(dirpath / sub / "raw" for sub in ("MNIST", "FashionMNIST"))]:
+        for n in names:
+            for cand in (d / n, d / (n + ".gz")):
+                if cand.is_file():
+                    return cand
+    raise UserError(f"{source}: {dirpath} has no {names[0]}[.gz]: point at the folder holding the IDX files")
+
+
+def _idx_source(name: str, dirpath: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    prefix = "train" if split == "train" else "t10k"
+    xs = read_idx(_find(dirpath, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"], f"{name}:{dirpath}"))
+    ys = read_idx(_find(dirpath, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"], f"{name}:{dirpath}"))
+    if xs.shape[0] != ys.shape[0]:
+        raise UserError(f"{name}:{dirpath}: {xs.shape[0]} images but {ys.shape[0]} labels")
+    return xs[:, None].astype(np.float32) / 255.0, ys.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+class _ArrayUnpickler(pickle.Unpickler):
+    """Rebuilds only plain numpy arrays, lists, dicts, strings and numbers."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+
+
+def _cifar(dirpath: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    d = dirpath / "cifar-10-batches-py" if (dirpath / "cifar-10-batches-py").is_dir() else dirpath
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    xs, ys = [], []
+    for n in names:
+        p = d / n
+        if not p.is_file():
+            raise UserError(f"cifar10:{dirpath}: missing {n}: point at the folder holding the python batches")
+        try:
+            with open(p, "rb") as f:
+                batch = _ArrayUnpickler(f, encoding="bytes").load()
+        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+            raise UserError(f"{p}: not a readable CIFAR-10 batch ({exc})") from exc
+        data = batch.get(b"data", batch.get("data"))
+        labels = batch.get(b"labels", batch.get("labels"))
+        if data is None or labels is None:
+            raise UserError(f"{p}: not a CIFAR-10 batch (no data/labels)")
+        xs.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(labels, dtype=np.int64))
+    return np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys)
+
+
+# ----------------------------------------------------------------------------- files and modules
+def _array_file(kind: str, path: Path, split: str) -> tuple[Tensor, Tensor]:
+    if not path.is_file():
+        raise UserError(f"{kind}:{path}: no such file")
+    if kind == "npz":
+        try:
+            d = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise UserError(f"{path}: not a readable .npz file ({exc})") from exc
+        keys = set(d.files)
+    else:
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise UserError(f"{path}: refused, unpickling it would need code from the file") from exc
+        except Exception as exc:
+            raise UserError(f"{path}: not a readable .pt file ({str(exc).splitlines()[0][:100]})") from exc
+        if isinstance(d, (tuple, list)) and len(d) == 2:
+            d = {"X": d[0], "y": d[1]}
+        if not isinstance(d, dict):
+            raise UserError(f"{path}: expected a dict with X and y or an (X, y) pair")
+        keys = set(d)
+    for xk, yk in ((f"X_{split}", f"y_{split}"), ("X", "y"), ("x", "y"), ("inputs", "targets")):
+        if xk in keys and yk in keys:
+            x, y = torch.as_tensor(np.asarray(d[xk]) if kind == "npz" else d[xk]), torch.as_tensor(np.asarray(d[yk]) if kind == "npz" else d[yk])
+            return x.float(), (y.long() if not y.is_floating_point() else y.float())
+    raise UserError(f"{path}: needs arrays X and y (or X_{split}/y_{split}); found {', '.join(sorted(keys)) or 'nothing'}")
+
+
+def _module_source(spec: str, split: str) -> tuple[Tensor, Tensor]:
+    from .io import import_callable
+
+    fn = import_callable(spec)
+    try:
+        ds = fn(split=split)
+    except TypeError:
+        ds = fn()
+    if isinstance(ds, (tuple, list)) and len(ds) == 2 and not isinstance(ds[0], Tensor):
+        ds = ds[0] if split == "train" else ds[1]
+    if isinstance(ds, (tuple, list)) and len(ds) == 2 and isinstance(ds[0], Tensor):
+        return ds[0], ds[1]
+    try:
+        items = [ds[i] for i in range(len(ds))]
+    except TypeError as exc:
+        raise UserError(f"--data {spec}: the callable must return a Dataset of (x, y) pairs or an (X, y) pair") from exc
+    if not items:
+        raise UserError(f"--data {spec}: the dataset is empty")
+    return torch.stack([torch.as_tensor(x) for x, _ in items]).float(), torch.as_tensor([int(y) for _, y in items])
+
+
+def load_data(spec: str, split: str = "test", *, samples: int | None = None, seed: int = 0) -> DataSet:
+    """Load the data named by ``spec`` (see module docstring); ``samples`` takes a seeded subset."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}: use train or test")
+    kind, _, arg = spec.partition(":")
+    kind = kind.lower()
+    if kind == "digits":
+        x, y = _digits(split)
+        X, Y, source = _standardise(x, "digits"), torch.from_numpy(y), "digits (UCI optical handwritten digits, 8x8, embedded)"
+        norm = STATS["digits"]
+    elif kind in ("mnist", "fashion-mnist", "fashion_mnist", "fashionmnist"):
+        name = "mnist" if kind == "mnist" else "fashion-mnist"
+        if not arg:
+            raise UserError(f"--data {spec}: name the folder, e.g. {name}:path/to/dir")
+        x, y = _idx_source(name, Path(arg), split)
+        X, Y, source, norm = _standardise(x, name), torch.from_numpy(y), f"{name} IDX files in {arg}", STATS[name]
+    elif kind == "cifar10":
+        if not arg:
+            raise UserError(f"--data {spec}: name the folder, e.g. cifar10:path/to/dir")
+        x, y = _cifar(Path(arg), split)
+        X, Y, source, norm = _standardise(x, "cifar10"), torch.from_numpy(y), f"cifar10 python batches in {arg}", STATS["cifar10"]
+    elif kind in ("npz", "pt"):
+        X, Y = _array_file(kind, Path(arg), split)
+        source, norm = f"{kind} file {arg}", None
+    elif ":" in spec and kind not in ("npz", "pt"):
+        X, Y = _module_source(spec, split)
+        source, norm = f"callable {spec}", None
+    else:
+        raise UserError(f"unknown data spec {spec!r}: use digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, npz:FILE, pt:FILE or module:callable")
+    if X.shape[0] != Y.shape[0] or X.shape[0] == 0:
+        raise UserError(f"--data {spec}: {X.shape[0]} inputs and {Y.shape[0]} labels")
+    full = int(X.shape[0])
+    X, Y, idx = subset(X, Y, samples, seed)
+    desc = {"spec": spec, "source": source, "split": split, "size": int(X.shape[0]), "full_size": full,
+            "subset_seed": seed if idx is not None else None, "input_shape": list(X.shape[1:]),
+            "normalisation": None if norm is None else {"scale": "to [0, 1]", "mean": list(norm[0]), "std": list(norm[1])}}
+    return DataSet(X.contiguous(), Y, desc)

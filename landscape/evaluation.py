@@ -1,0 +1,115 @@
+"""The one evaluation kernel: loss and accuracy of a model (or of coordinates theta) on data.
+
+Loss is the exact sample mean ``(1/N) sum_i l(f(x_i), y_i)`` over all samples, never a
+mean of batch means. Classification (integer targets) uses cross-entropy and top-1
+accuracy; float targets use squared error ``sum_j (f_j - y_j)^2`` per sample and report
+no accuracy (NaN).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+from .data import Batches, Data, as_batches
+from .errors import UserError
+from .params import ParamView
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float
+    accuracy: float
+    num_samples: int
+
+
+def sample_losses(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Per-sample loss: cross-entropy for integer targets, squared error for float targets."""
+    if targets.is_floating_point():
+        diff = outputs.reshape(outputs.shape[0], -1) - targets.reshape(targets.shape[0], -1).to(outputs.dtype)
+        return (diff * diff).sum(dim=1)
+    if outputs.dim() != 2:
+        raise UserError(f"classification needs model outputs of shape (N, classes), got {tuple(outputs.shape)}")
+    lo, hi = int(targets.min()), int(targets.max())
+    if lo < 0 or hi >= outputs.shape[1]:
+        raise UserError(f"labels range over {lo}..{hi} but the model has {outputs.shape[1]} outputs: check --data against the checkpoint")
+    return F.cross_entropy(outputs, targets, reduction="none")
+
+
+def loss_sum(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Sum of per-sample losses (divide by N for the exact mean)."""
+    return sample_losses(outputs, targets).sum()
+
+
+def correct_count(outputs: Tensor, targets: Tensor) -> int:
+    if targets.is_floating_point():
+        return 0
+    return int((outputs.argmax(dim=1) == targets).sum())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Data, *, device=None) -> Evaluation:
+    """Loss and accuracy of ``model`` (in eval mode) on ``data``.
+
+    The model's train/eval state is restored afterwards.
+    """
+    batches = as_batches(data, device=device)
+    was_training = model.training
+    model.eval()
+    total, correct, n, classify = 0.0, 0, 0, True
+    try:
+        for x, y in batches:
+            out = model(x)
+            total += float(loss_sum(out, y))
+            correct += correct_count(out, y)
+            n += y.shape[0]
+            classify = classify and not y.is_floating_point()
+    finally:
+        model.train(was_training)
+    loss = total / n
+    if not math.isfinite(loss):
+        raise UserError("the loss is NaN or Inf on this data: check the checkpoint weights and the data normalisation")
+    return Evaluation(loss, correct / n if classify else float("nan"), n)
+
+
+def evaluate_at(model: nn.Module, view: ParamView, theta: Tensor, data: Batches) -> Evaluation:
+    """Write ``theta`` into the model (in place) and evaluate; the caller restores if needed."""
+    view.set_(theta)
+    return evaluate(model, data)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def reset_batchnorm(model: nn.Module, data: Data, *, device=None) -> None:
+    """Re-estimate BatchNorm running statistics on ``data`` (Jordan et al.'s REPAIR "reset").
+
+    Statistics are the exact mean and (unbiased) variance over all samples of ``data``
+    (cumulative averaging, ``momentum=None``), one extra forward pass over the data.
+    Models without BatchNorm are left untouched.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    batches = as_batches(data, device=device)
+    saved = [(m.momentum, m.training) for m in bns]
+    was_training = model.training
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for x, _ in batches:
+            model(x)
+    finally:
+        for m, (mom, tr) in zip(bns, saved):
+            m.momentum = mom
+            m.train(tr)
+        model.train(was_training)
