@@ -8,6 +8,7 @@ share them.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ class StudyContext:
 
     groups: dict[str, list[Run]]
     data_spec: str = "digits"
-    store: ResultsStore | None = None
+    store: ResultsStore = None  # type: ignore[assignment]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     samples: int | None = None
     batch_size: int | None = None
@@ -42,13 +43,17 @@ class StudyContext:
     _data: dict[str, DataSet] = field(default_factory=dict, repr=False)
     _batches: dict[str, Batches] = field(default_factory=dict, repr=False)
     _hashes: dict[str, str] = field(default_factory=dict, repr=False)
+    _family_checked: set[str] = field(default_factory=set, repr=False)
 
     @classmethod
     def create(cls, roots: Iterable[str | Path] | str | Path, *, data: str = "digits", output: str | Path | None = None,
                device: str | None = "auto", samples: int | None = None, batch_size: int | None = None, arch: str | None = None,
                force: bool = False, progress: bool = True) -> "StudyContext":
         groups = discover(roots)
-        store = ResultsStore(output) if output is not None else None
+        if output is None:  # notebooks: a scratch results file that lives as long as the context
+            scratch = tempfile.mkdtemp(prefix="landscape-")
+            output = Path(scratch) / "results.h5"
+        store = ResultsStore(output)
         return cls(groups, data, store, resolve_device(device), samples, batch_size, arch, force, progress)
 
     # -- data ------------------------------------------------------------------------------
@@ -81,8 +86,10 @@ class StudyContext:
         """Final models of a group, checked to be one network family (same masks, same shapes)."""
         runs = self.groups[group]
         models = [self.model(r) for r in runs]
-        for r, m in zip(runs[1:], models[1:]):
-            check_same_family(models[0], m, f"group {group}: {runs[0].final} and {r.final}")
+        if group not in self._family_checked:
+            for r, m in zip(runs[1:], models[1:]):
+                check_same_family(models[0], m, f"group {group}: {runs[0].final} and {r.final}")
+            self._family_checked.add(group)
         return models
 
     def variant(self, group: str) -> str:
@@ -121,7 +128,7 @@ class StudyContext:
         return attrs
 
     def should_skip(self, key: str) -> bool:
-        return self.store is not None and not self.force and self.store.has(key)
+        return not self.force and self.store.has(key)
 
 
 def timed(fn, *args, **kwargs):

@@ -105,7 +105,7 @@ def discover(roots: str | Path | Iterable[str | Path]) -> dict[str, list[Run]]:
         if not found:
             raise UserError(f"{root}: no checkpoints found (expected ROOT/<group>/<seed>/final.pt or .pt files): point at a checkpoint folder")
         for g, runs in found.items():
-            name = g if g not in groups else f"{root.name}/{g}"
+            name = g if g not in groups else f"{root.name}-{g}"
             groups[name] = sorted(runs, key=lambda r: _seed_order(r.seed))
     for g, runs in groups.items():
         archs = {(r.sidecar.get("arch"), r.sidecar.get("variant"), r.sidecar.get("mask_seed", (r.sidecar.get("kwargs") or {}).get("mask_seed"))) for r in runs if r.sidecar}

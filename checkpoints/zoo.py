@@ -119,6 +119,17 @@ class MLP(ZooModel):
             x = act(norm(lin(x)))
         return self.lins[-1](x)
 
+    def permutation_spec(self):
+        """Hidden units of layer i form group ``hidden{i}`` (see :mod:`landscape.permutation`)."""
+        from landscape.permutation import SpecBuilder
+
+        b, prev = SpecBuilder(self), None
+        for i in range(len(self.norms)):
+            g = f"hidden{i}"
+            b.layer(f"lins.{i}", g, prev).norm(f"norms.{i}", g).act(f"activations.{i}", g)
+            prev = g
+        return b.layer(f"lins.{len(self.lins) - 1}", None, prev).build()
+
 
 # ----------------------------------------------------------------------------- norms for conv nets
 class ChannelLayerNorm(nn.Module):
@@ -159,7 +170,7 @@ class _ConvFactory:
         i = self._next()
         if self.variant != "w-asym":
             return nn.Conv2d(cin, cout, k, **kw)
-        mode = self.conv_mask if k > 1 else "entry"
+        mode = self.conv_mask if (k > 1 and cin > 1) else "entry"  # a 1-channel input has only one filter
         if mode == "filter":
             n_fix = max(1, round(n_fix / (k * k)))
         return AsymConv2d(cin, cout, k, n_fix=n_fix, kappa=self.kappa, mask_seed=self.mask_seed, layer_index=i, mode=mode, **kw)
@@ -203,6 +214,17 @@ class CNN(ZooModel):
             if i == 0 and min(x.shape[-2:]) >= 4:
                 x = nn.functional.max_pool2d(x, 2)
         return self.fc(x.mean(dim=(2, 3)))
+
+    def permutation_spec(self):
+        """Channels of conv block i form group ``conv{i}`` (pooling keeps channels in place)."""
+        from landscape.permutation import SpecBuilder
+
+        b, prev = SpecBuilder(self), None
+        for i in range(len(self.convs)):
+            g = f"conv{i}"
+            b.layer(f"convs.{i}", g, prev).norm(f"norms.{i}", g).act(f"activations.{i}", g)
+            prev = g
+        return b.layer("fc", None, prev).build()
 
 
 # ----------------------------------------------------------------------------- ResNet-20
@@ -263,6 +285,24 @@ class ResNet20(ZooModel):
         x = self.act(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.linear(x.mean(dim=(2, 3)))
+
+    def permutation_spec(self):
+        """One group per residual stream (``stage{k}``, shared by every block adding into it) and one per block interior."""
+        from landscape.permutation import SpecBuilder
+
+        b = SpecBuilder(self)
+        b.layer("conv1", "stage1", None).norm("bn1", "stage1").act("act", "stage1")
+        prev = "stage1"
+        for s in range(1, 4):
+            stream = f"stage{s}"
+            for j, block in enumerate(getattr(self, f"layer{s}")):
+                p, inner = f"layer{s}.{j}", f"layer{s}.{j}.inner"
+                b.layer(f"{p}.conv1", inner, prev).norm(f"{p}.bn1", inner).act(f"{p}.act1", inner)
+                b.layer(f"{p}.conv2", stream, inner).norm(f"{p}.bn2", stream).act(f"{p}.act2", stream)
+                if len(block.shortcut):
+                    b.layer(f"{p}.shortcut.0", stream, prev).norm(f"{p}.shortcut.1", stream)
+                prev = stream
+        return b.layer("linear", None, prev).build()
 
 
 # ----------------------------------------------------------------------------- build

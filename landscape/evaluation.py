@@ -91,8 +91,11 @@ def reset_batchnorm(model: nn.Module, data: Data, *, device=None) -> None:
     """Re-estimate BatchNorm running statistics on ``data`` (Jordan et al.'s REPAIR "reset").
 
     Statistics are the exact mean and (unbiased) variance over all samples of ``data``
-    (cumulative averaging, ``momentum=None``), one extra forward pass over the data.
-    Models without BatchNorm are left untouched.
+    (cumulative averaging, ``momentum=None``; exact when ``data`` is one batch, otherwise
+    the average of per-batch statistics), one extra forward pass over the data. As in
+    training mode (and ``torch.optim.swa_utils.update_bn``), deeper layers see inputs
+    normalised by the batch's own statistics during that pass. Models without BatchNorm
+    are left untouched.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:

@@ -62,7 +62,9 @@ def provenance() -> dict[str, Any]:
 def _encode(value: Any) -> Any:
     if value is None:
         return "null"
-    if isinstance(value, (str, bool, int, float, np.integer, np.floating)):
+    if isinstance(value, str):
+        return str(value)  # np.str_ has no HDF5 conversion
+    if isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)):
         return value
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
         return value

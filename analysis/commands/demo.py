@@ -1,0 +1,63 @@
+"""landscape demo: train the embedded default set and run every analysis on it.
+
+MLP on the embedded 8x8 digits, variants standard, W-Asym and sigma-Asym, 4 seeds each,
+trained into ``OUTDIR/checkpoints``; then ``landscape run`` with settings small enough for
+a laptop CPU (a couple of minutes on 2 cores), writing ``OUTDIR/results.h5`` and
+``OUTDIR/report.html``. Rerunning reuses the trained networks and complete records.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from landscape.errors import UserError
+
+from .run import execute
+
+HELP = "train the embedded default set (MLP on digits: standard, W-Asym, sigma-Asym x 4 seeds) and run every analysis on it"
+EXAMPLE = "landscape demo -o out/demo"
+
+VARIANTS = ("standard", "w-asym", "sigma-asym")
+#: analysis settings of the demo: small, so the whole demo stays within a few minutes on 2 CPU cores
+DEMO_CONFIG: dict[str, dict[str, Any]] = {
+    "study": {"data": "digits"},
+    "interpolation": {"num_points": 21},
+    "symmetry": {},
+    "hessian": {},
+    "surface": {},
+}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("-o", "--output", default="out/demo", metavar="OUTDIR", help="output folder (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=4, help="seeds per variant (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs (default: %(default)s)")
+    p.add_argument("--width", type=int, default=128, help="MLP hidden width (default: %(default)s)")
+    p.add_argument("--depth", type=int, default=None, help="MLP hidden layers (default: the zoo's)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: %(default)s)")
+    p.add_argument("--static", metavar="DIR", help="also write every figure as PNG and PDF into DIR")
+    p.add_argument("--force", action="store_true", help="recompute analysis records that are already complete")
+
+
+def train_demo(root: str | Path, *, seeds: int = 4, epochs: int = 10, width: int = 128, depth: int | None = None, progress: bool = True):
+    """Train (or reuse) the demo set under ``root``: ``root/<variant>/seed<k>/{init,final}.pt``."""
+    from checkpoints.sources import load_data
+    from checkpoints.train import TrainSettings, train_group
+
+    if seeds < 2:
+        raise UserError(f"--seeds must be at least 2 (barriers need pairs), got {seeds}")
+    kw = {"width": width} | ({"depth": depth} if depth else {})
+    return train_group(root, "mlp", VARIANTS, range(seeds), load_data("digits", "train"), load_data("digits", "test"),
+                       TrainSettings(epochs=epochs), arch_kwargs=kw, progress=progress)
+
+
+def run(args) -> int:
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file; -o takes an output folder")
+    train_demo(out / "checkpoints", seeds=args.seeds, epochs=args.epochs, width=args.width, depth=args.depth, progress=not args.quiet)
+    rc = execute([out / "checkpoints"], out, config=DEMO_CONFIG, device=None if args.device == "auto" else args.device, force=args.force,
+                 progress=not args.quiet, static=args.static, source="demo settings")
+    print(f"open {(out / 'report.html').resolve()} in a browser (works offline)")
+    return rc

@@ -1,0 +1,37 @@
+"""landscape interpolate: pairwise barriers per group and MLI from initialisation."""
+
+from __future__ import annotations
+
+from ..common import add_data, add_output, add_roots, context_from_args, print_table
+
+HELP = "linear-interpolation barriers between every pair of seeds per group (optionally weight-matched) and MLI curves from init"
+EXAMPLE = "landscape interpolate runs --data digits --align -o results.h5"
+
+
+def add_arguments(p) -> None:
+    add_roots(p)
+    add_data(p)
+    add_output(p)
+    g = p.add_argument_group("interpolation")
+    g.add_argument("--points", type=int, default=25, help="points on each curve, alpha in [0, 1] (default: %(default)s)")
+    g.add_argument("--bn", choices=("eval", "reset"), default="eval",
+                   help="BatchNorm statistics: interpolate them (eval) or re-estimate on the train split at every point (reset; one extra pass per point)")
+    g.add_argument("--splits", default="test,train", help="splits to evaluate (default: %(default)s)")
+    g.add_argument("--align", action="store_true", help="also weight-match each standard pair (B onto A) and store aligned curves")
+    g.add_argument("--align-all", action="store_true", help="align asymmetric groups too (a baseline; the permutation changes their function)")
+    g.add_argument("--no-mli", action="store_true", help="skip the init -> final MLI curves")
+
+
+def run(args) -> int:
+    from ..interpolation import study
+
+    ctx = context_from_args(args)
+    splits = [s for s in args.splits.split(",") if s]
+    from landscape.errors import UserError
+
+    for s in splits:
+        if s not in ("train", "test"):
+            raise UserError(f"--splits: unknown split {s!r}: use train and/or test")
+    df = study(ctx, num_points=args.points, splits=splits, bn=args.bn, align="all" if args.align_all else args.align, mli=not args.no_mli)
+    print_table(df, f"interpolation barriers ({splits[0]} split, mean ± std over pairs) -> {ctx.store.path}")
+    return 0

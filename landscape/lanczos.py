@@ -1,0 +1,382 @@
+"""Lanczos, stochastic Lanczos quadrature and trace estimators over any symmetric operator.
+
+The algorithms only see ``matvec`` / ``matmat`` callables on coordinate vectors (rows of a
+``(b, n)`` tensor), so they serve :class:`landscape.hessian.HessianOperator` and any other
+symmetric operator. Krylov vectors stay in the operator's dtype and device; the small
+tridiagonal problems are solved in float64 (``scipy.linalg.eigh_tridiagonal``).
+
+Lanczos uses full reorthogonalisation (classical Gram-Schmidt, twice, against every
+previous vector), so no ghost eigenvalues appear and the Ritz residuals are trustworthy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.linalg import eigh_tridiagonal
+from torch import Tensor
+
+from .errors import UserError
+
+MatVec = Callable[[Tensor], Tensor]
+#: memory for the Krylov basis that the default step limit respects (bytes)
+BASIS_BYTES = 2 * 1024**3
+#: default Lanczos step limit (products) when memory allows
+MAX_STEPS = 300
+#: eigenvalues below this fraction of max |theta| are resolved to absolute, not relative, accuracy
+REL_FLOOR = 1e-3
+
+
+def default_max_steps(n: int, k: int, which: str, dtype: torch.dtype = torch.float32) -> int:
+    """``min(n, max(300, 6k), BASIS_BYTES / (n * itemsize))``, but at least ``min(n, 2k + 2)``."""
+    item = torch.empty((), dtype=dtype).element_size()
+    want = max(MAX_STEPS, 6 * k * (2 if which == "both" else 1))
+    return int(min(n, max(min(want, BASIS_BYTES // max(1, n * item)), 2 * k + 2)))
+
+
+def _rng_normal(shape: tuple[int, ...], seed: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    # drawn on the CPU in float64, so a seed gives the same vectors on every device and dtype
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def _rng_rademacher(shape: tuple[int, ...], seed: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    g = torch.Generator().manual_seed(int(seed))
+    return (torch.randint(0, 2, shape, generator=g, dtype=torch.int8) * 2 - 1).to(device=device, dtype=dtype)
+
+
+def _check_finite(w: Tensor) -> None:
+    if not torch.isfinite(w).all():
+        raise UserError("a Hessian-vector product is NaN or Inf: the loss is not twice differentiable here (check weights and data)")
+
+
+# ---------------------------------------------------------------------------------------- eigenvalues
+@dataclass(frozen=True)
+class EigenResult:
+    """Extreme eigenvalues from Lanczos.
+
+    ``eigenvalues[i]`` with ``which[i]`` (``largest``, in descending order, then
+    ``smallest``, ascending); ``residuals`` are the Ritz residuals
+    ``||H y_i - theta_i y_i||`` (some eigenvalue lies within that distance);
+    ``error_bounds`` the gap-refined bounds ``min(r_i, r_i^2 / gap_i)``; ``converged`` says
+    whether the bound met the tolerance. ``hvps`` counts Hessian-vector products.
+    """
+
+    eigenvalues: np.ndarray
+    which: np.ndarray
+    residuals: np.ndarray
+    error_bounds: np.ndarray
+    converged: np.ndarray
+    steps: int
+    tol: float
+    hvps: int = 0
+    seconds: float = float("nan")
+    vectors: Tensor | None = dataclasses.field(default=None, repr=False)
+    eigenvectors: tuple[dict[str, Tensor], ...] | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(np.all(self.converged))
+
+    @property
+    def lambda_max(self) -> float:
+        sel = self.eigenvalues[self.which == "largest"]
+        return float(sel.max()) if sel.size else float("nan")
+
+    @property
+    def lambda_min(self) -> float:
+        sel = self.eigenvalues[self.which == "smallest"]
+        return float(sel.min()) if sel.size else float("nan")
+
+    def finish(self, **kw) -> "EigenResult":
+        return dataclasses.replace(self, **kw)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"which": self.which, "eigenvalue": self.eigenvalues, "residual": self.residuals,
+                             "error_bound": self.error_bounds, "converged": self.converged})
+
+
+def _ritz(alpha: np.ndarray, beta: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    if m == 1:
+        return alpha[:1].copy(), np.ones((1, 1))
+    return eigh_tridiagonal(alpha[:m], beta[: m - 1])
+
+
+def _wanted(theta: np.ndarray, k: int, which: str) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into ascending ``theta`` of the wanted Ritz values, and their labels."""
+    m = theta.size
+    top = np.arange(m - 1, max(m - k, 0) - 1, -1)
+    bottom = np.arange(0, min(k, m))
+    if which == "largest":
+        return top, np.array(["largest"] * top.size)
+    if which == "smallest":
+        return bottom, np.array(["smallest"] * bottom.size)
+    return np.concatenate([top, bottom]), np.array(["largest"] * top.size + ["smallest"] * bottom.size)
+
+
+def _bounds(theta: np.ndarray, resid: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    out = resid[idx].copy()
+    if theta.size > 1:
+        for j, i in enumerate(idx):
+            gap = np.min(np.abs(np.delete(theta, i) - theta[i]))
+            if gap > out[j]:
+                out[j] = min(out[j], out[j] ** 2 / gap)
+    return out
+
+
+def lanczos_eigen(matvec: MatVec, n: int, *, k: int, which: str = "largest", tol: float = 1e-4, max_steps: int = MAX_STEPS,
+                  seed: int = 0, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                  return_vectors: bool = False) -> EigenResult:
+    """Lanczos with full reorthogonalisation, stopping on Ritz residuals.
+
+    After step ``m`` (``T_m = S diag(theta) S^T``, next coefficient ``beta_m``) the Ritz
+    pair ``(theta_i, V_m s_i)`` has residual ``r_i = beta_m |s_{m,i}|``. The run stops when
+    every wanted pair has ``min(r_i, r_i^2/gap_i) <= tol * max(|theta_i|, 1e-3 max|theta|)``
+    (``gap_i``: distance to the nearest other Ritz value), at ``max_steps``, or when the
+    Krylov space is exhausted (``r = 0``). A breakdown before enough Ritz values exist
+    restarts from a fresh random vector orthogonal to the basis.
+    """
+    device = torch.device(device)
+    steps = int(min(max_steps, n))
+    need = min(n, k if which != "both" else 2 * k)
+    cap = min(steps + 1, 64)
+    V = torch.empty(cap, n, dtype=dtype, device=device)
+    v = _rng_normal((n,), seed, dtype, device)
+    V[0] = v / v.norm()
+    alpha, beta = np.zeros(steps), np.zeros(steps)
+    theta = resid = None
+    restarts = 0
+    m = 0
+    for j in range(steps):
+        w = matvec(V[j])
+        _check_finite(w)
+        alpha[j] = float(torch.dot(V[j], w))
+        Vj = V[: j + 1]
+        for _ in range(2):  # CGS2: twice is enough (Parlett's "twice is enough")
+            w = w - Vj.T @ (Vj @ w)
+        b = float(w.norm())
+        beta[j] = b
+        m = j + 1
+        theta, S = _ritz(alpha, beta, m)
+        scale = max(float(np.max(np.abs(theta))), 1e-300)
+        breakdown = b <= 1e-10 * scale
+        resid = np.abs(S[-1, :]) * (0.0 if breakdown else b)
+        if m >= need and m < n:
+            idx, _ = _wanted(theta, k, which)
+            bounds = _bounds(theta, resid, idx)
+            floor = REL_FLOOR * scale
+            if (m > need or breakdown) and np.all(bounds <= tol * np.maximum(np.abs(theta[idx]), floor)):
+                break
+        if m == steps:
+            break
+        if m == cap:
+            cap = min(steps + 1, 2 * cap)
+            V = torch.cat([V, torch.empty(cap - V.shape[0], n, dtype=dtype, device=device)])
+        if breakdown:
+            # invariant subspace: continue in its complement (T becomes block diagonal)
+            restarts += 1
+            w = _rng_normal((n,), seed + 7919 * restarts, dtype, device)
+            for _ in range(2):
+                w = w - V[:m].T @ (V[:m] @ w)
+            b, beta[j] = float(w.norm()), 0.0
+        V[j + 1] = w / b
+    idx, labels = _wanted(theta, k, which)
+    bounds = _bounds(theta, resid, idx)
+    scale = max(float(np.max(np.abs(theta))), 1e-300)
+    conv = (bounds <= tol * np.maximum(np.abs(theta[idx]), REL_FLOOR * scale)) | (m == n)
+    vectors = None
+    if return_vectors:
+        S_sel = torch.as_tensor(S[:, idx], dtype=dtype, device=device)
+        vectors = S_sel.T @ V[:m]
+        vectors = vectors / vectors.norm(dim=1, keepdim=True)
+        # sign convention: largest-magnitude entry positive, so a seed gives one answer
+        pick = vectors.abs().argmax(dim=1)
+        vectors = vectors * torch.sign(vectors.gather(1, pick[:, None]))
+    return EigenResult(theta[idx].astype(np.float64), labels, resid[idx], bounds, np.asarray(conv, dtype=bool), m, float(tol),
+                       vectors=vectors)
+
+
+# ---------------------------------------------------------------------------------------- density
+@dataclass(frozen=True)
+class SpectralDensity:
+    """Stochastic Lanczos quadrature: ``density`` on ``grid`` (integrates to 1), raw ``nodes``/``weights``.
+
+    ``nodes[r, j]`` and ``weights[r, j]`` (run ``r``, node ``j``; NaN/0 padding after an
+    early breakdown) define the discrete measure ``(1/R) sum_r sum_j w_rj delta(theta_rj)``
+    which approximates ``(1/n) sum_i delta(lambda_i)``; ``density`` is it convolved with
+    ``N(0, sigma^2)``.
+    """
+
+    grid: np.ndarray
+    density: np.ndarray
+    nodes: np.ndarray
+    weights: np.ndarray
+    sigma: float
+    n: int
+    hvps: int = 0
+    seconds: float = float("nan")
+
+    def finish(self, **kw) -> "SpectralDensity":
+        return dataclasses.replace(self, **kw)
+
+    @property
+    def trace(self) -> float:
+        """SLQ estimate of ``tr H = n * E[sum_j w_j theta_j]``."""
+        return float(self.n * np.nanmean(np.nansum(self.weights * np.nan_to_num(self.nodes), axis=1)))
+
+    def negative_mass(self, rel_zero: float = 1e-4) -> float:
+        """Share of eigenvalues below ``-rel_zero * max|theta|`` (estimated fraction of negative eigenvalues)."""
+        thr = rel_zero * np.nanmax(np.abs(self.nodes))
+        return float(np.sum(np.where(self.nodes < -thr, self.weights, 0.0)) / self.nodes.shape[0])
+
+    def negative_abs_ratio(self) -> float:
+        """``sum_{lambda<0} |lambda| / sum |lambda|``: share of curvature magnitude in negative directions."""
+        a = self.weights * np.abs(np.nan_to_num(self.nodes))
+        tot = float(a.sum())
+        return float(a[np.nan_to_num(self.nodes) < 0].sum() / tot) if tot > 0 else 0.0
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"eigenvalue": self.grid, "density": self.density})
+
+
+def broadened_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
+    """``sum_j w_j N(t; theta_j, sigma^2)`` on ``grid`` (``nodes``/``weights`` flat, NaN nodes ignored)."""
+    ok = np.isfinite(nodes) & (weights > 0)
+    d = (grid[:, None] - nodes[ok][None, :]) / sigma
+    return (np.exp(-0.5 * d * d) @ weights[ok]) / (sigma * np.sqrt(2 * np.pi))
+
+
+def slq(matmat: MatVec, n: int, *, num_runs: int = 10, steps: int = 80, sigma: float | None = None, grid: int | np.ndarray = 1000,
+        seed: int = 0, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> SpectralDensity:
+    """Stochastic Lanczos quadrature with Gaussian broadening.
+
+    ``num_runs`` Lanczos runs (full reorthogonalisation, run in lock-step so every product
+    is a batched ``matmat``) of ``steps`` steps from Gaussian unit vectors. Default width:
+    ``sigma = 0.01 * (max node - min node)`` (1% of the spectral range); the default grid
+    has ``grid`` points from ``min node - 5 sigma`` to ``max node + 5 sigma``.
+    """
+    if num_runs < 1 or steps < 1:
+        raise UserError(f"spectral density needs num_runs >= 1 and lanczos_steps >= 1, got {num_runs} and {steps}")
+    if sigma is not None and not sigma > 0:
+        raise UserError(f"sigma must be positive, got {sigma}")
+    device = torch.device(device)
+    steps = int(min(steps, n))
+    item = torch.empty((), dtype=dtype).element_size()
+    group = max(1, min(num_runs, BASIS_BYTES // max(1, steps * n * item)))
+    nodes = np.full((num_runs, steps), np.nan)
+    weights = np.zeros((num_runs, steps))
+    start = _rng_normal((num_runs, n), seed, dtype, device)
+    for g0 in range(0, num_runs, group):
+        V0 = start[g0 : g0 + group]
+        a, b, lens = _lanczos_block(matmat, V0 / V0.norm(dim=1, keepdim=True), steps)
+        for r in range(V0.shape[0]):
+            th, S = _ritz(a[r], b[r], lens[r])
+            nodes[g0 + r, : lens[r]] = th
+            weights[g0 + r, : lens[r]] = S[0, :] ** 2
+    lo, hi = float(np.nanmin(nodes)), float(np.nanmax(nodes))
+    if sigma is None:
+        sigma = 0.01 * (hi - lo) if hi > lo else 1e-3 * max(abs(hi), 1.0)
+    if np.isscalar(grid):
+        grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, int(grid))
+    grid = np.asarray(grid, dtype=np.float64)
+    dens = broadened_density(nodes.ravel(), weights.ravel(), grid, float(sigma)) / num_runs
+    return SpectralDensity(grid, dens, nodes, weights, float(sigma), int(n))
+
+
+def _lanczos_block(matmat: MatVec, V0: Tensor, steps: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """``R`` independent fully reorthogonalised Lanczos runs in lock-step; rows of ``V0`` are unit vectors."""
+    R, n = V0.shape
+    Q = torch.zeros(steps, R, n, dtype=V0.dtype, device=V0.device)
+    Q[0] = V0
+    alpha, beta = np.zeros((R, steps)), np.zeros((R, steps))
+    lens = [steps] * R
+    alive = np.ones(R, dtype=bool)
+    for j in range(steps):
+        W = matmat(Q[j])
+        _check_finite(W)
+        alpha[:, j] = (Q[j] * W).sum(dim=1).double().cpu().numpy()
+        B = Q[: j + 1]  # (j+1, R, n)
+        for _ in range(2):
+            W = W - torch.einsum("jr,jrn->rn", torch.einsum("jrn,rn->jr", B, W), B)
+        nb = W.norm(dim=1).double().cpu().numpy()
+        beta[:, j] = nb
+        if j + 1 == steps:
+            break
+        for r in range(R):
+            scale = max(np.max(np.abs(alpha[r, : j + 1])), 1e-300)
+            if alive[r] and nb[r] <= 1e-10 * scale:
+                alive[r], lens[r] = False, j + 1  # invariant subspace: the quadrature is exact
+        mask = torch.as_tensor(alive, device=W.device)
+        Q[j + 1] = torch.where(mask[:, None], W / torch.as_tensor(np.where(alive, nb, 1.0), dtype=W.dtype, device=W.device)[:, None], 0)
+        if not alive.any():
+            break
+    return alpha, beta, lens
+
+
+# ---------------------------------------------------------------------------------------- trace
+@dataclass(frozen=True)
+class TraceEstimate:
+    """A stochastic trace estimate with its standard error.
+
+    ``samples`` are the Hutchinson terms ``z_i^T A z_i`` (of the deflated operator for
+    Hutch++, whose exact low-rank part is ``exact_part``).
+    """
+
+    trace: float
+    stderr: float
+    method: str
+    num_queries: int
+    samples: np.ndarray
+    exact_part: float = 0.0
+    hvps: int = 0
+    seconds: float = float("nan")
+
+    def finish(self, **kw) -> "TraceEstimate":
+        return dataclasses.replace(self, **kw)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([{"method": self.method, "trace": self.trace, "stderr": self.stderr, "num_queries": self.num_queries,
+                              "hvps": self.hvps}])
+
+
+def _quad_forms(matmat: MatVec, Z: Tensor) -> np.ndarray:
+    HZ = matmat(Z)
+    _check_finite(HZ)
+    return (Z.double() * HZ.double()).sum(dim=1).cpu().numpy()
+
+
+def _stderr(x: np.ndarray) -> float:
+    return float(np.std(x, ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("nan")
+
+
+def hutchinson(matmat: MatVec, n: int, *, num_queries: int = 60, seed: int = 0, dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu") -> TraceEstimate:
+    """``tr A ~ mean_i z_i^T A z_i`` over Rademacher ``z_i``; standard error ``std / sqrt(m)``."""
+    s = _quad_forms(matmat, _rng_rademacher((num_queries, n), seed, dtype, torch.device(device)))
+    return TraceEstimate(float(s.mean()), _stderr(s), "hutchinson", int(num_queries), s)
+
+
+def hutchpp(matmat: MatVec, n: int, *, num_queries: int = 60, seed: int = 0, dtype: torch.dtype = torch.float32,
+            device: torch.device | str = "cpu") -> TraceEstimate:
+    """Hutch++: ``tr(Q^T A Q) + mean_i g_i^T P A P g_i`` with ``Q = orth(A S)``, ``P = I - QQ^T``.
+
+    ``m/3`` queries sketch, ``m/3`` give the exact part, the remaining ``m - 2 m/3``
+    Rademacher ``g_i`` the deflated Hutchinson part and its standard error.
+    """
+    device = torch.device(device)
+    s = min(num_queries // 3, n)
+    g = num_queries - 2 * s
+    Z = _rng_rademacher((s + g, n), seed, dtype, device)
+    Y = matmat(Z[:s])
+    _check_finite(Y)
+    Q = torch.linalg.qr(Y.double().T).Q  # (n, s), float64 for a clean projector
+    exact = float(_quad_forms(matmat, Q.T.contiguous().to(dtype)).sum())
+    G = Z[s:].double()
+    G = (G - (G @ Q) @ Q.T).to(dtype)
+    samples = _quad_forms(matmat, G)
+    return TraceEstimate(exact + float(samples.mean()), _stderr(samples), "hutch++", int(num_queries), samples, exact)

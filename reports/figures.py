@@ -1,0 +1,266 @@
+"""The report's figures, built from a :class:`analysis.results.Results` as plain data (:mod:`reports.spec`).
+
+Every user-provided string that reaches a figure (group names, record names) is HTML-escaped
+here, because plotly renders a subset of HTML in labels: ``&lt;script&gt;`` shows as text.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
+import pandas as pd
+
+from .spec import Figure, Panel, Trace, group_colors
+
+if TYPE_CHECKING:  # pragma: no cover
+    from analysis.results import Results
+
+SPLIT_LABELS = {"test_loss": ("test loss", "loss (nats)"), "test_accuracy": ("test accuracy", "accuracy"),
+                "train_loss": ("train loss", "loss (nats)"), "train_accuracy": ("train accuracy", "accuracy")}
+
+
+def esc(s: object) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def _stack(curves: pd.DataFrame, col: str, x: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows: records; columns: points on the common x grid (records with another grid are dropped)."""
+    xs, rows = None, []
+    for _, df in curves.groupby("record", sort=False):
+        if col not in df or df[col].isna().all():
+            continue
+        xv = df[x].to_numpy(float)
+        if xs is None:
+            xs = xv
+        if len(xv) == len(xs) and np.allclose(xv, xs):
+            rows.append(df[col].to_numpy(float))
+    return (xs if xs is not None else np.zeros(0)), np.asarray(rows)
+
+
+def _band_traces(name: str, color: str, x: np.ndarray, ys: np.ndarray, legendgroup: str, *, dash: bool = False) -> list[Trace]:
+    out = []
+    if len(ys) > 1:
+        out.append(Trace("band", f"{name} range", x, lo=ys.min(0), hi=ys.max(0), color=color, legend=False, legendgroup=legendgroup))
+    out.append(Trace("line", name, x, ys.mean(0), color=color, dash=dash, legendgroup=legendgroup))
+    return out
+
+
+def interpolation_figure(res: "Results", colors: dict[str, str]) -> Figure | None:
+    plain, aligned = res.curves("interpolation"), res.curves("interpolation_aligned")
+    if plain.empty and aligned.empty:
+        return None
+    cols = [c for c in SPLIT_LABELS if c in plain or c in aligned]
+    panels = []
+    for col in cols:
+        title, ylabel = SPLIT_LABELS[col]
+        p = Panel(title, "alpha (0: network A, 1: network B)", ylabel)
+        for g in res.groups():
+            for df, suffix, dash in ((plain, "", False), (aligned, " (aligned)", True)):
+                if df.empty or g not in set(df.group):
+                    continue
+                x, ys = _stack(df[df.group == g], col, "alpha")
+                if len(ys):
+                    p.traces += _band_traces(esc(g) + suffix, colors[g], x, ys, f"{g}{suffix}", dash=dash)
+        panels.append(p)
+    for p in panels[1:]:
+        for t in p.traces:
+            t.legend = False
+    return Figure("interpolation", "Linear interpolation between trained networks",
+                  "Loss and accuracy along theta(a) = (1 - a) theta_A + a theta_B for every pair of seeds: line = mean over pairs, "
+                  "band = min to max over pairs; dashed = standard networks after weight matching.", panels, cols=2)
+
+
+def _matrix(res: "Results", analysis: str, group: str, col: str) -> tuple[list[str], np.ndarray] | None:
+    df = res.frame(analysis)
+    if df.empty or col not in df:
+        return None
+    df = df[df.group == group]
+    if df.empty:
+        return None
+    seeds: list[str] = []
+    pairs = {}
+    for k in res.keys(analysis, group):
+        rec = res.records[k]
+        s = [str(x) for x in rec.attrs.get("seeds") or []]
+        if len(s) == 2 and col in rec.attrs:
+            pairs[tuple(s)] = float(rec.attrs[col])
+            seeds += [x for x in s if x not in seeds]
+    if not pairs:
+        return None
+    idx = {s: i for i, s in enumerate(seeds)}
+    m = np.full((len(seeds), len(seeds)), np.nan)
+    np.fill_diagonal(m, 0.0)
+    for (a, b), v in pairs.items():
+        m[idx[a], idx[b]] = m[idx[b], idx[a]] = v
+    return seeds, m
+
+
+def barrier_figure(res: "Results", col: str = "test_loss_barrier_max") -> Figure | None:
+    panels, values = [], []
+    for analysis, suffix in (("interpolation", ""), ("interpolation_aligned", " (aligned)")):
+        for g in res.groups(analysis):
+            got = _matrix(res, analysis, g, col)
+            if got is None:
+                continue
+            seeds, m = got
+            labels = [esc(s) for s in seeds]
+            text = [["" if np.isnan(v) else f"{v:.3g}" for v in row] for row in m]
+            panels.append(Panel(esc(g) + suffix, "seed", "seed", [Trace("heatmap", esc(g) + suffix, np.asarray(labels), np.asarray(labels), z=m, text=text)],
+                                square=True))
+            values.append(m[np.isfinite(m)])
+    if not panels:
+        return None
+    v = np.concatenate(values)
+    what = col.replace("_", " ").replace(" max", " (max over the path)").replace(" mid", " (midpoint)")
+    return Figure("barriers", "Pairwise barrier matrices", f"{what.capitalize()} for every pair of seeds, one colour scale for all groups "
+                  "(diagonal 0: a network with itself).", panels, cols=min(3, len(panels)), zrange=(float(v.min()), float(v.max())),
+                  zlabel="barrier")
+
+
+def mli_figure(res: "Results", colors: dict[str, str]) -> Figure | None:
+    curves = res.curves("mli")
+    if curves.empty:
+        return None
+    panels = []
+    for col in ("train_loss", "train_accuracy"):
+        if col not in curves:
+            continue
+        title, ylabel = SPLIT_LABELS[col]
+        p = Panel(title + " from init to final", "alpha (0: initialisation, 1: trained)", ylabel, ylog=(col == "train_loss"))
+        for g in res.groups("mli"):
+            first = True
+            for rec, df in curves[curves.group == g].groupby("record", sort=False):
+                p.traces.append(Trace("line", esc(g), df.alpha.to_numpy(float), df[col].to_numpy(float), color=colors[g],
+                                      legend=first and not panels, legendgroup=g))
+                first = False
+        panels.append(p)
+    return Figure("mli", "Monotonic linear interpolation (init to final)", "Training loss and accuracy along "
+                  "theta(a) = (1 - a) theta_init + a theta_final, one line per seed; a monotonic loss curve has no bump.", panels, cols=2)
+
+
+# -- analyses whose layout is defined by their own modules: read tolerantly ---------------------
+def _datasets_like(rec, words: Iterable[str], ndim: int) -> list[str]:
+    words = tuple(words)
+    return [d for d, a in rec.datasets.items() if np.ndim(a) == ndim and any(w in d for w in words)]
+
+
+def _coord(rec, name: str, axis_index: int, n: int) -> np.ndarray:
+    axes = rec.dataset_attrs.get(name, {}).get("axes") or []
+    if axis_index < len(axes):
+        ax = str(axes[axis_index])
+        for c in (ax, ax + "s", ax + "_grid", "grid_" + ax):
+            if c in rec.datasets and np.ndim(rec.datasets[c]) == 1 and len(rec.datasets[c]) == n:
+                return np.asarray(rec.datasets[c], float)
+    return np.arange(n, dtype=float)
+
+
+def _axis_name(rec, name: str, i: int, default: str) -> str:
+    axes = rec.dataset_attrs.get(name, {}).get("axes") or []
+    return str(axes[i]) if i < len(axes) else default
+
+
+def hessian_figures(res: "Results", colors: dict[str, str]) -> list[Figure]:
+    out = []
+    top = Panel("top-k eigenvalues", "k (1 = largest)", "eigenvalue")
+    dens = Panel("spectral density", "eigenvalue", "density", ylog=True)
+    for g in res.groups("hessian"):
+        tops, densities = [], []
+        for k in res.keys("hessian", g):
+            rec = res.records[k]
+            for d in _datasets_like(rec, ("eigenvalues", "top"), 1):
+                if "density" not in d and "weights" not in d and "nodes" not in d:
+                    tops.append(np.sort(np.asarray(rec.datasets[d], float))[::-1])
+                    break
+            for d in _datasets_like(rec, ("density",), 1):
+                densities.append((_coord(rec, d, 0, len(rec.datasets[d])), np.asarray(rec.datasets[d], float)))
+                break
+        if tops:
+            n = min(len(t) for t in tops)
+            ys = np.asarray([t[:n] for t in tops])
+            top.traces.append(Trace("markers", esc(g), np.arange(1, n + 1, dtype=float), ys.mean(0),
+                                    error=ys.std(0, ddof=1) if len(ys) > 1 else None, color=colors[g], legendgroup=g))
+        if densities:
+            x0 = densities[0][0]
+            same = [d for x, d in densities if len(x) == len(x0) and np.allclose(x, x0)]
+            ys = np.asarray(same)
+            dens.traces += _band_traces(esc(g), colors[g], x0, np.maximum(ys, 1e-12), g)
+            for t in dens.traces[-2:]:
+                t.legend = not top.traces and t.kind == "line"
+    panels = [p for p in (top, dens) if p.traces]
+    if panels:
+        out.append(Figure("hessian", "Hessian spectra", "Top eigenvalues of the training-loss Hessian (mean ± std over seeds) and the "
+                          "spectral density from stochastic Lanczos quadrature (line = mean, band = range over seeds), groups overlaid.",
+                          panels, cols=len(panels)))
+    return out
+
+
+def _surface_grids(res: "Results") -> list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray, str, str, str]]:
+    """(group, record, x, y, z, xlabel, ylabel, zname) for the first seed of every group (test loss preferred)."""
+    out = []
+    for g in res.groups("surface"):
+        for k in res.keys("surface", g):
+            rec = res.records[k]
+            names = [d for d, a in rec.datasets.items() if np.ndim(a) == 2]
+            if not names:
+                continue
+            pref = [d for d in ("test_loss", "loss", "train_loss") if d in names] or [d for d in names if "loss" in d] or names
+            d = pref[0]
+            z = np.asarray(rec.datasets[d], float)
+            y, x = _coord(rec, d, 0, z.shape[0]), _coord(rec, d, 1, z.shape[1])
+            out.append((g, k.split("/")[-1], x, y, z, _axis_name(rec, d, 1, "x"), _axis_name(rec, d, 0, "y"), d))
+            break
+    return out
+
+
+def surface_figures(res: "Results") -> list[Figure]:
+    grids = _surface_grids(res)
+    if not grids:
+        return []
+    zs = np.concatenate([z[np.isfinite(z)].ravel() for *_, z, _a, _b, _c in grids])
+    lo, hi = float(zs.min()), float(np.quantile(zs, 0.98)) if zs.size else 1.0
+    panels = [Panel(f"{esc(g)} ({esc(r)})", xl, yl, [Trace("contour", esc(g), x, y, z=np.minimum(z, hi))], square=True)
+              for g, r, x, y, z, xl, yl, _ in grids]
+    zname = grids[0][7].replace("_", " ")
+    cont = Figure("surfaces", "2-D loss surfaces", f"{zname.capitalize()} on a plane of two random filter-normalised directions around "
+                  "each trained network (first seed of each group), one colour scale (clipped at its 98th percentile).",
+                  panels, cols=min(3, len(panels)), zrange=(lo, hi), zlabel=zname)
+    three = Figure("surface3d", "Interactive 3-D surface", "The same surfaces in 3-D: drag to rotate; pick a group in the legend.",
+                   [Panel("", grids[0][5], grids[0][6], [Trace("surface", esc(g), x, y, z=np.minimum(z, hi), legend=True) for g, r, x, y, z, xl, yl, _ in grids])],
+                   cols=1, zrange=(lo, hi), zlabel=zname, three_d=True, height=600)
+    return [cont, three]
+
+
+def generic_figures(res: "Results", colors: dict[str, str], analysis: str) -> list[Figure]:
+    """1-D datasets of an analysis the report has no dedicated view for: one panel per dataset, one line per record."""
+    curves = res.curves(analysis)
+    if curves.empty:
+        return []
+    axis = curves.columns[2]
+    panels = []
+    for col in curves.columns[3:]:
+        p = Panel(esc(col.replace("_", " ")), esc(axis), "")
+        for g in res.groups(analysis):
+            for i, (_, df) in enumerate(curves[curves.group == g].groupby("record", sort=False)):
+                if df[col].notna().any():
+                    p.traces.append(Trace("line", esc(g), df[axis].to_numpy(float), df[col].to_numpy(float), color=colors[g],
+                                          legend=(not panels and i == 0), legendgroup=g))
+        if p.traces:
+            panels.append(p)
+    if not panels:
+        return []
+    return [Figure(f"curves-{analysis}", f"{esc(analysis)}: curves", f"Every 1-D dataset of the {esc(analysis)} records, one line per record.",
+                   panels[:6], cols=2)]
+
+
+def build_figures(res: "Results") -> list[Figure]:
+    """Every figure the results support, in report order."""
+    colors = group_colors(res.groups())
+    figs: list[Figure | None] = [interpolation_figure(res, colors), barrier_figure(res), mli_figure(res, colors)]
+    figs += hessian_figures(res, colors)
+    figs += surface_figures(res)
+    for a in res.analyses():
+        if a not in ("interpolation", "interpolation_aligned", "mli", "hessian", "surface", "symmetry"):
+            figs += generic_figures(res, colors, a)
+    return [f for f in figs if f is not None]

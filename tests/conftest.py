@@ -1,0 +1,123 @@
+"""Shared fixtures: a tiny trained checkpoint set, a `landscape run` output on it, synthetic results files.
+
+- ``tiny_runs`` (session): ``ROOT/{standard,w-asym}/seed{0,1}/{init,final}.pt`` with sidecars;
+  MLP width 16 on the embedded digits, 2 epochs. Read-only for tests: copy it to modify.
+- ``tiny_study`` (session): ``landscape run`` on ``tiny_runs`` with small settings; the output
+  folder with ``results.h5`` and ``report.html``.
+- ``write_results`` (function): ``write_results(path, groups=..., seeds=3, analyses=...)`` writes a
+  synthetic results file in the record layouts of the studies, for render tests without torch work.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY_CONFIG = """
+[study]
+samples = 120
+[interpolation]
+num_points = 5
+[hessian]
+top_k = 2
+[surface]
+resolution = 5
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory) -> Path:
+    from checkpoints.sources import load_data
+    from checkpoints.train import TrainSettings, train_group
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    train, test = load_data("digits", "train", samples=300), load_data("digits", "test", samples=120)
+    train_group(root, "mlp", ["standard", "w-asym"], [0, 1], train, test, TrainSettings(epochs=2), arch_kwargs={"width": 16, "depth": 2},
+                progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tiny_runs, tmp_path_factory) -> Path:
+    from analysis.cli import main
+
+    out = tmp_path_factory.mktemp("tiny_study")
+    cfg = out / "study.toml"
+    cfg.write_text(TINY_CONFIG)
+    rc = main(["run", str(tiny_runs), "--data", "digits", "-o", str(out), "--config", str(cfg), "-q"])
+    assert rc == 0
+    return out
+
+
+def _curve(alphas: np.ndarray, bump: float, lo: float, hi: float) -> np.ndarray:
+    return lo + (hi - lo) * alphas + bump * 4 * alphas * (1 - alphas)
+
+
+def synthetic_results(path, groups=("standard", "w-asym"), seeds: int = 3, analyses=("interpolation", "interpolation_aligned", "mli", "hessian", "surface", "symmetry"),
+                      incomplete: tuple[str, ...] = (), points: int = 11, rng_seed: int = 0) -> Path:
+    """A results file in the studies' layouts with known numbers: group i has loss barrier ``0.5 / (i + 1)`` (+ pair noise)."""
+    from landscape.store import Dataset, ResultsStore
+
+    rng = np.random.default_rng(rng_seed)
+    store = ResultsStore(path)
+    alphas = np.linspace(0, 1, points)
+    base = {"data": {"test": {"spec": "digits", "split": "test", "samples": 360}}, "device": "cpu", "package": "landscape",
+            "package_version": "0.1.0", "torch_version": "2.13.0", "numpy_version": np.__version__, "h5py_version": "3",
+            "python_version": "3.11", "time": "2025-01-01T00:00:00+00:00", "command": "landscape run"}
+    for gi, g in enumerate(groups):
+        variant = g if g in ("standard", "w-asym", "sigma-asym") else "standard"
+        labels = [f"seed{k}" for k in range(seeds)]
+        ck = {s: f"/ckpt/{g}/{s}/final.pt" for s in labels}
+        for a, b in itertools.combinations(labels, 2):
+            for analysis in ("interpolation", "interpolation_aligned"):
+                if analysis not in analyses or (analysis == "interpolation_aligned" and variant != "standard"):
+                    continue
+                bump = (0.5 / (gi + 1) + 0.01 * rng.standard_normal()) * (0.2 if analysis.endswith("aligned") else 1)
+                ds, attrs = {"alphas": Dataset(alphas, ("alpha",), "1", "a")}, {}
+                for split in ("test", "train"):
+                    loss = _curve(alphas, bump, 0.3, 0.32)
+                    acc = _curve(alphas, -bump / 5, 0.9, 0.91)
+                    ds[f"{split}_loss"] = Dataset(loss, ("alpha",), "nats", "loss")
+                    ds[f"{split}_accuracy"] = Dataset(acc, ("alpha",), "fraction", "accuracy")
+                    chord_l, chord_a = 0.3 + 0.02 * alphas, 0.9 + 0.01 * alphas
+                    attrs.update({f"{split}_loss_barrier_max": float((loss - chord_l).max()), f"{split}_loss_barrier_mid": float(loss[points // 2] - chord_l[points // 2]),
+                                  f"{split}_accuracy_barrier_max": float((chord_a - acc).max()), f"{split}_accuracy_barrier_mid": float(chord_a[points // 2] - acc[points // 2])})
+                attrs.update(base, analysis=analysis, group=g, variant=variant, seeds=[a, b], checkpoints=[ck[a], ck[b]],
+                             checkpoint_sha256=["ab" * 32, "cd" * 32], settings={"num_points": points, "bn": "eval"}, bn="eval",
+                             aligned=analysis.endswith("aligned"))
+                key = f"{analysis}/{g}/{a}-{b}"
+                store.write(key, ds, attrs, complete=key not in incomplete)
+        for s in labels:
+            common = dict(base, group=g, variant=variant, seeds=[s], checkpoints=[ck[s]], checkpoint_sha256=["ef" * 32])
+            if "mli" in analyses:
+                loss = 2.3 * (1 - alphas) ** 2 + 0.3 + (0.05 * np.sin(6 * alphas) if gi else 0)
+                store.write(f"mli/{g}/{s}", {"alphas": Dataset(alphas, ("alpha",)), "train_loss": Dataset(loss, ("alpha",), "nats"),
+                                             "train_accuracy": Dataset(1 - loss / 3, ("alpha",), "fraction")},
+                            dict(common, analysis="mli", delta=float(max(0, np.diff(loss).max())), monotonic=bool((np.diff(loss) <= 0).all()),
+                                 local_convexity=0.8, global_convexity=True), complete=f"mli/{g}/{s}" not in incomplete)
+            if "hessian" in analyses:
+                top = np.sort(rng.uniform(1, 10, 5))[::-1] * (gi + 1)
+                grid = np.linspace(-5, 50, 60)
+                store.write(f"hessian/{g}/{s}", {"eigenvalues": Dataset(top, ("k",), "1"), "density_grid": Dataset(grid, ("lambda",)),
+                                                 "density": Dataset(np.exp(-((grid - 2 * gi) ** 2) / 8) + 1e-6, ("lambda",))},
+                            dict(common, analysis="hessian", lambda_max=float(top[0]), trace=float(50 * (gi + 1) + rng.standard_normal())),
+                            complete=f"hessian/{g}/{s}" not in incomplete)
+            if "surface" in analyses and s == "seed0":
+                x = np.linspace(-1, 1, 7)
+                X, Y = np.meshgrid(x, x)
+                store.write(f"surface/{g}/{s}", {"x": Dataset(x, ("x",)), "y": Dataset(x, ("y",)),
+                                                 "test_loss": Dataset(0.3 + (gi + 1) * (X ** 2 + 0.5 * Y ** 2), ("y", "x"), "nats")},
+                            dict(common, analysis="surface"), complete=f"surface/{g}/{s}" not in incomplete)
+            if "symmetry" in analyses:
+                store.write(f"symmetry/{g}/{s}", {"max_output_change": Dataset(np.array(0.0 if variant == "standard" else 0.7), ())},
+                            dict(common, analysis="symmetry", symmetric=variant == "standard", unpermuted_layers=0 if variant == "standard" else 3),
+                            complete=f"symmetry/{g}/{s}" not in incomplete)
+    return Path(path)
+
+
+@pytest.fixture
+def write_results():
+    return synthetic_results
