@@ -26,6 +26,7 @@ import copy
 import json
 import math
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Union
@@ -310,8 +311,8 @@ def apply_permutation(model: nn.Module, perm: Any, *, spec: SpecLike | None = No
 
 
 # ----------------------------------------------------------------------------- sample inputs
-def sample_input(model: nn.Module, n: int = 8, seed: int = 0) -> Tensor:
-    """A random input batch shaped for the model's first Linear/Conv layer (16 pixels per spatial side)."""
+def sample_input(model: nn.Module, n: int = 4, seed: int = 0) -> Tensor:
+    """A random input batch shaped for the model's first Linear/Conv layer (8 pixels per spatial side)."""
     gen = torch.Generator().manual_seed(seed)
     p = next(model.parameters(), None)
     device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
@@ -320,11 +321,11 @@ def sample_input(model: nn.Module, n: int = 8, seed: int = 0) -> Tensor:
             return torch.randn(n, m.in_features, generator=gen, dtype=dtype).to(device)
         if isinstance(m, nn.modules.conv._ConvNd):
             d = len(m.kernel_size)
-            return torch.randn(n, m.in_channels, *([16] * d), generator=gen, dtype=dtype).to(device)
+            return torch.randn(n, m.in_channels, *([8] * d), generator=gen, dtype=dtype).to(device)
     raise UserError(f"cannot guess an input shape for {type(model).__name__}: pass sample=<a batch of inputs>")
 
 
-def _as_sample(model: nn.Module, sample: Any, n: int = 8) -> Tensor:
+def _as_sample(model: nn.Module, sample: Any, n: int = 4) -> Tensor:
     if sample is None:
         return sample_input(model, n)
     if isinstance(sample, Tensor):
@@ -332,7 +333,7 @@ def _as_sample(model: nn.Module, sample: Any, n: int = 8) -> Tensor:
     from .data import as_batches
 
     p = next(model.parameters())
-    return as_batches(sample, device=p.device).sample(max(n, 64))
+    return as_batches(sample, device=p.device).sample(64)
 
 
 @torch.no_grad()
@@ -386,6 +387,8 @@ def permutation_spec(model: nn.Module, sample: Any = None, *, validate: bool = T
     chains, residual additions, pooling and flattening; whatever it cannot follow is left
     unpermuted (listed in ``spec.notes``). Every spec is validated (:func:`validate_spec`).
     """
+    if sample is None and validate and model in _VALIDATED:
+        return _VALIDATED[model]
     own = getattr(model, "permutation_spec", None)
     if callable(own):
         spec = as_spec(own())
@@ -396,4 +399,10 @@ def permutation_spec(model: nn.Module, sample: Any = None, *, validate: bool = T
     spec = spec.resolve(model)
     if validate and spec.groups:
         validate_spec(model, spec, sample)
+        if sample is None:
+            _VALIDATED[model] = spec
     return spec
+
+
+#: specs already validated, per model object (a spec depends on the architecture, not on the values)
+_VALIDATED: "weakref.WeakKeyDictionary[nn.Module, PermutationSpec]" = weakref.WeakKeyDictionary()
