@@ -1,5 +1,109 @@
-"""Studies over checkpoint sets, the ``landscape`` CLI and the notebook-facing functions."""
+"""Studies over checkpoint sets, the ``landscape`` CLI and the notebook-facing functions.
 
-from .context import StudyContext
+In a notebook::
 
-__all__ = ["StudyContext"]
+    import analysis
+    res = analysis.run_study("runs", data="digits")      # every analysis; shows itself inline
+    res.to_frame(); res.figure("interpolation")
+    analysis.interpolation_study("runs", data="digits", num_points=11)
+    analysis.load("out/demo/results.h5")                  # a finished study
+
+Each ``*_study`` function builds a :class:`StudyContext` (``output=None``: a scratch results
+file), runs the study with the given settings, and returns the :class:`~analysis.results.Results`
+of its results file (``_repr_html_``, ``.to_frame()``, ``.figure()``). Imports are lazy: ``import
+analysis`` alone does not load torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .context import StudyContext
+    from .results import Results
+
+__all__ = ["StudyContext", "load", "run_study", "interpolation_study", "hessian_study", "surface_study", "symmetry_study"]
+
+
+
+def __getattr__(name: str):
+    if name == "StudyContext":
+        from .context import StudyContext
+
+        return StudyContext
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+
+
+def load(path: str | Path) -> "Results":
+    """Open a finished study's results file (see :func:`analysis.results.load`)."""
+    from .results import load as _load
+
+    return _load(path)
+
+
+def _context(roots, data: str, output, device: str | None, samples: int | None, batch_size: int | None, arch: str | None,
+             force: bool, progress: bool) -> "StudyContext":
+    from .context import StudyContext
+
+    return StudyContext.create(roots, data=data, output=output, device=device or "auto", samples=samples, batch_size=batch_size,
+                               arch=arch, force=force, progress=progress)
+
+
+def _study(analysis: str, roots, data: str, output, settings: dict[str, Any], **ctx_kw: Any) -> "Results":
+    from .commands.run import study_function, study_kwargs
+
+    fn = study_function(analysis)
+    if fn is None:
+        from landscape.errors import UserError
+
+        raise UserError(f"the {analysis} study is not installed in this version of landscape")
+    ctx = _context(roots, data, output, **ctx_kw)
+    fn(ctx, **study_kwargs(fn, analysis, settings, source=f"{analysis}_study"))
+    return load(ctx.store.path)
+
+
+def interpolation_study(roots, data: str = "digits", output: str | Path | None = None, *, device: str | None = None, samples: int | None = None,
+                        batch_size: int | None = None, arch: str | None = None, force: bool = False, progress: bool = True,
+                        **settings: Any) -> "Results":
+    """Pairwise interpolation barriers (aligned for standard groups) and MLI; settings go to ``analysis.interpolation.study``."""
+    return _study("interpolation", roots, data, output, settings, device=device, samples=samples, batch_size=batch_size, arch=arch,
+                  force=force, progress=progress)
+
+
+def hessian_study(roots, data: str = "digits", output: str | Path | None = None, *, device: str | None = None, samples: int | None = None,
+                  batch_size: int | None = None, arch: str | None = None, force: bool = False, progress: bool = True,
+                  **settings: Any) -> "Results":
+    """Hessian top eigenvalues, trace and spectral density per network; settings go to ``analysis.hessian.study``."""
+    return _study("hessian", roots, data, output, settings, device=device, samples=samples, batch_size=batch_size, arch=arch,
+                  force=force, progress=progress)
+
+
+def surface_study(roots, data: str = "digits", output: str | Path | None = None, *, device: str | None = None, samples: int | None = None,
+                  batch_size: int | None = None, arch: str | None = None, force: bool = False, progress: bool = True,
+                  **settings: Any) -> "Results":
+    """1-D/2-D loss surfaces per group; settings go to ``analysis.surfaces.study``."""
+    return _study("surface", roots, data, output, settings, device=device, samples=samples, batch_size=batch_size, arch=arch,
+                  force=force, progress=progress)
+
+
+def symmetry_study(roots, data: str = "digits", output: str | Path | None = None, *, device: str | None = None, samples: int | None = None,
+                   batch_size: int | None = None, arch: str | None = None, force: bool = False, progress: bool = True,
+                   **settings: Any) -> "Results":
+    """Symmetry audit of every network; settings go to ``analysis.alignment.study``."""
+    return _study("symmetry", roots, data, output, settings, device=device, samples=samples, batch_size=batch_size, arch=arch,
+                  force=force, progress=progress)
+
+
+def run_study(roots, data: str = "digits", output: str | Path | None = None, *, analyses: str | list[str] | None = None,
+              config: dict[str, dict[str, Any]] | None = None, device: str | None = None, samples: int | None = None,
+              batch_size: int | None = None, arch: str | None = None, force: bool = False, progress: bool = True) -> "Results":
+    """Every installed analysis (as ``landscape run``) into ``output`` (a folder: results.h5 and report.html; default a scratch folder)."""
+    import tempfile
+
+    from .commands.run import execute
+
+    outdir = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="landscape-study-"))
+    execute(roots, outdir, config=config, data=data, samples=samples, batch_size=batch_size, device=device, arch=arch, analyses=analyses,
+            force=force, progress=progress, source="run_study(config=...)", quiet=True)
+    return load(outdir / "results.h5")

@@ -21,6 +21,7 @@ import platform
 import shlex
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -76,7 +77,7 @@ def run_module(name: str, smoke: bool, device: str = "cpu", timeout: float | Non
     modname = name if "." in name else f"benchmarks.bench_{name}"
     short = name.rsplit(".", 1)[-1].removeprefix("bench_")
     threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
-    use_alarm = bool(timeout) and hasattr(signal, "SIGALRM")
+    use_alarm = bool(timeout) and hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
     t0 = time.perf_counter()
 
     def on_alarm(signum, frame):
@@ -202,7 +203,9 @@ def table(rows: list[dict]) -> list[str]:
     """Markdown lines of one case's table; spread companions fold into their median's cell."""
     keys = columns(rows)
     spread = _spread_keys(keys)
-    hidden = {k for pair in spread.values() for k in pair}
+    # "ratio_of"-style descriptions go under the table, not into a column of repeated words
+    legend = {k: sorted({str(r[k]) for r in rows if r.get(k)}) for k in keys if k.endswith("_of")}
+    hidden = {k for pair in spread.values() for k in pair} | set(legend)
     shown = [k for k in keys if k not in hidden]
     head = [f"{k} (min–max)" if k in spread else k for k in shown]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -214,6 +217,7 @@ def table(rows: list[dict]) -> list[str]:
             else:
                 cells.append(fmt(k, r.get(k, "")) if k in r else "")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [""] * bool(legend) + [f"- {k[:-3]}: {fmt(k, '; '.join(v))}" for k, v in legend.items()]
     return lines
 
 
@@ -245,8 +249,9 @@ def render(results: list[ModuleResult], info: dict[str, str], rate: tuple[float,
             cases.setdefault(str(r["case"]), []).append(r)
         for case, rows in cases.items():
             out += ["", f"## {m.name}: {case}", ""] + table(rows)
-    out += ["", "Times are medians over repeats with (min–max) beside them; ratios are of medians taken in this process, "
-            "back to back. A target row reads `met` or `MISSED`; `n/a` where no target applies. See docs/benchmarks.md.", ""]
+    out += ["", "Times are medians over repeats with (min–max) beside them. Ratios compare tools measured in this process, "
+            "back to back or in alternating rounds; the legend under a table says what each ratio divides. "
+            "A target reads `met` or `MISSED`; `n/a` where none applies. How to read: docs/benchmarks.md.", ""]
     return "\n".join(out)
 
 

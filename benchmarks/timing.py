@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -33,14 +33,36 @@ def measure(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> tupl
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     for _ in range(max(0, warmup)):
         fn()
-    times = []
+    return spread(measure_interleaved({"fn": fn}, repeats, 0)["fn"])
+
+
+def spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """``(median, min, max)`` of ``values``."""
+    return statistics.median(values), min(values), max(values)
+
+
+def measure_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall times of several functions measured round-robin: every round calls each once, in order.
+
+    Returns the ``repeats`` times of each function. On a shared machine the load drifts
+    over seconds; interleaving exposes the functions being compared to the same drift, and
+    the ratio of two functions' times within one round (then the median over rounds) is
+    steadier than a ratio of medians taken minutes apart.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    for _ in range(max(0, warmup)):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        _sync()
-        t0 = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times), max(times)
+        for k, fn in fns.items():
+            _sync()
+            t0 = time.perf_counter()
+            fn()
+            _sync()
+            times[k].append(time.perf_counter() - t0)
+    return times
 
 
 def matmul_rate_spread(n: int = 2048, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",

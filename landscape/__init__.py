@@ -14,10 +14,18 @@ from .store import ResultsStore, SCHEMA_VERSION
 from .hessian import HessianOperator, hessian_eigenvalues, hessian_trace, spectral_density
 from .lanczos import EigenResult, SpectralDensity, TraceEstimate
 from .interpolation import Curve, MLICurve, MLIMetrics, interpolate, mli, mli_metrics
+from .permutation import PermutationSpec, apply_permutation, permutation_spec, validate_spec
+from .matching import Permutation, activation_matching, weight_matching
+from .symmetry import SymmetryAudit, symmetry_audit
+from .directions import Directions, directions_from, hessian_directions, line_direction, plane_directions, random_directions
+from .surface import Surface, surface
 
 __all__ = [
     "HessianOperator", "hessian_eigenvalues", "hessian_trace", "spectral_density", "EigenResult", "SpectralDensity", "TraceEstimate",
     "UserError", "Batches", "as_batches", "resolve_device", "ParamView", "check_same_family", "fixed_buffers",
     "state_buffers", "Evaluation", "evaluate", "reset_batchnorm", "ResultsStore", "SCHEMA_VERSION",
     "Curve", "MLICurve", "MLIMetrics", "interpolate", "mli", "mli_metrics",
+    "PermutationSpec", "permutation_spec", "validate_spec", "apply_permutation", "Permutation", "weight_matching", "activation_matching",
+    "SymmetryAudit", "symmetry_audit",
+    "Directions", "random_directions", "plane_directions", "line_direction", "directions_from", "hessian_directions", "Surface", "surface",
 ]

@@ -45,12 +45,6 @@ def loss_sum(outputs: Tensor, targets: Tensor) -> Tensor:
     return sample_losses(outputs, targets).sum()
 
 
-def correct_count(outputs: Tensor, targets: Tensor) -> int:
-    if targets.is_floating_point():
-        return 0
-    return int((outputs.argmax(dim=1) == targets).sum())
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Data, *, device=None) -> Evaluation:
     """Loss and accuracy of ``model`` (in eval mode) on ``data``.
@@ -60,16 +54,22 @@ def evaluate(model: nn.Module, data: Data, *, device=None) -> Evaluation:
     batches = as_batches(data, device=device)
     was_training = model.training
     model.eval()
-    total, correct, n, classify = 0.0, 0, 0, True
+    # accumulate on the device: one host sync per evaluation, not per batch
+    total, correct, n, classify = None, None, 0, True
     try:
         for x, y in batches:
             out = model(x)
-            total += float(loss_sum(out, y))
-            correct += correct_count(out, y)
-            n += y.shape[0]
+            s = loss_sum(out, y).double()
+            total = s if total is None else total + s
             classify = classify and not y.is_floating_point()
+            if classify:
+                c = (out.argmax(dim=1) == y).sum()
+                correct = c if correct is None else correct + c
+            n += y.shape[0]
     finally:
         model.train(was_training)
+    total = float(total)
+    correct = int(correct) if classify else 0
     loss = total / n
     if not math.isfinite(loss):
         raise UserError("the loss is NaN or Inf on this data: check the checkpoint weights and the data normalisation")

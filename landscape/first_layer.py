@@ -160,11 +160,11 @@ class FirstLayerShortcut:
 
     @staticmethod
     def _combine(products: list[Tensor], coeffs: list[float]) -> Tensor:
-        out = products[0].clone()  # always a fresh tensor: later layers may work in place
+        out = None  # always a fresh tensor: later layers may work in place on it
         for p, a in zip(products[1:], coeffs):
             if a != 0.0:
-                out.add_(p, alpha=a)
-        return out
+                out = torch.add(products[0], p, alpha=a) if out is None else out.add_(p, alpha=a)
+        return products[0].clone() if out is None else out
 
     def set_point(self, coeffs: Iterable[float]) -> None:
         self.coeffs = [float(a) for a in coeffs]

@@ -113,7 +113,10 @@ class PointEvaluator:
             if spec.bn == "reset" and self.train.resident:
                 resident += [x for x, _ in self.train.batches]
             probe = self.data.batches[0][0][:8].to(self.device)
-            self.shortcut = FirstLayerShortcut(self.model, self.view, self.vectors, probe, resident, spec.cache_bytes)
+            limit = spec.cache_bytes
+            if self.device.type == "cuda":  # leave most of the free memory to the forward passes
+                limit = min(limit, int(0.3 * torch.cuda.mem_get_info(self.device)[0]))
+            self.shortcut = FirstLayerShortcut(self.model, self.view, self.vectors, probe, resident, limit)
             self.shortcut.install()
 
     def _on_device(self, b: Batches) -> Batches:

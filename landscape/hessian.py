@@ -77,6 +77,8 @@ class HessianOperator:
         self._graphs: list[tuple[Tensor, ...]] | None = None
         if method == "double-backward":
             self._graphs = self._build_cache(cache)
+        else:
+            self.view.functional(self.view.get())  # fills ParamView's index cache outside any transform
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -162,8 +164,11 @@ class HessianOperator:
         with _eval_mode(self.model), torch.enable_grad():
             for i, (x, y) in enumerate(self.batches):
                 g = self._graphs[i] if self._graphs is not None else self._gradient_graph(x, y)
-                h = torch.autograd.grad(g, self._params, grad_outputs=tangents, retain_graph=self._graphs is not None,
-                                        is_grads_batched=True, allow_unused=True)
+                # one vector: a plain backward (vmap's overhead is not worth it for b = 1)
+                h = torch.autograd.grad(g, self._params, grad_outputs=tangents if b > 1 else [t[0] for t in tangents],
+                                        retain_graph=self._graphs is not None, is_grads_batched=b > 1, allow_unused=True)
+                if b == 1:
+                    h = [None if a is None else a[None] for a in h]
                 for t, a in zip(total, h):
                     if a is not None:
                         t.add_(a)

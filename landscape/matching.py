@@ -40,12 +40,12 @@ from .data import Data, as_batches
 from .errors import UserError
 from .params import check_same_family, fixed_buffers, fixed_entry_mask
 from .permutation import (PermutationSpec, SpecLike, _as_sample, as_spec, named_tensors, output_change, permutation_spec,
-                          permute_tensor)
+                          permute_tensor, validate_spec)
 
 FUNCTION_TOL = 1e-5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Permutation:
     """A permutation per group of ``spec`` mapping model B onto model A (``perms[g][i]``: B's unit placed at i).
 
@@ -90,7 +90,11 @@ class Permutation:
 # ----------------------------------------------------------------------------- helpers
 def _prepare(model_a: nn.Module, model_b: nn.Module, spec: SpecLike | None, sample: Any) -> PermutationSpec:
     check_same_family(model_a, model_b, "model A and model B")
-    spec = permutation_spec(model_a, sample) if spec is None else as_spec(spec).resolve(model_a)
+    if spec is None:
+        spec = permutation_spec(model_a, sample)
+    else:
+        spec = as_spec(spec).resolve(model_a)
+        validate_spec(model_a, spec, sample)
     if not spec.groups:
         raise UserError("the permutation spec has no groups: nothing to align (pass a spec that names the hidden units)")
     return spec

@@ -64,6 +64,23 @@ def grid_coordinates(count: int, steps: int | Sequence[int] = 51, span: Span = (
     return tuple(out)
 
 
+def landmark_grid(directions: Directions, steps: int = 41, margin: float = 0.2) -> tuple[np.ndarray, ...]:
+    """A square grid around the landmarks of a plane or line (A, B, C) with A and B on grid points.
+
+    Both axes share the spacing ``1/q`` (``q`` nodes per unit), run from below
+    ``min(0, landmarks) - margin`` to about ``max(1, landmarks) + margin``, and contain 0 and
+    1 exactly, so A = (0, 0) and B = (1, 0) are grid points; C lies inside the grid.
+    """
+    if not directions.landmarks:
+        raise UserError("these directions have no landmarks (A, B, C): give steps and span instead")
+    pts = np.array([c for _, c in directions.landmarks], dtype=float)
+    lo, hi = min(0.0, float(pts.min())) - margin, max(1.0, float(pts.max())) + margin
+    q = max(1, int((steps - 1) / (hi - lo)))
+    r = int(math.ceil(-lo * q - 1e-9))
+    axis = (np.arange(steps) - r) / q
+    return tuple(axis.copy() for _ in range(directions.count))
+
+
 @dataclass(frozen=True, eq=False)
 class Surface:
     """A filled grid. ``loss`` and ``accuracy`` have shape ``tuple(len(c) for c in coordinates)``."""
@@ -214,7 +231,8 @@ def surface(model: nn.Module, data: Data, directions: Directions, *, steps: int 
         settings={"steps": list(shape), "span": [[float(c[0]), float(c[-1])] for c in coords], "bn": bn, "shortcut": shortcut,
                   "chunk_size": chunk_size, "batch_size": batch_size},
     )
-    base_attrs.setdefault("provenance", provenance())
+    if not attrs:
+        base_attrs.update(provenance())
 
     def write(complete: bool) -> None:
         if st is None:
@@ -263,6 +281,8 @@ def surface(model: nn.Module, data: Data, directions: Directions, *, steps: int 
 
 
 def _existing(st: ResultsStore, key: str):
+    if not st.path.exists():
+        return None
     try:
         return st.read(key)
     except KeyError:

@@ -150,7 +150,7 @@ def _coord(rec, name: str, axis_index: int, n: int) -> np.ndarray:
     axes = rec.dataset_attrs.get(name, {}).get("axes") or []
     if axis_index < len(axes):
         ax = str(axes[axis_index])
-        for c in (ax, ax + "s", ax + "_grid", "grid_" + ax):
+        for c in (ax, ax + "s", ax + "coordinates", ax + "_grid", "grid_" + ax):
             if c in rec.datasets and np.ndim(rec.datasets[c]) == 1 and len(rec.datasets[c]) == n:
                 return np.asarray(rec.datasets[c], float)
     return np.arange(n, dtype=float)
@@ -169,25 +169,23 @@ def hessian_figures(res: "Results", colors: dict[str, str]) -> list[Figure]:
         tops, densities = [], []
         for k in res.keys("hessian", g):
             rec = res.records[k]
-            for d in _datasets_like(rec, ("eigenvalues", "top"), 1):
-                if "density" not in d and "weights" not in d and "nodes" not in d:
-                    tops.append(np.sort(np.asarray(rec.datasets[d], float))[::-1])
-                    break
-            for d in _datasets_like(rec, ("density",), 1):
-                densities.append((_coord(rec, d, 0, len(rec.datasets[d])), np.asarray(rec.datasets[d], float)))
-                break
+            if np.ndim(rec.datasets.get("eigenvalues")) == 1:
+                tops.append(np.sort(np.asarray(rec.datasets["eigenvalues"], float))[::-1])
+            if np.ndim(rec.datasets.get("density")) == 1:
+                densities.append((_coord(rec, "density", 0, len(rec.datasets["density"])), np.asarray(rec.datasets["density"], float)))
         if tops:
             n = min(len(t) for t in tops)
             ys = np.asarray([t[:n] for t in tops])
             top.traces.append(Trace("markers", esc(g), np.arange(1, n + 1, dtype=float), ys.mean(0),
                                     error=ys.std(0, ddof=1) if len(ys) > 1 else None, color=colors[g], legendgroup=g))
-        if densities:
-            x0 = densities[0][0]
-            same = [d for x, d in densities if len(x) == len(x0) and np.allclose(x, x0)]
-            ys = np.asarray(same)
-            dens.traces += _band_traces(esc(g), colors[g], x0, np.maximum(ys, 1e-12), g)
-            for t in dens.traces[-2:]:
-                t.legend = not top.traces and t.kind == "line"
+        if densities:  # every seed has its own grid: put them on the union range (zero outside a seed's grid)
+            lo, hi = min(float(x.min()) for x, _ in densities), max(float(x.max()) for x, _ in densities)
+            grid = np.linspace(lo, hi, 400)
+            ys = np.asarray([np.interp(grid, x, d, left=0.0, right=0.0) for x, d in densities])
+            new = _band_traces(esc(g), colors[g], grid, np.maximum(ys, 1e-8), g)
+            for t in new:
+                t.legend = t.legend and not top.traces
+            dens.traces += new
     panels = [p for p in (top, dens) if p.traces]
     if panels:
         out.append(Figure("hessian", "Hessian spectra", "Top eigenvalues of the training-loss Hessian (mean ± std over seeds) and the "
@@ -196,40 +194,80 @@ def hessian_figures(res: "Results", colors: dict[str, str]) -> list[Figure]:
     return out
 
 
-def _surface_grids(res: "Results") -> list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray, str, str, str]]:
-    """(group, record, x, y, z, xlabel, ylabel, zname) for the first seed of every group (test loss preferred)."""
+def _surface_records(res: "Results"):
+    """(group, record name, Record) of the first complete surface record of every group."""
     out = []
     for g in res.groups("surface"):
-        for k in res.keys("surface", g):
-            rec = res.records[k]
-            names = [d for d, a in rec.datasets.items() if np.ndim(a) == 2]
-            if not names:
-                continue
-            pref = [d for d in ("test_loss", "loss", "train_loss") if d in names] or [d for d in names if "loss" in d] or names
-            d = pref[0]
-            z = np.asarray(rec.datasets[d], float)
-            y, x = _coord(rec, d, 0, z.shape[0]), _coord(rec, d, 1, z.shape[1])
-            out.append((g, k.split("/")[-1], x, y, z, _axis_name(rec, d, 1, "x"), _axis_name(rec, d, 0, "y"), d))
-            break
+        keys = res.keys("surface", g)
+        if keys:
+            out.append((g, keys[0].split("/")[-1], res.records[keys[0]]))
     return out
 
 
-def surface_figures(res: "Results") -> list[Figure]:
-    grids = _surface_grids(res)
+def _surface_value(rec) -> tuple[str, np.ndarray]:
+    for d in ("loss", "test_loss", "train_loss"):
+        if d in rec.datasets:
+            return d, np.asarray(rec.datasets[d], float)
+    d = next(d for d, a in rec.datasets.items() if np.ndim(a) in (1, 2) and np.asarray(a).dtype.kind == "f")
+    return d, np.asarray(rec.datasets[d], float)
+
+
+def surface_figures(res: "Results", colors: dict[str, str]) -> list[Figure]:
+    """2-D records: contours side by side on one colour scale plus a 3-D view; 1-D records: loss profiles overlaid."""
+    grids, lines = [], []
+    for g, r, rec in _surface_records(res):
+        d, z = _surface_value(rec)
+        split = rec.attrs.get("split")
+        zname = f"{split} {d}" if split and not d.startswith(str(split)) else d
+        if z.ndim == 2:  # z[i, j] at (axis0[i], axis1[j]): axis 0 horizontal, so plotly's z is the transpose
+            x, y = _coord(rec, d, 0, z.shape[0]), _coord(rec, d, 1, z.shape[1])
+            grids.append((g, r, x, y, z.T, _axis_name(rec, d, 0, "x"), _axis_name(rec, d, 1, "y"), zname))
+        elif z.ndim == 1:
+            lines.append((g, r, _coord(rec, d, 0, len(z)), z, _axis_name(rec, d, 0, "x"), zname))
+    out = []
+    if lines:
+        p = Panel("loss along one direction", esc(lines[0][4]), esc(lines[0][5]))
+        p.traces = [Trace("line", f"{esc(g)} ({esc(r)})", x, z, color=colors[g], legendgroup=g) for g, r, x, z, _, _ in lines]
+        out.append(Figure("surfaces-1d", "1-D loss profiles", "The loss along one random filter-normalised direction through each "
+                          "trained network (first seed of each group).", [p], cols=1))
     if not grids:
-        return []
+        return out
     zs = np.concatenate([z[np.isfinite(z)].ravel() for *_, z, _a, _b, _c in grids])
-    lo, hi = float(zs.min()), float(np.quantile(zs, 0.98)) if zs.size else 1.0
-    panels = [Panel(f"{esc(g)} ({esc(r)})", xl, yl, [Trace("contour", esc(g), x, y, z=np.minimum(z, hi))], square=True)
+    lo, hi = (float(zs.min()), float(np.quantile(zs, 0.98))) if zs.size else (0.0, 1.0)
+    panels = [Panel(f"{esc(g)} ({esc(r)})", esc(xl), esc(yl), [Trace("contour", esc(g), x, y, z=np.minimum(z, hi))], square=True)
               for g, r, x, y, z, xl, yl, _ in grids]
     zname = grids[0][7].replace("_", " ")
-    cont = Figure("surfaces", "2-D loss surfaces", f"{zname.capitalize()} on a plane of two random filter-normalised directions around "
-                  "each trained network (first seed of each group), one colour scale (clipped at its 98th percentile).",
-                  panels, cols=min(3, len(panels)), zrange=(lo, hi), zlabel=zname)
-    three = Figure("surface3d", "Interactive 3-D surface", "The same surfaces in 3-D: drag to rotate; pick a group in the legend.",
-                   [Panel("", grids[0][5], grids[0][6], [Trace("surface", esc(g), x, y, z=np.minimum(z, hi), legend=True) for g, r, x, y, z, xl, yl, _ in grids])],
-                   cols=1, zrange=(lo, hi), zlabel=zname, three_d=True, height=600)
-    return [cont, three]
+    out.append(Figure("surfaces", "2-D loss surfaces", f"{zname.capitalize()} on a plane through each trained network (random "
+                      "filter-normalised directions around the first seed, or the plane through three seeds), one colour scale "
+                      "for all groups, clipped at its 98th percentile.", panels, cols=min(3, len(panels)), zrange=(lo, hi), zlabel=zname))
+    out.append(Figure("surface3d", "Interactive 3-D surface", "The same surfaces in 3-D: drag to rotate; click a group in the legend to show it.",
+                      [Panel("", esc(grids[0][5]), esc(grids[0][6]),
+                             [Trace("surface", esc(g), x, y, z=np.minimum(z, hi)) for g, r, x, y, z, *_ in grids])],
+                      cols=1, zrange=(lo, hi), zlabel=zname, three_d=True, height=600))
+    return out
+
+
+def symmetry_figure(res: "Results", colors: dict[str, str]) -> Figure | None:
+    """Relative output change per permutation group of the architecture (max over seeds), one bar group per network group."""
+    p = Panel("output change when permuting one unit group", "permutation group", "relative output change", ylog=True)
+    for g in res.groups("symmetry"):
+        vals: dict[str, float] = {}
+        for k in res.keys("symmetry", g):
+            rec = res.records[k]
+            names, change = rec.datasets.get("group_names"), rec.datasets.get("group_relative_change")
+            if names is None or change is None:
+                continue
+            for n, c in zip(names, np.asarray(change, float)):
+                n = n.decode() if isinstance(n, bytes) else str(n)
+                vals[n] = max(vals.get(n, 0.0), float(c))
+        if vals:
+            p.traces.append(Trace("bar", esc(g), np.asarray([esc(n) for n in vals]), np.maximum(np.asarray(list(vals.values())), 1e-12),
+                                  color=colors[g], legendgroup=g))
+    if not p.traces:
+        return None
+    return Figure("symmetry", "Symmetry audit per permutation group", "Max over seeds of max_x |f_pi(x) - f(x)| / max |f(x)| when only "
+                  "this group of hidden units is permuted: about 1e-7 (float rounding) means the permutation is a symmetry; "
+                  "asymmetric networks should be far above.", [p], cols=1, height=420)
 
 
 def generic_figures(res: "Results", colors: dict[str, str], analysis: str) -> list[Figure]:
@@ -259,7 +297,8 @@ def build_figures(res: "Results") -> list[Figure]:
     colors = group_colors(res.groups())
     figs: list[Figure | None] = [interpolation_figure(res, colors), barrier_figure(res), mli_figure(res, colors)]
     figs += hessian_figures(res, colors)
-    figs += surface_figures(res)
+    figs += surface_figures(res, colors)
+    figs.append(symmetry_figure(res, colors))
     for a in res.analyses():
         if a not in ("interpolation", "interpolation_aligned", "mli", "hessian", "surface", "symmetry"):
             figs += generic_figures(res, colors, a)

@@ -57,6 +57,7 @@ SECTIONS = [  # id, title, explanation
     ("provenance", "Provenance", "What produced these numbers: commands, versions, data, settings, checkpoints with SHA-256, time."),
 ]
 EXPLAIN = {s: e for s, _, e in SECTIONS}
+HESSIAN_COLUMNS = ["lambda_max", "lambda_min", "trace", "trace_stderr", "negative_mass", "all_converged", "coordinates", "samples", "loss", "seconds"]
 RUN_HINT = {"interpolation": "landscape interpolate", "interpolation_aligned": "landscape interpolate --align", "mli": "landscape interpolate",
             "hessian": "landscape hessian", "surface": "landscape surface", "symmetry": "landscape symmetry"}
 
@@ -123,13 +124,16 @@ def sections(res: "Results") -> list[tuple[str, str, str]]:
         + [_absent(res, ["mli"])])
     hess = res.frame("hessian")
     add("hessian", ([figure_html(figs["hessian"])] if "hessian" in figs else [])
-        + ([table_html(group_table(hess, order=res.groups()).rename(columns={"records": "seeds"}))] if not hess.empty else [])
+        + ([table_html(group_table(hess, [c for c in HESSIAN_COLUMNS if c in hess] or None, res.groups()).rename(columns={"records": "seeds"}))]
+           if not hess.empty else [])
         + [_absent(res, ["hessian"])])
     sf = res.frame("surface")
-    add("surfaces", [figure_html(figs[n]) for n in ("surfaces", "surface3d") if n in figs]
+    add("surfaces", [figure_html(figs[n]) for n in ("surfaces", "surface3d", "surfaces-1d") if n in figs]
         + ([table_html(group_table(sf, order=res.groups()))] if not sf.empty else []) + [_absent(res, ["surface"])])
     sym = res.frame("symmetry")
-    add("symmetry", ([table_html(group_table(sym, order=res.groups())), "<h3>Per network</h3>", table_html(sym)] if not sym.empty else [])
+    add("symmetry", ([table_html(group_table(sym, order=res.groups()))] if not sym.empty else [])
+        + ([figure_html(figs["symmetry"])] if "symmetry" in figs else [])
+        + (["<h3>Per network</h3>", table_html(sym)] if not sym.empty else [])
         + [_absent(res, ["symmetry"])])
     others = [a for a in res.analyses() if a not in ("interpolation", "interpolation_aligned", "mli", "hessian", "surface", "symmetry")]
     if others:

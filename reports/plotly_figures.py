@@ -38,6 +38,8 @@ def _traces(t: Trace, fig: Figure, show_scale: bool) -> list:
     if t.kind == "markers":
         err = dict(error_y=dict(type="data", array=_list(t.error), visible=True)) if t.error is not None else {}
         return [go.Scatter(x=_list(t.x), y=_list(t.y), mode="lines+markers", marker=dict(color=t.color), line=dict(color=t.color), **err, **common)]
+    if t.kind == "bar":
+        return [go.Bar(x=_list(t.x), y=_list(t.y), marker=dict(color=t.color), **common)]
     if t.kind == "heatmap":
         extra = dict(text=t.text, texttemplate="%{text}") if t.text is not None else {}
         return [go.Heatmap(x=_list(t.x), y=_list(t.y), z=_z(t.z), colorscale=COLORSCALE, showscale=show_scale, colorbar=cbar, **zr, **extra,
@@ -74,7 +76,8 @@ def to_plotly(fig: Figure) -> go.Figure:
                 for tr in _traces(t, fig, show_scale=(seen == n_scaled)):
                     out.add_trace(tr, row=row, col=col)
             out.update_xaxes(title_text=p.xlabel, type="log" if p.xlog else None, row=row, col=col)
-            out.update_yaxes(title_text=p.ylabel, type="log" if p.ylog else None, row=row, col=col)
+            out.update_yaxes(title_text=p.ylabel, type="log" if p.ylog else None, row=row, col=col,
+                             autorange="reversed" if any(t.kind == "heatmap" for t in p.traces) else None)
     height = fig.height or (340 * fig.rows + 60)
     out.update_layout(template="plotly_white", height=height, margin=dict(l=60, r=30, t=50, b=50),
                       legend=dict(orientation="h", yanchor="bottom", y=1.04 if fig.rows == 1 else 1.02, x=0),

@@ -31,7 +31,7 @@ class Trace:
 
     kinds: ``line`` (x, y), ``band`` (x, lo, hi: a filled range), ``markers`` (x, y, optional
     symmetric ``error``), ``heatmap`` / ``contour`` (x, y, z with z[i, j] at y[i], x[j]),
-    ``surface`` (3-D, same layout as contour).
+    ``surface`` (3-D, same layout as contour), ``bar`` (categories x, heights y).
     """
 
     kind: str

@@ -29,6 +29,11 @@ def _draw(ax, t: Trace, fig: Figure):
         ax.fill_between(t.x, t.lo, t.hi, color=t.color, alpha=0.18, lw=0)
     elif t.kind == "markers":
         ax.errorbar(t.x, t.y, yerr=t.error, color=t.color, marker="o", ms=4, capsize=3, label=label)
+    elif t.kind == "bar":
+        bars = [c.patches for c in ax.containers]
+        k, n = len(bars), len(t.x)
+        ax.bar(np.arange(n) + 0.2 * k - 0.2, t.y, width=0.2, color=t.color, label=label)
+        ax.set_xticks(np.arange(n), [_label(s) for s in t.x], rotation=45, ha="right", fontsize=7)
     elif t.kind == "heatmap":
         z = np.asarray(t.z, float)
         im = ax.imshow(z, cmap=cmap, origin="upper", **norm)

@@ -85,12 +85,12 @@ def provenance_tables(res: "Results") -> dict[str, pd.DataFrame]:
         settings.setdefault((a, _fmt(r.attrs.get("settings", {}))), 0)
     out["data"] = pd.DataFrame([(s, d, ", ".join(sorted(a))) for (s, d), a in sorted(data.items())], columns=["split", "description", "analyses"])
     out["settings"] = pd.DataFrame(sorted(settings), columns=["analysis", "settings"])
-    ck = {}
+    ck: dict[tuple[str, str, str], int] = {}  # a checkpoint that changed between records shows up with both hashes
     for r in recs:
         for p, h in zip(r.attrs.get("checkpoints") or [], r.attrs.get("checkpoint_sha256") or []):
-            ck.setdefault(str(p), (str(r.attrs.get("group", "")), str(h)))
-    out["checkpoints"] = pd.DataFrame([(g, p, h) for p, (g, h) in sorted(ck.items(), key=lambda kv: (kv[1][0], kv[0]))],
-                                      columns=["group", "checkpoint", "sha256"])
+            k = (str(r.attrs.get("group", "")), str(p), str(h))
+            ck[k] = ck.get(k, 0) + 1
+    out["checkpoints"] = pd.DataFrame([(*k, n) for k, n in sorted(ck.items())], columns=["group", "checkpoint", "sha256", "records"])
     times = sorted(str(r.attrs["time"]) for r in recs if r.attrs.get("time"))
     out["time"] = pd.DataFrame([("first record", times[0] if times else "-"), ("last record", times[-1] if times else "-"),
                                 ("complete records", len(recs)), ("incomplete records", len(res.incomplete_records))],

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from pathlib import Path
 
@@ -21,10 +22,16 @@ TINY_CONFIG = """
 samples = 120
 [interpolation]
 num_points = 5
+[symmetry]
+trials = 1
+samples = 32
 [hessian]
 top_k = 2
+num_runs = 2
+lanczos_steps = 8
+num_queries = 4
 [surface]
-resolution = 5
+steps = 5
 """
 
 
@@ -71,6 +78,7 @@ def synthetic_results(path, groups=("standard", "w-asym"), seeds: int = 3, analy
         variant = g if g in ("standard", "w-asym", "sigma-asym") else "standard"
         labels = [f"seed{k}" for k in range(seeds)]
         ck = {s: f"/ckpt/{g}/{s}/final.pt" for s in labels}
+        sha = {s: hashlib.sha256(ck[s].encode()).hexdigest() for s in labels}
         for a, b in itertools.combinations(labels, 2):
             for analysis in ("interpolation", "interpolation_aligned"):
                 if analysis not in analyses or (analysis == "interpolation_aligned" and variant != "standard"):
@@ -86,12 +94,12 @@ def synthetic_results(path, groups=("standard", "w-asym"), seeds: int = 3, analy
                     attrs.update({f"{split}_loss_barrier_max": float((loss - chord_l).max()), f"{split}_loss_barrier_mid": float(loss[points // 2] - chord_l[points // 2]),
                                   f"{split}_accuracy_barrier_max": float((chord_a - acc).max()), f"{split}_accuracy_barrier_mid": float(chord_a[points // 2] - acc[points // 2])})
                 attrs.update(base, analysis=analysis, group=g, variant=variant, seeds=[a, b], checkpoints=[ck[a], ck[b]],
-                             checkpoint_sha256=["ab" * 32, "cd" * 32], settings={"num_points": points, "bn": "eval"}, bn="eval",
+                             checkpoint_sha256=[sha[a], sha[b]], settings={"num_points": points, "bn": "eval"}, bn="eval",
                              aligned=analysis.endswith("aligned"))
                 key = f"{analysis}/{g}/{a}-{b}"
                 store.write(key, ds, attrs, complete=key not in incomplete)
         for s in labels:
-            common = dict(base, group=g, variant=variant, seeds=[s], checkpoints=[ck[s]], checkpoint_sha256=["ef" * 32])
+            common = dict(base, group=g, variant=variant, seeds=[s], checkpoints=[ck[s]], checkpoint_sha256=[sha[s]])
             if "mli" in analyses:
                 loss = 2.3 * (1 - alphas) ** 2 + 0.3 + (0.05 * np.sin(6 * alphas) if gi else 0)
                 store.write(f"mli/{g}/{s}", {"alphas": Dataset(alphas, ("alpha",)), "train_loss": Dataset(loss, ("alpha",), "nats"),
@@ -101,20 +109,28 @@ def synthetic_results(path, groups=("standard", "w-asym"), seeds: int = 3, analy
             if "hessian" in analyses:
                 top = np.sort(rng.uniform(1, 10, 5))[::-1] * (gi + 1)
                 grid = np.linspace(-5, 50, 60)
-                store.write(f"hessian/{g}/{s}", {"eigenvalues": Dataset(top, ("k",), "1"), "density_grid": Dataset(grid, ("lambda",)),
-                                                 "density": Dataset(np.exp(-((grid - 2 * gi) ** 2) / 8) + 1e-6, ("lambda",))},
-                            dict(common, analysis="hessian", lambda_max=float(top[0]), trace=float(50 * (gi + 1) + rng.standard_normal())),
+                grid = grid + rng.uniform(0, 1)  # every seed has its own grid, as with SLQ
+                store.write(f"hessian/{g}/{s}", {"eigenvalues": Dataset(top, ("k",), "1"), "eigenvalue_grid": Dataset(grid, ("eigenvalue",)),
+                                                 "density": Dataset(np.exp(-((grid - 2 * gi) ** 2) / 8) + 1e-6, ("eigenvalue",))},
+                            dict(common, analysis="hessian", lambda_max=float(top[0]), lambda_min=-0.1, trace=float(50 * (gi + 1) + rng.standard_normal())),
                             complete=f"hessian/{g}/{s}" not in incomplete)
-            if "surface" in analyses and s == "seed0":
-                x = np.linspace(-1, 1, 7)
-                X, Y = np.meshgrid(x, x)
-                store.write(f"surface/{g}/{s}", {"x": Dataset(x, ("x",)), "y": Dataset(x, ("y",)),
-                                                 "test_loss": Dataset(0.3 + (gi + 1) * (X ** 2 + 0.5 * Y ** 2), ("y", "x"), "nats")},
-                            dict(common, analysis="surface"), complete=f"surface/{g}/{s}" not in incomplete)
-            if "symmetry" in analyses:
-                store.write(f"symmetry/{g}/{s}", {"max_output_change": Dataset(np.array(0.0 if variant == "standard" else 0.7), ())},
-                            dict(common, analysis="symmetry", symmetric=variant == "standard", unpermuted_layers=0 if variant == "standard" else 3),
-                            complete=f"symmetry/{g}/{s}" not in incomplete)
+            if "surface" in analyses and s == "seed0":  # layout of landscape.surface: loss[i, j] at (x[i], y[j])
+                x, y = np.linspace(-1, 1, 7), np.linspace(-1, 1, 5)
+                X, Y = np.meshgrid(x, y, indexing="ij")
+                loss = 0.3 + (gi + 1) * (X ** 2 + 0.5 * Y ** 2)
+                store.write(f"surface/{g}/{s}", {"xcoordinates": Dataset(x, ("x",)), "ycoordinates": Dataset(y, ("y",)),
+                                                 "loss": Dataset(loss, ("x", "y"), "nats"), "accuracy": Dataset(1 - loss / 5, ("x", "y")),
+                                                 "done": Dataset(np.ones_like(loss, dtype=np.uint8), ("x", "y"))},
+                            dict(common, analysis="surface", split="train", origin_loss=0.3), complete=f"surface/{g}/{s}" not in incomplete)
+            if "symmetry" in analyses:  # layout of analysis.alignment.study
+                names = np.array(["fc0", "fc1"], dtype=str)
+                rel = np.array([1e-7, 2e-7]) if variant == "standard" else np.array([0.4, 0.7])
+                store.write(f"symmetry/{g}/{s}", {"group_names": Dataset(names, ("perm_group",)), "group_sizes": Dataset(np.array([16, 16]), ("perm_group",)),
+                                                  "group_relative_change": Dataset(rel, ("perm_group",)),
+                                                  "max_output_change": Dataset(np.array(rel.max() * 3), ()),
+                                                  "relative_output_change": Dataset(np.array(rel.max()), ())},
+                            dict(common, analysis="symmetry", symmetric=variant == "standard", asymmetric_groups=0 if variant == "standard" else 2,
+                                 permutation_groups=2, log10_group_order=26.6), complete=f"symmetry/{g}/{s}" not in incomplete)
     return Path(path)
 
 

@@ -43,8 +43,8 @@ STUDIES: dict[str, tuple[str, dict[str, Any]]] = {
 DEFAULTS: dict[str, dict[str, Any]] = {
     "interpolation": {"num_points": 21},
     "symmetry": {},
-    "hessian": {"k": 5, "top_k": 5, "num_runs": 4, "lanczos_steps": 40, "num_queries": 20, "seeds": 1},
-    "surface": {"resolution": 15, "points": 15, "extent": 1.0, "seeds": 1},
+    "hessian": {"top_k": 5, "num_runs": 5, "lanczos_steps": 60, "num_queries": 30},
+    "surface": {"steps": 21},
 }
 STUDY_KEYS = {"data", "samples", "batch_size", "device", "arch", "analyses"}
 
