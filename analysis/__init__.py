@@ -89,8 +89,11 @@ def surface_study(roots, data: str = "digits", output: str | Path | None = None,
 
 def symmetry_study(roots, data: str = "digits", output: str | Path | None = None, *, device: str | None = None, samples: int | None = None,
                    batch_size: int | None = None, arch: str | None = None, force: bool = False, progress: bool = True,
-                   **settings: Any) -> "Results":
-    """Symmetry audit of every network; settings go to ``analysis.alignment.study``."""
+                   audit_samples: int | None = None, **settings: Any) -> "Results":
+    """Symmetry audit of every network; settings go to ``analysis.alignment.study`` (``audit_samples``: its ``samples``,
+    the inputs of the audit, as ``samples`` here subsets the data)."""
+    if audit_samples is not None:
+        settings["samples"] = audit_samples
     return _study("symmetry", roots, data, output, settings, device=device, samples=samples, batch_size=batch_size, arch=arch,
                   force=force, progress=progress)
 

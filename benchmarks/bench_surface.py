@@ -6,10 +6,11 @@ random directions. loss-landscapes evaluates its plane with ``planar_interpolati
 the model and two end models built from the same directions, so both tools evaluate the
 same points: theirs at ``(i h, (j + 1) h)`` on even rows and ``(i h, j h)`` on odd rows (its
 serpentine walk), ours on the grid ``x = i h``, ``y = j h`` that contains all of them. Both
-run the whole data set as one batch under ``torch.no_grad()``.
-
-Per-point time is the whole call divided by its points (ours includes set-up, the
-centre evaluation and the data hash). Achieved GFLOP/s counts the matmul FLOPs of a plain
+run without autograd on the data as one batch. Full runs measure at torch's thread count and
+again at one thread (steadier where other work shares the cores). Per-point time is the
+wall time of the whole call divided by its points (ours includes set-up, the
+centre evaluation and the data hash); ``cpu_per_point_s`` is the process CPU time, steadier
+on a shared machine. Achieved GFLOP/s counts the matmul FLOPs of a plain
 forward pass (FlopCounterMode) per point; ``executed`` leaves out the first layer, which
 the shortcut replaces by an elementwise combination. Target: at least 1.25x faster per point
 than loss-landscapes, values equal to 1e-5 relative.
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.timing import forward_flops, matmul_rate
+from benchmarks.timing import forward_flops, matmul_rate, matmul_rate_spread
 from checkpoints import zoo
 from landscape import ParamView, as_batches, random_directions, surface
 
@@ -38,17 +39,17 @@ def _with(model: torch.nn.Module, theta: torch.Tensor) -> torch.nn.Module:
     return m
 
 
-def run(smoke: bool = False, device: str = "cpu") -> list[dict]:
+def _case(n: int, S: int, h: float, repeats: int, dev: torch.device, threads: int | None, label: str) -> list[dict]:
     from loss_landscapes import planar_interpolation
     from loss_landscapes.metrics import Loss
 
-    n, S, h, repeats = (1000, 3, 0.1, 1) if smoke else (10000, 6, 0.1, 3)
-    dev = torch.device(device)
+    if threads:
+        torch.set_num_threads(threads)
     model = zoo.build("mlp", input_dim=784).to(dev).eval()
     g = torch.Generator().manual_seed(0)
     X = torch.randn(n, 784, generator=g).to(dev)
     y = torch.randint(0, 10, (n,), generator=g).to(dev)
-    data = as_batches((X, y), device=dev, batch_size=n)
+    data = as_batches((X, y), device=dev, batch_size=n)  # one batch, as loss-landscapes takes it
     d = random_directions(model, seed=0)
     theta0 = ParamView(model).get().double()
     ends = [_with(model, theta0 + S * h * d.vectors[k].to(dev).double()) for k in range(2)]
@@ -62,35 +63,40 @@ def run(smoke: bool = False, device: str = "cpu") -> list[dict]:
         with torch.no_grad():
             return planar_interpolation(copy.deepcopy(model), ends[0], ends[1], metric, steps=S, deepcopy_model=False)
 
-    with torch.no_grad():
-        model(X)  # warm-up: lazy initialisation must not land on the first tool timed
+    # warm-up: lazy initialisation and first imports must not land on the first tool timed
+    surface(model, data, d, coordinates=([0.0], [h]), progress=False)
+    # the dense matmul rate at this thread count, in this process, next to the figures it scales
+    peak = matmul_rate_spread(1024 if n < 10000 else 2048, device=dev, repeats=5)[0] if threads else matmul_rate(device=dev)
     times: dict[str, list[float]] = {"landscape": [], "landscape (no shortcut)": [], "loss-landscapes": []}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
     results = {}
     for _ in range(repeats):  # interleaved, so machine noise hits every tool alike
         for name, fn in (("landscape", ours), ("landscape (no shortcut)", lambda: ours(False)), ("loss-landscapes", theirs)):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             results[name] = fn()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     ll = np.asarray(results["loss-landscapes"], dtype=float)
-    mapped = np.array([[results["landscape"].loss[i, k + 1 if i % 2 == 0 else k] for k in range(S)] for i in range(S)])
-    plain = np.array([[results["landscape (no shortcut)"].loss[i, k + 1 if i % 2 == 0 else k] for k in range(S)] for i in range(S)])
-    err = float(np.max(np.abs(mapped - ll) / np.abs(ll)))
-    err_plain = float(np.max(np.abs(plain - ll) / np.abs(ll)))
 
+    def same_points(grid: np.ndarray) -> np.ndarray:
+        return np.array([[grid[i, k + 1 if i % 2 == 0 else k] for k in range(S)] for i in range(S)])
+
+    err = float(np.max(np.abs(same_points(results["landscape"].loss) - ll) / np.abs(ll)))
+    err_plain = float(np.max(np.abs(same_points(results["landscape (no shortcut)"].loss) - ll) / np.abs(ll)))
     flops = forward_flops(model, X)
     first = 2 * n * 784 * 512
-    peak = matmul_rate(device=dev)
     points = {"landscape": S * (S + 1), "landscape (no shortcut)": S * (S + 1), "loss-landscapes": S * S}
     per = {k: [t / points[k] for t in v] for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in per.items()}
     ratio = med["loss-landscapes"] / med["landscape"]
-    case = f"MNIST MLP 784-512x3-10, {n:,} samples, {S}x{S} plane ({'smoke' if smoke else 'full'})"
+    case = f"MNIST MLP 784-512x3-10, {n:,} samples, {S}x{S} plane, {label}"
     rows = []
     for name in times:
         t = med[name]
         executed = flops - first if name == "landscape" else flops
         row = {"case": case, "tool": name, "time_per_point_s": t, "time_per_point_min_s": min(per[name]),
-               "time_per_point_max_s": max(per[name]), "points": points[name], "repeats": repeats,
+               "time_per_point_max_s": max(per[name]), "cpu_per_point_s": statistics.median(cpu[name]) / points[name],
+               "points": points[name], "repeats": repeats, "threads": torch.get_num_threads(),
                "gflops_effective": flops / t / 1e9, "gflops_executed": executed / t / 1e9,
                "share_of_matmul_rate": executed / t / 1e9 / peak, "matmul_gflops": peak}
         if name == "landscape":
@@ -101,8 +107,23 @@ def run(smoke: bool = False, device: str = "cpu") -> list[dict]:
         elif name == "landscape (no shortcut)":
             row.update(ratio=med["loss-landscapes"] / t, error=err_plain, note="plain evaluation: one full forward pass per point")
         else:
-            row.update(note="planar_interpolation, one batch, torch.no_grad()")
+            row.update(note="planar_interpolation, torch.no_grad()")
         rows.append(row)
+    return rows
+
+
+def run(smoke: bool = False, device: str = "cpu") -> list[dict]:
+    """Rows of the default-thread case and (full runs) a one-thread case, steadier on a shared machine."""
+    dev = torch.device(device)
+    if smoke:
+        return _case(1000, 3, 0.1, 1, dev, None, "smoke")
+    threads = torch.get_num_threads()
+    rows = _case(10000, 6, 0.1, 3, dev, None, f"{threads} threads")
+    if dev.type == "cpu" and threads > 1:
+        try:
+            rows += _case(10000, 6, 0.1, 3, dev, 1, "1 thread")
+        finally:
+            torch.set_num_threads(threads)
     return rows
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape.errors import UserError
+from landscape.store import file_mode
 
 from . import zoo
 
@@ -67,6 +68,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix="." + path.name, dir=path.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True, default=str)
+    os.chmod(tmp, file_mode(path))
     os.replace(tmp, path)
 
 
@@ -81,6 +83,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, sidecar: dict[
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -80,6 +81,10 @@ class Directions:
 
     def fingerprint(self) -> str:
         """SHA-256 of the vectors' bytes (to check that a resumed grid uses the same directions)."""
+        return self._sha256
+
+    @cached_property
+    def _sha256(self) -> str:
         return hashlib.sha256(self.vectors.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
     def check(self, view: ParamView) -> None:

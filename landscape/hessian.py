@@ -25,6 +25,7 @@ blocks of ``block`` vectors.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from typing import Any, Sequence
 
@@ -55,7 +56,7 @@ class HessianOperator:
     """
 
     def __init__(self, model: nn.Module, data: Data, *, params: Selection = None, device: str | torch.device | None = None,
-                 batch_size: int | None = None, method: str = "double-backward", cache: bool | str = "auto", block: int = 8):
+                 batch_size: int | None = None, method: str = "double-backward", cache: bool | str = "auto", block: int | None = None):
         if method not in METHODS:
             raise UserError(f"unknown Hessian-vector-product method {method!r}: use {' or '.join(METHODS)}")
         first = next(iter(model.parameters()), None)
@@ -68,16 +69,18 @@ class HessianOperator:
         self.view = ParamView(model, select=params)
         self.batches: Batches = as_batches(data, device=dev, batch_size=batch_size, dtype=self.view.dtype)
         self.num_samples = self.batches.num_samples
-        self.method, self.block = method, max(1, int(block))
+        # batching vectors through vmap measured slower per vector on the CPU (see docs/hessian.md)
+        self.method, self.block = method, max(1, int(block if block is not None else (8 if dev.type == "cuda" else 1)))
         self.hvps = 0
         named = dict(model.named_parameters())
         self._params = [named[n] for n in self.view.names]
-        # checks labels against the outputs and the loss for NaN (UserError), one pass
-        self.loss = evaluate(model, self.batches).loss
         self._graphs: list[tuple[Tensor, ...]] | None = None
         if method == "double-backward":
-            self._graphs = self._build_cache(cache)
-        else:
+            self._graphs = self._build_cache(cache)  # also sets self.loss when it keeps the graphs
+        if self._graphs is None:
+            # checks labels against the outputs and the loss for NaN (UserError), one pass
+            self.loss = evaluate(model, self.batches).loss
+        if method == "forward-over-reverse":
             self.view.functional(self.view.get())  # fills ParamView's index cache outside any transform
 
     # -- properties --------------------------------------------------------------------------
@@ -161,9 +164,10 @@ class HessianOperator:
         b = V.shape[0]
         tangents = self._directions(V)
         total = [torch.zeros_like(t) for t in tangents]
-        with _eval_mode(self.model), torch.enable_grad():
+        # a kept graph was built in eval mode; only rebuilding needs the switch
+        with _eval_mode(self.model, self._graphs is None), torch.enable_grad():
             for i, (x, y) in enumerate(self.batches):
-                g = self._graphs[i] if self._graphs is not None else self._gradient_graph(x, y)
+                g = self._graphs[i] if self._graphs is not None else self._gradient_graph(x, y)[0]
                 # one vector: a plain backward (vmap's overhead is not worth it for b = 1)
                 h = torch.autograd.grad(g, self._params, grad_outputs=tangents if b > 1 else [t[0] for t in tangents],
                                         retain_graph=self._graphs is not None, is_grads_batched=b > 1, allow_unused=True)
@@ -174,11 +178,13 @@ class HessianOperator:
                         t.add_(a)
         return self._flatten_batched(total, b) / self.num_samples
 
-    def _gradient_graph(self, x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
-        g = torch.autograd.grad(loss_sum(self.model(x), y), self._params, create_graph=True, allow_unused=True)
+    def _gradient_graph(self, x: Tensor, y: Tensor) -> tuple[tuple[Tensor, ...], float]:
+        """The batch's gradient of the loss sum with its graph, and the loss sum."""
+        loss = loss_sum(self.model(x), y)
+        g = torch.autograd.grad(loss, self._params, create_graph=True, allow_unused=True)
         # unused parameters (or ones whose gradient does not depend on theta) get a constant
         # zero that still takes part in the second backward
-        return tuple(a if a is not None and a.requires_grad else (p * 0.0) for a, p in zip(g, self._params))
+        return tuple(a if a is not None and a.requires_grad else (p * 0.0) for a, p in zip(g, self._params)), float(loss.detach())
 
     def _build_cache(self, cache: bool | str) -> list[tuple[Tensor, ...]] | None:
         if cache is False or cache == "never":
@@ -190,15 +196,20 @@ class HessianOperator:
             nbytes += t.numel() * t.element_size()
             return t
 
-        graphs = []
+        graphs, total = [], 0.0
         with _eval_mode(self.model), torch.enable_grad():
             for i, (x, y) in enumerate(self.batches):
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    graphs.append(self._gradient_graph(x, y))
+                    g, loss = self._gradient_graph(x, y)  # checks the labels (UserError)
+                graphs.append(g)
+                total += loss
                 if cache == "auto" and i == 0:
                     # a graph per batch, each about the size of the first
                     if nbytes * len(self.batches) > _cache_budget(self.device):
                         return None
+        self.loss = total / self.num_samples
+        if not math.isfinite(self.loss):
+            raise UserError("the loss is NaN or Inf on this data: check the checkpoint weights and the data normalisation")
         return graphs
 
     def _products_fwd_rev(self, V: Tensor) -> Tensor:
@@ -216,15 +227,19 @@ class HessianOperator:
 
 
 class _eval_mode:
-    def __init__(self, model: nn.Module):
-        self.model = model
+    """Eval mode inside the block, the caller's mode restored after (a no-op when ``active`` is False)."""
+
+    def __init__(self, model: nn.Module, active: bool = True):
+        self.model, self.active = model, active
 
     def __enter__(self):
         self.was = self.model.training
-        self.model.eval()
+        if self.active and self.was:
+            self.model.eval()
 
     def __exit__(self, *exc):
-        self.model.train(self.was)
+        if self.active and self.was:
+            self.model.train(True)
 
 
 def _zero_if_none(a: Tensor | None, p: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ previous vector), so no ghost eigenvalues appear and the Ritz residuals are trus
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.linalg import eigh_tridiagonal
+from scipy.linalg.lapack import dstev
 from torch import Tensor
 
 from .errors import UserError
@@ -50,9 +52,12 @@ def _rng_rademacher(shape: tuple[int, ...], seed: int, dtype: torch.dtype, devic
     return (torch.randint(0, 2, shape, generator=g, dtype=torch.int8) * 2 - 1).to(device=device, dtype=dtype)
 
 
+_NAN = "a Hessian-vector product is NaN or Inf: the loss is not twice differentiable here (check weights and data)"
+
+
 def _check_finite(w: Tensor) -> None:
     if not torch.isfinite(w).all():
-        raise UserError("a Hessian-vector product is NaN or Inf: the loss is not twice differentiable here (check weights and data)")
+        raise UserError(_NAN)
 
 
 # ---------------------------------------------------------------------------------------- eigenvalues
@@ -102,9 +107,13 @@ class EigenResult:
 
 
 def _ritz(alpha: np.ndarray, beta: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of the symmetric tridiagonal ``T_m`` in float64 (ascending), via LAPACK ``dstev``."""
     if m == 1:
         return alpha[:1].copy(), np.ones((1, 1))
-    return eigh_tridiagonal(alpha[:m], beta[: m - 1])
+    w, z, info = dstev(np.array(alpha[:m], dtype=np.float64), np.array(beta[: m - 1], dtype=np.float64))
+    if info != 0:  # pragma: no cover - dstev fails only on non-finite input, which is caught before
+        return eigh_tridiagonal(alpha[:m], beta[: m - 1])
+    return w, z
 
 
 def _wanted(theta: np.ndarray, k: int, which: str) -> tuple[np.ndarray, np.ndarray]:
@@ -120,13 +129,13 @@ def _wanted(theta: np.ndarray, k: int, which: str) -> tuple[np.ndarray, np.ndarr
 
 
 def _bounds(theta: np.ndarray, resid: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    out = resid[idx].copy()
-    if theta.size > 1:
-        for j, i in enumerate(idx):
-            gap = np.min(np.abs(np.delete(theta, i) - theta[i]))
-            if gap > out[j]:
-                out[j] = min(out[j], out[j] ** 2 / gap)
-    return out
+    """``min(r_i, r_i^2 / gap_i)`` for ascending ``theta``; gap: distance to the nearest other Ritz value."""
+    r = resid[idx]
+    if theta.size < 2:
+        return r.copy()
+    d = np.diff(theta)
+    gap = np.minimum(np.concatenate([[np.inf], d]), np.concatenate([d, [np.inf]]))[idx]
+    return np.where(gap > r, np.minimum(r, r * r / np.maximum(gap, 1e-300)), r)
 
 
 def lanczos_eigen(matvec: MatVec, n: int, *, k: int, which: str = "largest", tol: float = 1e-4, max_steps: int = MAX_STEPS,
@@ -154,12 +163,16 @@ def lanczos_eigen(matvec: MatVec, n: int, *, k: int, which: str = "largest", tol
     m = 0
     for j in range(steps):
         w = matvec(V[j])
-        _check_finite(w)
         alpha[j] = float(torch.dot(V[j], w))
         Vj = V[: j + 1]
-        for _ in range(2):  # CGS2: twice is enough (Parlett's "twice is enough")
-            w = w - Vj.T @ (Vj @ w)
+        before = float(w.norm())
+        w = w - Vj.T @ (Vj @ w)
         b = float(w.norm())
+        if b < 0.7071 * before:  # lost digits to cancellation: orthogonalise once more (DGKS; twice is enough)
+            w = w - Vj.T @ (Vj @ w)
+            b = float(w.norm())
+        if not (math.isfinite(alpha[j]) and math.isfinite(b)):
+            raise UserError(_NAN)
         beta[j] = b
         m = j + 1
         theta, S = _ritz(alpha, beta, m)

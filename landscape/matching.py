@@ -176,6 +176,7 @@ def weight_matching(model_a: nn.Module, model_b: nn.Module, *, spec: SpecLike | 
                 blocks[g].append((t, ax, a))
     rng = np.random.default_rng(seed)
     names = list(spec.groups)
+    neighbours = {g: {g2 for t, _ in e for _, g2 in moves[t] if g2 != g} for g, e in spec.groups.items()}
     ident = {g: torch.arange(n, device=device) for g, n in spec.sizes.items()}
     j_ident = _objective(A, B, moves, ident)
     best = None
@@ -183,9 +184,13 @@ def weight_matching(model_a: nn.Module, model_b: nn.Module, *, spec: SpecLike | 
     for r in range(restarts + 1):
         P = dict(ident) if r == 0 else {g: torch.as_tensor(rng.permutation(n), device=device) for g, n in spec.sizes.items()}
         history, converged, sweeps = [], False, 0
+        dirty = set(names)
         for sweeps in range(1, max_iter + 1):
             progress = False
             for g in rng.permutation(names):
+                if g not in dirty:  # S_g is unchanged since g's last assignment, which therefore stays optimal
+                    continue
+                dirty.discard(g)
                 n = spec.sizes[g]
                 S = const[g]
                 for t, ax, a in blocks[g]:
@@ -197,6 +202,7 @@ def weight_matching(model_a: nn.Module, model_b: nn.Module, *, spec: SpecLike | 
                 if new > old + 1e-10 * max(1.0, abs(old)):
                     P[g] = torch.as_tensor(col, device=device)
                     progress = True
+                    dirty |= neighbours[g]
             history.append(_objective(A, B, moves, P))
             if not progress:
                 converged = True

@@ -125,6 +125,15 @@ def _check_readable(path: Path) -> None:
         raise UserError(f"{path}: results schema version {version} is newer than this landscape ({SCHEMA_VERSION}): upgrade the package")
 
 
+def file_mode(path: Path) -> int:
+    """Permissions for a file written by rename: the old file's, else 0666 less the umask."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 class ResultsStore:
     """Read and write records of one results file. Cheap to create; opens the file per call."""
 
@@ -246,6 +255,7 @@ class ResultsStore:
                 f.flush()
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
+            os.chmod(tmp, file_mode(self.path))  # mkstemp creates 0600; keep the usual permissions
             os.replace(tmp, self.path)
         finally:
             if os.path.exists(tmp):

@@ -13,6 +13,7 @@ uninterrupted run; the last chunk marks the record complete and adds the directi
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -223,7 +224,7 @@ def surface(model: nn.Module, data: Data, directions: Directions, *, steps: int 
             loss, acc = np.array(existing["loss"], dtype=float), np.array(existing["accuracy"], dtype=float)
             done = np.array(existing["done"], dtype=bool)
 
-    origin = evaluate(model, batches)
+    origin = evaluate(model if view.device == batches.device else copy.deepcopy(model).to(batches.device), batches)
     base_attrs = dict(attrs or {})
     base_attrs.update(
         axes=list(axes), definition=DEFINITION, token=spec.token, bn=bn, origin_loss=origin.loss, origin_accuracy=origin.accuracy,
@@ -261,7 +262,9 @@ def surface(model: nn.Module, data: Data, directions: Directions, *, steps: int 
                    disable=not progress, dynamic_ncols=True, leave=False)
         try:
             for idx, l, a in ex.map(spec, _chunks(missing, max(1, size))):
-                np.put(loss, idx, l), np.put(acc, idx, a), np.put(done, idx, True)
+                np.put(loss, idx, l)
+                np.put(acc, idx, a)
+                np.put(done, idx, True)
                 evaluated += len(idx)
                 if not done.all():
                     write(False)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 from pathlib import Path
@@ -27,12 +28,28 @@ trials = 1
 samples = 32
 [hessian]
 top_k = 2
-num_runs = 2
+tol = 0.01
+max_steps = 10
+num_runs = 1
 lanczos_steps = 8
-num_queries = 4
+num_queries = 6
+seeds = 1
 [surface]
 steps = 5
 """
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread for tiny models: extra threads only add contention (Hessian-vector products ran 7x slower on a busy machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +59,9 @@ def tiny_runs(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny_runs")
     train, test = load_data("digits", "train", samples=300), load_data("digits", "test", samples=120)
-    train_group(root, "mlp", ["standard", "w-asym"], [0, 1], train, test, TrainSettings(epochs=2), arch_kwargs={"width": 16, "depth": 2},
-                progress=False)
+    with one_thread():
+        train_group(root, "mlp", ["standard", "w-asym"], [0, 1], train, test, TrainSettings(epochs=2), arch_kwargs={"width": 16, "depth": 2},
+                    progress=False)
     return root
 
 
@@ -54,7 +72,8 @@ def tiny_study(tiny_runs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_study")
     cfg = out / "study.toml"
     cfg.write_text(TINY_CONFIG)
-    rc = main(["run", str(tiny_runs), "--data", "digits", "-o", str(out), "--config", str(cfg), "-q"])
+    with one_thread():
+        rc = main(["run", str(tiny_runs), "--data", "digits", "-o", str(out), "--config", str(cfg), "-q"])
     assert rc == 0
     return out
 

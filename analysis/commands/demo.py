@@ -22,10 +22,10 @@ VARIANTS = ("standard", "w-asym", "sigma-asym")
 #: analysis settings of the demo: small, so the whole demo stays within a few minutes on 2 CPU cores
 DEMO_CONFIG: dict[str, dict[str, Any]] = {
     "study": {"data": "digits"},
-    "interpolation": {"num_points": 21},
-    "symmetry": {},
-    "hessian": {},
-    "surface": {},
+    "interpolation": {"num_points": 15},
+    "symmetry": {"trials": 2, "samples": 128},
+    "hessian": {"top_k": 3, "num_runs": 2, "lanczos_steps": 30, "num_queries": 10, "seeds": 1},
+    "surface": {"steps": 15},
 }
 
 
@@ -36,6 +36,8 @@ def add_arguments(p) -> None:
     p.add_argument("--width", type=int, default=128, help="MLP hidden width (default: %(default)s)")
     p.add_argument("--depth", type=int, default=None, help="MLP hidden layers (default: the zoo's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's choice; 1 is fastest for these tiny models on a busy machine)")
     p.add_argument("--static", metavar="DIR", help="also write every figure as PNG and PDF into DIR")
     p.add_argument("--force", action="store_true", help="recompute analysis records that are already complete")
 
@@ -54,6 +56,12 @@ def train_demo(root: str | Path, *, seeds: int = 4, epochs: int = 10, width: int
 
 def run(args) -> int:
     out = Path(args.output)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file; -o takes an output folder")
     train_demo(out / "checkpoints", seeds=args.seeds, epochs=args.epochs, width=args.width, depth=args.depth, progress=not args.quiet)
