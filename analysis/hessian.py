@@ -25,7 +25,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from landscape.errors import UserError
+from landscape.evaluation import evaluate
 from landscape.hessian import HessianOperator, hessian_eigenvalues, hessian_trace, spectral_density
+from landscape.params import ParamView
 from landscape.store import Dataset
 
 from .context import StudyContext
@@ -52,8 +55,7 @@ def analyse(op: HessianOperator, *, top_k: int, tol: float, max_steps: int | Non
             lanczos_steps: int, sigma: float | None, num_queries: int, trace_method: str, seed: int) -> tuple[dict[str, Dataset], dict[str, Any]]:
     """Datasets and scalar attrs of one record (no store access)."""
     t0, h0 = time.perf_counter(), op.hvps
-    k = min(top_k, op.n)
-    eig = hessian_eigenvalues(op, k=k, which="both", tol=tol, max_steps=max_steps, seed=seed)
+    eig = hessian_eigenvalues(op, k=top_k, which="both", tol=tol, max_steps=max_steps, seed=seed)
     ds = {**_eig_datasets(eig, "largest"), **_eig_datasets(eig, "smallest")}
     attrs: dict[str, Any] = {"lambda_max": eig.lambda_max, "lambda_min": eig.lambda_min, "all_converged": eig.all_converged,
                              "lanczos_steps_used": eig.steps, "coordinates": op.n, "samples": op.num_samples, "loss": op.loss,
@@ -94,6 +96,7 @@ def study(ctx: StudyContext, *, top_k: int = 10, density: bool = True, trace: bo
     if todo and ctx.progress:
         per = 2 * min(top_k, 50) * 4 + (num_queries if trace else 0) + (num_runs * lanczos_steps if density else 0)
         print(f"hessian: {len(todo)} model(s) x about {per} Hessian-vector products (2-4 passes over the {split} data each)")
+    _validate(ctx, todo, top_k, split, params)
     rows: dict[str, list[dict[str, Any]]] = {g: [] for g in names}
     bar = tqdm(todo, desc="hessian", disable=not ctx.progress)
     for g, run in bar:
@@ -109,6 +112,16 @@ def study(ctx: StudyContext, *, top_k: int = 10, density: bool = True, trace: bo
             ctx.store.write(key, ds, attrs)
         rows[g].append(values)
     return summary(ctx, names, rows)
+
+
+def _validate(ctx: StudyContext, todo, top_k: int, split: str, params) -> None:
+    """Bad input raises before any record is written: subset, k, labels, NaN loss (one forward pass per model)."""
+    for g, run in todo:
+        model = ctx.model(run)
+        n = ParamView(model, select=params).numel
+        if top_k > n:
+            raise UserError(f"k={top_k} eigenvalues asked for, but {run.final} has only {n} coordinates in the chosen parameters: lower --top-k")
+        evaluate(model, ctx.batches(split))
 
 
 def summary(ctx: StudyContext, groups: Iterable[str] | None = None, fresh: dict[str, list[dict[str, Any]]] | None = None) -> pd.DataFrame:

@@ -1,31 +1,60 @@
 """landscape: loss-landscape analysis of standard and asymmetric neural networks.
 
 The numerical core. Works on any ``nn.Module``; knows nothing of checkpoint files,
-studies or reports.
+studies or reports. Names are imported on first use, so ``landscape.store`` (h5py and
+numpy only) can be read without loading torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .errors import UserError
-from .data import Batches, as_batches, resolve_device
-from .params import ParamView, check_same_family, fixed_buffers, state_buffers
-from .evaluation import Evaluation, evaluate, reset_batchnorm
-from .store import ResultsStore, SCHEMA_VERSION
-from .hessian import HessianOperator, hessian_eigenvalues, hessian_trace, spectral_density
-from .lanczos import EigenResult, SpectralDensity, TraceEstimate
-from .interpolation import Curve, MLICurve, MLIMetrics, interpolate, mli, mli_metrics
-from .permutation import PermutationSpec, apply_permutation, permutation_spec, validate_spec
-from .matching import Permutation, activation_matching, weight_matching
-from .symmetry import SymmetryAudit, symmetry_audit
-from .directions import Directions, directions_from, hessian_directions, line_direction, plane_directions, random_directions
-from .surface import Surface, surface
+_EXPORTS = {
+    "errors": ["UserError"],
+    "data": ["Batches", "as_batches", "resolve_device"],
+    "params": ["ParamView", "check_same_family", "fixed_buffers", "state_buffers"],
+    "evaluation": ["Evaluation", "evaluate", "reset_batchnorm"],
+    "store": ["ResultsStore", "SCHEMA_VERSION"],
+    "interpolation": ["Curve", "MLICurve", "MLIMetrics", "interpolate", "mli", "mli_metrics"],
+    "hessian": ["HessianOperator", "hessian_eigenvalues", "hessian_trace", "spectral_density"],
+    "lanczos": ["EigenResult", "SpectralDensity", "TraceEstimate"],
+    "permutation": ["PermutationSpec", "apply_permutation", "permutation_spec", "validate_spec"],
+    "matching": ["Permutation", "activation_matching", "weight_matching"],
+    "symmetry": ["SymmetryAudit", "symmetry_audit"],
+    "directions": ["Directions", "directions_from", "hessian_directions", "line_direction", "plane_directions", "random_directions"],
+    "surface": ["Surface", "surface"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
 
-__all__ = [
-    "HessianOperator", "hessian_eigenvalues", "hessian_trace", "spectral_density", "EigenResult", "SpectralDensity", "TraceEstimate",
-    "UserError", "Batches", "as_batches", "resolve_device", "ParamView", "check_same_family", "fixed_buffers",
-    "state_buffers", "Evaluation", "evaluate", "reset_batchnorm", "ResultsStore", "SCHEMA_VERSION",
-    "Curve", "MLICurve", "MLIMetrics", "interpolate", "mli", "mli_metrics",
-    "PermutationSpec", "permutation_spec", "validate_spec", "apply_permutation", "Permutation", "weight_matching", "activation_matching",
-    "SymmetryAudit", "symmetry_audit",
-    "Directions", "random_directions", "plane_directions", "line_direction", "directions_from", "hessian_directions", "Surface", "surface",
-]
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'landscape' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from .data import Batches, as_batches, resolve_device
+    from .directions import Directions, directions_from, hessian_directions, line_direction, plane_directions, random_directions
+    from .errors import UserError
+    from .evaluation import Evaluation, evaluate, reset_batchnorm
+    from .hessian import HessianOperator, hessian_eigenvalues, hessian_trace, spectral_density
+    from .interpolation import Curve, MLICurve, MLIMetrics, interpolate, mli, mli_metrics
+    from .lanczos import EigenResult, SpectralDensity, TraceEstimate
+    from .matching import Permutation, activation_matching, weight_matching
+    from .params import ParamView, check_same_family, fixed_buffers, state_buffers
+    from .permutation import PermutationSpec, apply_permutation, permutation_spec, validate_spec
+    from .store import SCHEMA_VERSION, ResultsStore
+    from .surface import Surface, surface
+    from .symmetry import SymmetryAudit, symmetry_audit

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,32 +151,30 @@ class HessianOperator:
 
     # -- internals ---------------------------------------------------------------------------
     def _directions(self, V: Tensor) -> list[Tensor]:
-        """Parameter-shaped, batched ``(b, *shape)`` tangents from coordinate rows (fixed entries zero)."""
+        """Parameter-shaped tangents from coordinate rows (fixed entries zero): ``shape`` for one row, ``(b, *shape)`` for several."""
+        if V.shape[0] == 1:
+            return list(self.view.unflatten(V[0]).values())
         dicts = [self.view.unflatten(v) for v in V]
         return [torch.stack([d[name] for d in dicts]) for name in self.view.names]
-
-    def _flatten_batched(self, hs: Sequence[Tensor], b: int) -> Tensor:
-        return torch.stack([self.view.flatten([h[i] for h in hs]) for i in range(b)])
 
     def _products(self, V: Tensor) -> Tensor:
         if self.method == "forward-over-reverse":
             return self._products_fwd_rev(V)
         b = V.shape[0]
         tangents = self._directions(V)
-        total = [torch.zeros_like(t) for t in tangents]
+        total: list[Tensor | None] = [None] * len(tangents)
         # a kept graph was built in eval mode; only rebuilding needs the switch
         with _eval_mode(self.model, self._graphs is None), torch.enable_grad():
             for i, (x, y) in enumerate(self.batches):
                 g = self._graphs[i] if self._graphs is not None else self._gradient_graph(x, y)[0]
                 # one vector: a plain backward (vmap's overhead is not worth it for b = 1)
-                h = torch.autograd.grad(g, self._params, grad_outputs=tangents if b > 1 else [t[0] for t in tangents],
-                                        retain_graph=self._graphs is not None, is_grads_batched=b > 1, allow_unused=True)
-                if b == 1:
-                    h = [None if a is None else a[None] for a in h]
-                for t, a in zip(total, h):
-                    if a is not None:
-                        t.add_(a)
-        return self._flatten_batched(total, b) / self.num_samples
+                h = torch.autograd.grad(g, self._params, grad_outputs=tangents, retain_graph=self._graphs is not None,
+                                        is_grads_batched=b > 1, allow_unused=True)
+                total = [a if t is None else (t if a is None else t + a) for t, a in zip(total, h)]
+        total = [torch.zeros_like(t) if a is None else a for a, t in zip(total, tangents)]
+        if b == 1:
+            return (self.view.flatten(total) / self.num_samples)[None]
+        return torch.stack([self.view.flatten([h[i] for h in total]) for i in range(b)]) / self.num_samples
 
     def _gradient_graph(self, x: Tensor, y: Tensor) -> tuple[tuple[Tensor, ...], float]:
         """The batch's gradient of the loss sum with its graph, and the loss sum."""
@@ -283,8 +281,9 @@ def hessian_eigenvalues(model: nn.Module | HessianOperator, data: Data | None = 
     if k > op.n:
         raise UserError(f"k={k} eigenvalues asked for, but the chosen parameters have only {op.n} coordinates: lower k")
     steps = default_max_steps(op.n, k, which, op.dtype) if max_steps is None else int(max_steps)
-    if steps < 1:
-        raise UserError(f"max_steps must be positive, got {max_steps}")
+    need = min(op.n, 2 * k if which == "both" else k)
+    if steps < need:
+        raise UserError(f"max_steps={steps} is fewer than the {need} Ritz values asked for: raise max_steps or lower k")
     t0, h0 = time.perf_counter(), op.hvps
     res = lanczos_eigen(op.matvec, op.n, k=int(k), which=which, tol=tol, max_steps=steps, seed=seed, dtype=op.dtype,
                         device=op.device, return_vectors=return_eigenvectors)

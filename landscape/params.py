@@ -102,6 +102,8 @@ class ParamView:
         self.numel = start
         params = dict(model.named_parameters())
         self._params = [params[s.name] for s in self.slots]
+        # built eagerly: filling a cache lazily inside a torch.func transform breaks later calls
+        self._gather = {s.name: self._gather_index(s, p) for s, p in zip(self.slots, self._params) if s.index is not None}
 
     @property
     def names(self) -> list[str]:
@@ -170,21 +172,20 @@ class ParamView:
                 out[s.name] = part.reshape(*theta.shape[:-1], *s.shape)
             else:
                 # gather from [part, 0]: fixed positions read the appended zero, then take base values
-                gather = self._gather_index(s, p)
+                gather = self._gather[s.name]
                 padded = torch.cat([part, part.new_zeros(*theta.shape[:-1], 1)], dim=-1)
                 full = padded[..., gather].reshape(*theta.shape[:-1], *s.shape)
                 trainable = gather.reshape(s.shape) < (s.stop - s.start)
                 out[s.name] = torch.where(trainable, full, p.detach())
         return out
 
-    def _gather_index(self, s: _Slot, p: Tensor) -> Tensor:
-        cache = self.__dict__.setdefault("_gather_cache", {})
-        if s.name not in cache:
-            n = s.stop - s.start
-            g = torch.full((s.shape.numel(),), n, dtype=torch.long, device=p.device)
-            g[s.index.to(p.device)] = torch.arange(n, device=p.device)
-            cache[s.name] = g
-        return cache[s.name]
+    @staticmethod
+    def _gather_index(s: _Slot, p: Tensor) -> Tensor:
+        """Index into ``[coordinates, 0]`` for every entry: its coordinate, or the trailing zero if fixed."""
+        n = s.stop - s.start
+        g = torch.full((s.shape.numel(),), n, dtype=torch.long, device=p.device)
+        g[s.index.to(p.device)] = torch.arange(n, device=p.device)
+        return g
 
     def _check(self, theta: Tensor) -> None:
         if theta.shape[-1] != self.numel:

@@ -28,7 +28,6 @@ from torch import Tensor, nn
 
 from .permutation import PermutationSpec, SpecBuilder, named_tensors, output_change, random_perms
 
-Label = "tuple[str, int] | None"
 
 _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Mish,
                 nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)

@@ -60,8 +60,8 @@ def run(args) -> int:
     side["aligned_to"] = {"path": str(a_path), "sha256": sha256(a_path), "source": str(b_path), "source_sha256": sha256(b_path),
                           "method": f"{args.method} matching", "objective": perm.objective, "objective_identity": perm.objective_identity,
                           "sweeps": perm.sweeps, "converged": perm.converged, "function_preserved": perm.function_preserved,
-                          "max_output_change": perm.max_output_change, "seed": args.seed, "restarts": args.restarts,
-                          "permutation": {g: p.tolist() for g, p in perm.perms.items()}}
+                          "max_output_change": perm.max_output_change, "seed": args.seed, "restarts": args.restarts}
+    side["alignment_permutation"] = {g: p.tolist() for g, p in perm.perms.items()}  # B's unit placed at each position, per group
     save_checkpoint(aligned, out, sidecar=side)
     rows = [("aligned to", str(a_path)), ("method", f"{args.method} matching"), ("objective (identity)", f"{perm.objective_identity:.6g}"),
             ("objective (aligned)", f"{perm.objective:.6g}"), ("sweeps", perm.sweeps), ("function preserved", perm.function_preserved),

@@ -39,6 +39,7 @@ def test_align_writes_permuted_checkpoint_with_sidecar(tiny_runs, tmp_path, caps
     model_a, model_b = load_model(a), load_model(b)
     expected = weight_matching(model_a, model_b)
     assert info["objective"] == pytest.approx(expected.objective)
+    assert side["alignment_permutation"] == {g: p.tolist() for g, p in expected.perms.items()}
     aligned, reference = load_model(out), apply_permutation(model_b, expected)
     for name, t in reference.state_dict().items():
         assert torch.equal(aligned.state_dict()[name], t), name

@@ -5,6 +5,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from analysis.cli import main
 from analysis.commands.export import read_loss_landscape_file, write_loss_landscape_file
@@ -12,6 +13,15 @@ from checkpoints import load_model, save_checkpoint, zoo
 from checkpoints.sources import load_data
 from landscape import evaluate, random_directions
 from landscape.store import ResultsStore
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread (thread-pool hand-offs cost more than the work on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_surface_cli_records_summary_rerun_and_export(tiny_runs, tmp_path, capsys):

@@ -236,6 +236,8 @@ def test_bad_input_raises_user_error():
         hessian_eigenvalues(model, (X, y + 5))
     with pytest.raises(UserError, match="k=500"):
         hessian_eigenvalues(model, (X, y), k=500)
+    with pytest.raises(UserError, match="max_steps=4"):
+        hessian_eigenvalues(model, (X, y), k=3, which="both", max_steps=4)
     with pytest.raises(UserError, match="which"):
         hessian_eigenvalues(model, (X, y), which="middle")
     broken = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3)).double()

@@ -24,6 +24,15 @@ from landscape.surface import Surface, landmark_grid, surface
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread (thread-pool hand-offs cost more than the work on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def mlp(variant="standard", seed=0):
     return zoo.build("mlp", variant, input_dim=12, num_classes=4, width=8, depth=2, seed=seed)
 
@@ -196,7 +205,7 @@ def test_kill_and_resume_gives_identical_grid(tmp_path):
     script = tmp_path / "grid.py"
     script.write_text(SCRIPT)
     out = tmp_path / "killed.h5"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")  # the same thread count as this process
     proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env)
     done_before, deadline = 0, time.time() + 120
     try:
