@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,17 +39,13 @@ steps = 5
 """
 
 
-@contextlib.contextmanager
-def one_thread():
-    """torch on one thread for tiny models: extra threads only add contention (Hessian-vector products ran 7x slower on a busy machine)."""
+def pytest_configure(config):
+    """torch on one thread for the whole suite (subprocesses too): the models are tiny, and on a
+    shared 2-core machine extra threads only contend (small products ran 7-100x slower with two)."""
     import torch
 
-    threads = torch.get_num_threads()
+    os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -59,9 +55,8 @@ def tiny_runs(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny_runs")
     train, test = load_data("digits", "train", samples=300), load_data("digits", "test", samples=120)
-    with one_thread():
-        train_group(root, "mlp", ["standard", "w-asym"], [0, 1], train, test, TrainSettings(epochs=2), arch_kwargs={"width": 16, "depth": 2},
-                    progress=False)
+    train_group(root, "mlp", ["standard", "w-asym"], [0, 1], train, test, TrainSettings(epochs=2), arch_kwargs={"width": 16, "depth": 2},
+                progress=False)
     return root
 
 
@@ -72,8 +67,7 @@ def tiny_study(tiny_runs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_study")
     cfg = out / "study.toml"
     cfg.write_text(TINY_CONFIG)
-    with one_thread():
-        rc = main(["run", str(tiny_runs), "--data", "digits", "-o", str(out), "--config", str(cfg), "-q"])
+    rc = main(["run", str(tiny_runs), "--data", "digits", "-o", str(out), "--config", str(cfg), "-q"])
     assert rc == 0
     return out
 

@@ -14,15 +14,6 @@ from landscape import apply_permutation, weight_matching
 from landscape.store import ResultsStore
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a shared CPU makes multi-threaded small convolutions stall."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _ckpt(root, group, seed):
     return root / group / f"seed{seed}" / "final.pt"
 

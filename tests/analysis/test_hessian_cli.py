@@ -15,14 +15,6 @@ from landscape.store import ResultsStore
 ARGS = ["--data", "digits", "--samples", "150", "--top-k", "3", "--trace-queries", "12", "--device", "cpu", "-q"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny products: extra threads only contend on a busy machine
-    yield
-    torch.set_num_threads(n)
-
-
 def test_hessian_writes_records_and_prints_the_group_table(tiny_runs, tmp_path, capsys):
     out = tmp_path / "r.h5"
     rc = main(["hessian", str(tiny_runs), *ARGS, "--density", "--density-runs", "3", "--lanczos-steps", "20", "-o", str(out)])

@@ -9,7 +9,6 @@ import pytest
 from analysis.cli import main
 from analysis.commands import demo, run
 from analysis.results import load
-from conftest import one_thread
 
 
 def _times(path):
@@ -85,8 +84,7 @@ def test_demo_trains_then_runs(tmp_path, monkeypatch, capsys):
     tiny = {"study": {"data": "digits", "samples": 60, "analyses": ["interpolation"]}, "interpolation": {"num_points": 3}}
     monkeypatch.setattr(demo, "DEMO_CONFIG", tiny)
     out = tmp_path / "demo"
-    with one_thread():
-        assert main(["demo", "-o", str(out), "--seeds", "2", "--epochs", "1", "--width", "8", "-q"]) == 0
+    assert main(["demo", "-o", str(out), "--seeds", "2", "--epochs", "1", "--width", "8", "-q"]) == 0
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["sigma-asym", "standard", "w-asym"]
     assert (out / "report.html").is_file()
     res = load(out / "results.h5")

@@ -15,15 +15,6 @@ from landscape import evaluate, random_directions
 from landscape.store import ResultsStore
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread (thread-pool hand-offs cost more than the work on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_surface_cli_records_summary_rerun_and_export(tiny_runs, tmp_path, capsys):
     out = tmp_path / "r.h5"
     args = ["surface", str(tiny_runs), "--data", "digits", "--samples", "100", "--steps", "5", "--span", "0.5", "-o", str(out), "-q"]

@@ -10,15 +10,6 @@ from landscape.directions import directions_from, hessian_directions, line_direc
 from landscape.params import ParamView
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread (thread-pool hand-offs cost more than the work on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def hand_model() -> nn.Module:
     """Linear(3->2), LayerNorm(2), Linear(2->2) with chosen weights."""
     m = nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2), nn.Linear(2, 2))

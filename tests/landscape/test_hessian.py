@@ -15,15 +15,6 @@ from landscape import HessianOperator, UserError, hessian_eigenvalues, hessian_t
 from landscape.lanczos import broadened_density, hutchinson, hutchpp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # many tiny products: with 2 OpenMP threads on a busy 2-core machine each one can take 100x longer
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def dense_hessian(model: nn.Module, X: torch.Tensor, y: torch.Tensor, select=None, func: bool = True) -> torch.Tensor:
     """Dense Hessian of the mean cross-entropy, over every trainable entry, then restricted to
     the entries a W-Asym mask leaves trainable (independent of ParamView and the operator).

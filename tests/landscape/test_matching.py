@@ -17,15 +17,6 @@ from landscape import (ParamView, UserError, activation_matching, apply_permutat
 from landscape.permutation import random_perms, sample_input
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a shared CPU makes multi-threaded small convolutions stall."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
@@ -55,12 +46,7 @@ def _inner(a: nn.Module, b: nn.Module, names) -> float:
 def trained_mlp():
     train = load_data("digits", "train", samples=300)
     model = build("mlp", seed=3, input_dim=64, width=24, depth=2)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train_model(model, train, TrainSettings(epochs=1, batch_size=32), seed=3, progress=False)
-    finally:
-        torch.set_num_threads(n)
+    return train_model(model, train, TrainSettings(epochs=1, batch_size=32), seed=3, progress=False)
 
 
 def test_planted_permutation_of_trained_mlp_is_recovered_exactly(trained_mlp):

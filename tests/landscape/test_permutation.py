@@ -15,14 +15,6 @@ from landscape.permutation import random_perms, sample_input
 from landscape.spec_tracing import derive_spec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a shared CPU makes multi-threaded small convolutions stall."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 ZOO = [("mlp", dict(input_dim=20, width=12, depth=2)), ("mlp", dict(input_dim=20, width=12, depth=2, norm="batch")),
        ("cnn", dict(channels=(6, 8))), ("resnet20", dict(norm="group")), ("resnet20", dict(norm="batch")), ("resnet20", dict(norm="layer"))]
 

@@ -24,15 +24,6 @@ from landscape.surface import Surface, landmark_grid, surface
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread (thread-pool hand-offs cost more than the work on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def mlp(variant="standard", seed=0):
     return zoo.build("mlp", variant, input_dim=12, num_classes=4, width=8, depth=2, seed=seed)
 

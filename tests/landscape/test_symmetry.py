@@ -13,15 +13,6 @@ from checkpoints.zoo import build
 from landscape import symmetry_audit
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a shared CPU makes multi-threaded small convolutions stall."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("arch,kw", [("mlp", dict(input_dim=64, width=16, depth=3)), ("resnet20", dict(norm="group", in_channels=1))])
 def test_audit_separates_standard_from_asymmetric(arch, kw):
     audits = {v: symmetry_audit(build(arch, v, seed=0, **kw), trials=1, samples=16) for v in ("standard", "w-asym", "sigma-asym")}
