@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from .data import Data, as_batches
 from .errors import UserError
+from .spec_tracing import leaf_calls
 from .params import check_same_family, fixed_buffers, fixed_entry_mask
 from .permutation import (PermutationSpec, SpecLike, _as_sample, as_spec, named_tensors, output_change, permutation_spec,
                           permute_tensor, validate_spec)
@@ -223,21 +224,9 @@ def _unit_axis(shape: tuple[int, ...], n: int) -> int | None:
     return None
 
 
-@torch.no_grad()
 def _recorded(model: nn.Module, x: Tensor) -> list[tuple[str, Tensor]]:
     """Outputs of every leaf module, in the order they run."""
-    out: list[tuple[str, Tensor]] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: out.append((n, o.detach())))
-             for n, m in model.named_modules() if not any(True for _ in m.children())]
-    was = model.training
-    model.eval()
-    try:
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
-    return out
+    return [(n, o) for n, _, _, o in leaf_calls(model, x)]
 
 
 def _standardised(h: Tensor, axis: int, n: int) -> Tensor:

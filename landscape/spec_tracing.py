@@ -268,12 +268,11 @@ class _Tracer(fx.Tracer):
 
 
 @torch.no_grad()
-def _by_order(model: nn.Module, x: Tensor, why: str) -> PermutationSpec:
-    b = _Builder(model)
-    calls = []
-    leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: calls.append((n, mod, tuple(i[0].shape), tuple(o.shape))))
-             for n, m in leaves]
+def leaf_calls(model: nn.Module, x: Tensor) -> list[tuple[str, nn.Module, Tensor, Tensor]]:
+    """``(name, module, first input, output)`` of every leaf module, in the order they run (eval mode)."""
+    calls: list[tuple[str, nn.Module, Tensor, Tensor]] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: calls.append((n, mod, i[0].detach(), o.detach())))
+             for n, m in model.named_modules() if not any(True for _ in m.children())]
     was = model.training
     model.eval()
     try:
@@ -282,6 +281,12 @@ def _by_order(model: nn.Module, x: Tensor, why: str) -> PermutationSpec:
         for h in hooks:
             h.remove()
         model.train(was)
+    return calls
+
+
+def _by_order(model: nn.Module, x: Tensor, why: str) -> PermutationSpec:
+    b = _Builder(model)
+    calls = [(n, m, tuple(i.shape), tuple(o.shape)) for n, m, i, o in leaf_calls(model, x)]
     lab, prev = None, tuple(x.shape)
     for name, m, in_shape, out_shape in calls:
         if lab is not None and in_shape != prev:
