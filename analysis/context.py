@@ -54,6 +54,7 @@ class StudyContext:
             scratch = tempfile.mkdtemp(prefix="landscape-")
             output = Path(scratch) / "results.h5"
         store = ResultsStore(output)
+        store.remove_stale_temporaries()  # this command is the file's one writer
         return cls(groups, data, store, resolve_device(device), samples, batch_size, arch, force, progress)
 
     # -- data ------------------------------------------------------------------------------

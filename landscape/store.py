@@ -146,6 +146,17 @@ class ResultsStore:
         elif not create:
             raise UserError(f"{self.path}: no such results file")
 
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete temporary copies left by a writer that was killed mid-write.
+
+        Only the (single) writer of a file may call this: a live writer's temporary would go too.
+        """
+        removed = []
+        for p in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+        return removed
+
     # -- reading -------------------------------------------------------------------------
     def _open(self):
         return h5py.File(self.path, "r")

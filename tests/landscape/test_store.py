@@ -48,3 +48,15 @@ def test_failed_write_leaves_old_file(tmp_path):
         s.write("a/g/r2", {"x": np.array([object()])})
     assert p.read_bytes() == before and s.keys() == ["a/g/r1"]
     assert not [q for q in tmp_path.iterdir() if q.name.endswith(".tmp")]
+
+
+def test_writer_removes_temporaries_of_a_killed_write(tmp_path):
+    p = tmp_path / "r.h5"
+    s = ResultsStore(p)
+    s.write("a/g/r1", {"x": np.arange(3)})
+    stale = tmp_path / ".r.h5.abc123.tmp"
+    stale.write_bytes(b"half")
+    other = tmp_path / ".other.h5.abc.tmp"
+    other.write_bytes(b"not ours")
+    assert s.remove_stale_temporaries() == [stale]
+    assert not stale.exists() and other.exists() and s.keys() == ["a/g/r1"]
