@@ -107,11 +107,21 @@ def discover(roots: str | Path | Iterable[str | Path]) -> dict[str, list[Run]]:
         for g, runs in found.items():
             name = g if g not in groups else f"{root.name}-{g}"
             groups[name] = sorted(runs, key=lambda r: _seed_order(r.seed))
+    groups = dict(sorted(groups.items(), key=lambda kv: _group_order(kv[0], kv[1])))
     for g, runs in groups.items():
         archs = {(r.sidecar.get("arch"), r.sidecar.get("variant"), r.sidecar.get("mask_seed", (r.sidecar.get("kwargs") or {}).get("mask_seed"))) for r in runs if r.sidecar}
         if len(archs) > 1:
             raise UserError(f"group {g}: checkpoints of different architectures or mask seeds ({sorted(map(str, archs))[:2]}): keep one family per group folder")
     return groups
+
+
+_VARIANT_RANK = {"standard": 0, "w-asym": 1, "sigma-asym": 2}
+
+
+def _group_order(name: str, runs: list[Run]):
+    """Standard, W-Asym, sigma-Asym first (by sidecar variant, else by name), then by name."""
+    variant = next((r.sidecar.get("variant") for r in runs if r.sidecar.get("variant")), name)
+    return (_VARIANT_RANK.get(str(variant), 3), name)
 
 
 def _seed_order(label: str):
