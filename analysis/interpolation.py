@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import warnings
 from typing import Any, Iterable, Sequence
 
@@ -81,11 +82,14 @@ def study(ctx: StudyContext, *, num_points: int = 25, splits: Sequence[str] = ("
                 jobs.append((ALIGNED, g, ra, rb))
         if mli:
             jobs.extend((MLI, g, r, None) for r in runs if r.init is not None)
-    bar = tqdm(jobs, desc="interpolation", disable=not ctx.progress)
+    todo = [j for j in jobs if not ctx.should_skip(_key(*j))]
+    if todo and ctx.progress:
+        passes = sum(num_points * (1 if j[0] == MLI else len(splits)) * (2 if bn == "reset" else 1) for j in todo)
+        sizes = ", ".join(f"{s}: {ctx.dataset(s).description['size']} samples" for s in splits)
+        print(f"interpolation: {len(todo)} curve(s) of {num_points} points = {passes} passes over the data ({sizes})", file=sys.stderr)
+    bar = tqdm(todo, desc="interpolation", disable=not ctx.progress)
     for analysis, g, ra, rb in bar:
-        key = f"{analysis}/{g}/{ra.key if rb is None else pair_key(ra.key, rb.key)}"
-        if ctx.should_skip(key):
-            continue
+        key = _key(analysis, g, ra, rb)
         bar.set_postfix_str(key, refresh=False)
         if analysis == MLI:
             curves = _curves(ctx, ctx.model(ra, "init"), ctx.model(ra), ("train",), num_points, bn)
@@ -116,6 +120,10 @@ def study(ctx: StudyContext, *, num_points: int = 25, splits: Sequence[str] = ("
         attrs.update(_barrier_attrs(curves))
         ctx.store.write(key, _curve_datasets(curves), attrs)
     return summary(ctx, names)
+
+
+def _key(analysis: str, group: str, ra, rb) -> str:
+    return f"{analysis}/{group}/{ra.key if rb is None else pair_key(ra.key, rb.key)}"
 
 
 def _attrs(ctx: StudyContext, analysis: str, group: str) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ entry that two architectures share: the pictures differ by the networks, not the
 from __future__ import annotations
 
 import math
+import sys
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -76,6 +77,11 @@ def study(ctx: StudyContext, *, steps: int = 41, span: float | None = None, plan
     if ctx.store is None:
         raise UserError("a surface study needs an output results file (-o results.h5)")
     names = list(groups or ctx.groups)
+    if ctx.progress:
+        points = steps**dims
+        passes = points * (2 if bn == "reset" else 1)
+        print(f"surface: {len(names)} group(s) x {points} points = up to {len(names) * passes} passes over the {split} data "
+              f"({ctx.dataset(split).description['size']} samples; complete points are reused)", file=sys.stderr)
     rows = []
     made: list = []
 
