@@ -16,7 +16,6 @@ import hashlib
 import importlib
 import importlib.util
 import json
-import math
 import os
 import pickle
 import tempfile

@@ -184,7 +184,6 @@ def notebook_html(res: "Results", figures: Iterable[str] = ("interpolation",)) -
 
     plotly.js is embedded in the first output of a kernel session only (it is 4.8 MB).
     """
-    global _PLOTLYJS_SENT
     parts = [f"<h4>{esc(Path(res.path).name)}: {len(res.records)} complete records</h4>", table_html(res.summary())]
     missing = res.incomplete()
     if len(missing):
