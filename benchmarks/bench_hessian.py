@@ -145,6 +145,17 @@ def _pyhessian(model, X, y, tol, counter, what="eigenvalues", seed=0, **kw):
         model.zero_grad(set_to_none=True)  # PyHessian leaves a create_graph gradient in .grad
 
 
+def smallest_passing(ok, lo: int, hi: int) -> int | None:
+    """The smallest step count in (lo, hi] for which ``ok`` holds, by bisection (the error falls
+    with the Lanczos length); None when even ``hi`` fails."""
+    if not ok(hi):
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
+
+
 def _torch_eig(T, eigenvectors=False):
     """The removed ``torch.eig`` for a symmetric matrix: eigenvalues as (n, 2) real/imaginary columns, eigenvectors."""
     w, V = torch.linalg.eigh(T)
@@ -180,13 +191,7 @@ def run(smoke: bool = False, device: str = "cpu") -> list[dict]:
 
         # the smallest Lanczos length that reaches 1e-4 (the user would have to find it by hand)
         ok = lambda m: _rel(_eigenthings(model, X, y, m, _Counter()), truth) <= 1e-4  # noqa: E731
-        lo, hi = K, min(n - 1, 80)  # bisection: the error falls with the Lanczos length
-        tuned = None
-        if ok(hi):
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                lo, hi = (lo, mid) if ok(mid) else (mid, hi)
-            tuned = hi
+        tuned = smallest_passing(ok, K, min(n - 1, 80))
         for label, m in (("hessian-eigenthings (default 2k steps)", 2 * K), ("hessian-eigenthings (tuned)", tuned)):
             if m is None:
                 rows.append({"case": case, "tool": label, "note": "no max_iter below 80 reached 1e-4"})

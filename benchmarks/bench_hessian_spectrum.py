@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.bench_hessian import K, _Counter, _eigenthings, _he_operator, _problem, _pyhessian
+from benchmarks.bench_hessian import K, _Counter, _eigenthings, _he_operator, _problem, _pyhessian, smallest_passing
 from benchmarks.timing import _sync, measure_interleaved, spread
 from landscape import hessian_eigenvalues
 
@@ -89,13 +89,8 @@ def _dense_cases(smoke: bool, device: str) -> list[dict]:
         calls["landscape"] = ours
         extra["landscape"] = {"note": "which='smallest', defaults (tol=1e-4)"}
         ok = lambda m, k=k: err(_eigenthings(model, X, y, m, _Counter(), k, "SA")) <= 1e-4  # noqa: E731
-        lo, hi = k, min(n - 1, 60 if smoke else 150)
-        tuned = None
-        if ok(hi):
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                lo, hi = (lo, mid) if ok(mid) else (mid, hi)
-            tuned = hi
+        hi = min(n - 1, 60 if smoke else 150)
+        tuned = smallest_passing(ok, k, hi)
         for label, m in (("hessian-eigenthings (default 2k steps)", 2 * k), ("hessian-eigenthings (tuned)", tuned)):
             if m is None:
                 rows.append({"case": case, "tool": label, "note": f"no max_iter up to {hi} reached 1e-4"})

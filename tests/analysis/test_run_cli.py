@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
-import pytest
 
 from analysis.cli import main
 from analysis.commands import demo, run

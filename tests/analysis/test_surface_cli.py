@@ -5,7 +5,6 @@ import sys
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from analysis.cli import main
 from analysis.commands.export import read_loss_landscape_file, write_loss_landscape_file

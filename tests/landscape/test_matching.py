@@ -14,20 +14,10 @@ from checkpoints.train import TrainSettings, train_model
 from checkpoints.zoo import build
 from landscape import (ParamView, UserError, activation_matching, apply_permutation, check_same_family, evaluate, permutation_spec,
                        weight_matching)
-from landscape.permutation import random_perms, sample_input
+from conftest import randomise_norms
+from landscape.permutation import random_perms
 
 
-def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-        if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
-            with torch.no_grad():  # init values (ones, zeros) would hide a norm the matching ignores
-                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
-    return model
 
 
 def _assert_same_tensors(a: nn.Module, b: nn.Module) -> None:
@@ -68,7 +58,7 @@ def test_planted_permutation_of_trained_mlp_is_recovered_exactly(trained_mlp):
 
 @pytest.mark.parametrize("norm", ["group", "batch", "layer"])
 def test_planted_permutation_of_resnet20_is_recovered_exactly(norm):
-    a = _randomise_bn(build("resnet20", "standard", seed=0, norm=norm, width=1))
+    a = randomise_norms(build("resnet20", "standard", seed=0, norm=norm, width=1))
     planted = random_perms(permutation_spec(a), seed=5)
     b = apply_permutation(a, planted)
     result = weight_matching(a, b)
@@ -78,7 +68,7 @@ def test_planted_permutation_of_resnet20_is_recovered_exactly(norm):
 
 def test_matching_two_seeds_improves_objective_and_keeps_function():
     a, b = build("mlp", seed=0, input_dim=30, width=16, depth=3), build("mlp", seed=1, input_dim=30, width=16, depth=3)
-    _randomise_bn(a, 1), _randomise_bn(b, 2)
+    randomise_norms(a, 1), randomise_norms(b, 2)
     result = weight_matching(a, b, restarts=2, seed=4)
     aligned = apply_permutation(b, result)
     names = list(result.spec.moves())

@@ -11,6 +11,7 @@ from torch import nn
 
 from checkpoints.zoo import build
 from landscape import PermutationSpec, UserError, apply_permutation, permutation_spec, validate_spec
+from conftest import randomise_norms
 from landscape.permutation import random_perms, sample_input
 from landscape.spec_tracing import derive_spec
 
@@ -19,14 +20,6 @@ ZOO = [("mlp", dict(input_dim=20, width=12, depth=2)), ("mlp", dict(input_dim=20
        ("cnn", dict(channels=(6, 8))), ("resnet20", dict(norm="group")), ("resnet20", dict(norm="batch")), ("resnet20", dict(norm="layer"))]
 
 
-def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give BatchNorm running statistics distinct values, so a spec that misses them would show."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return model
 
 
 def _out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -41,7 +34,7 @@ def _groups(spec: PermutationSpec) -> list[list]:
 @pytest.mark.parametrize("arch,kw", ZOO)
 @pytest.mark.parametrize("variant", ["standard", "w-asym", "sigma-asym"])
 def test_zoo_specs_are_symmetries_of_the_standard_architecture(arch, kw, variant):
-    model = _randomise_bn(build(arch, variant, seed=1, **kw))
+    model = randomise_norms(build(arch, variant, seed=1, **kw))
     spec = permutation_spec(model)  # validated inside (fixed buffers moved too)
     x = sample_input(model, 6, seed=3)
     perm = random_perms(spec, seed=7)
@@ -102,7 +95,7 @@ def test_automatic_spec_sequential_mlp():
 
 def test_automatic_spec_sequential_cnn_with_flatten_into_linear():
     torch.manual_seed(0)
-    model = _randomise_bn(nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+    model = randomise_norms(nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
                                         nn.Conv2d(6, 5, 3, padding=1), nn.GroupNorm(1, 5), nn.SiLU(), nn.Flatten(), nn.Linear(5 * 4 * 4, 3)))
     x = torch.randn(4, 2, 8, 8)
     spec = permutation_spec(model, x)

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from checkpoints.sources import load_data
 from checkpoints.zoo import build
