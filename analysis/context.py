@@ -9,7 +9,6 @@ share them.
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -131,8 +130,3 @@ class StudyContext:
     def should_skip(self, key: str) -> bool:
         return not self.force and self.store.has(key)
 
-
-def timed(fn, *args, **kwargs):
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0

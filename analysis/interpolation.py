@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from landscape.interpolation import BARRIER_DEFINITIONS, Curve, interpolate, mli_metrics
+from landscape.interpolation import BARRIER_DEFINITIONS, Curve, interpolate_splits, mli_metrics
 from landscape.store import Dataset
 
 from .common import mean_std
@@ -58,8 +58,8 @@ def _barrier_attrs(curves: dict[str, Curve]) -> dict[str, float]:
 
 
 def _curves(ctx: StudyContext, a, b, splits: Sequence[str], num_points: int, bn: str) -> dict[str, Curve]:
-    return {s: interpolate(a, b, ctx.batches(s), num_points=num_points, bn=bn, train_data=ctx.batches("train") if bn == "reset" else None)
-            for s in splits}
+    return interpolate_splits(a, b, {s: ctx.batches(s) for s in splits}, num_points=num_points, bn=bn,
+                              train_data=ctx.batches("train") if bn == "reset" else None)
 
 
 def study(ctx: StudyContext, *, num_points: int = 25, splits: Sequence[str] = ("test", "train"), bn: str = "eval", align: bool | str = False,
@@ -84,7 +84,7 @@ def study(ctx: StudyContext, *, num_points: int = 25, splits: Sequence[str] = ("
             jobs.extend((MLI, g, r, None) for r in runs if r.init is not None)
     todo = [j for j in jobs if not ctx.should_skip(_key(*j))]
     if todo and ctx.progress:
-        passes = sum(num_points * (1 if j[0] == MLI else len(splits)) * (2 if bn == "reset" else 1) for j in todo)
+        passes = sum(num_points * ((1 if j[0] == MLI else len(splits)) + (1 if bn == "reset" else 0)) for j in todo)
         sizes = ", ".join(f"{s}: {ctx.dataset(s).description['size']} samples" for s in splits)
         print(f"interpolation: {len(todo)} curve(s) of {num_points} points = {passes} passes over the data ({sizes})", file=sys.stderr)
     bar = tqdm(todo, desc="interpolation", disable=not ctx.progress)

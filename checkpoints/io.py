@@ -206,7 +206,7 @@ def import_callable(spec: str) -> Callable[..., nn.Module]:
     return fn
 
 
-def model_config(path: str | os.PathLike, sd: dict[str, Tensor], embedded: dict[str, Any]) -> dict[str, Any]:
+def model_config(path: str | os.PathLike, embedded: dict[str, Any]) -> dict[str, Any]:
     side = read_sidecar(path)
     cfg = dict(embedded)
     for k in ("arch", "variant", "kwargs"):
@@ -258,7 +258,7 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, device: str 
     """
     path = Path(path)
     sd, embedded = read_checkpoint(path)
-    cfg = model_config(path, sd, embedded)
+    cfg = model_config(path, embedded)
     if arch is not None:
         cfg = {**{k: v for k, v in cfg.items() if ":" not in str(arch)}, "arch": arch}
     cfg.update(kwargs)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from landscape.evaluation import evaluate, loss_sum
+from landscape.evaluation import check_targets, evaluate, loss_sum
 from landscape.errors import UserError
 
 from .discover import Run
@@ -43,6 +43,9 @@ def train_model(model: nn.Module, train: DataSet, settings: TrainSettings, *, se
     gen = torch.Generator().manual_seed(10_007 * int(seed) + 1)
     X, y = train.X, train.y
     n = X.shape[0]
+    if not y.is_floating_point():
+        with torch.no_grad():
+            check_targets(model.eval()(X[:2]), (int(y.min()), int(y.max())))
     model.train()
     bar = tqdm(range(settings.epochs), desc=desc, leave=False, disable=not progress)
     for _ in bar:

@@ -18,7 +18,7 @@ _EXPORTS = {
     "params": ["ParamView", "check_same_family", "fixed_buffers", "state_buffers"],
     "evaluation": ["Evaluation", "evaluate", "reset_batchnorm"],
     "store": ["ResultsStore", "SCHEMA_VERSION"],
-    "interpolation": ["Curve", "MLICurve", "MLIMetrics", "interpolate", "mli", "mli_metrics"],
+    "interpolation": ["Curve", "MLICurve", "MLIMetrics", "interpolate", "interpolate_splits", "mli", "mli_metrics"],
     "hessian": ["HessianOperator", "hessian_eigenvalues", "hessian_trace", "spectral_density"],
     "lanczos": ["EigenResult", "SpectralDensity", "TraceEstimate"],
     "permutation": ["PermutationSpec", "apply_permutation", "permutation_spec", "validate_spec"],
@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .errors import UserError
     from .evaluation import Evaluation, evaluate, reset_batchnorm
     from .hessian import HessianOperator, hessian_eigenvalues, hessian_trace, spectral_density
-    from .interpolation import Curve, MLICurve, MLIMetrics, interpolate, mli, mli_metrics
+    from .interpolation import Curve, MLICurve, MLIMetrics, interpolate, interpolate_splits, mli, mli_metrics
     from .lanczos import EigenResult, SpectralDensity, TraceEstimate
     from .matching import Permutation, activation_matching, weight_matching
     from .params import ParamView, check_same_family, fixed_buffers, state_buffers

@@ -63,6 +63,16 @@ class Batches:
     def __len__(self) -> int:
         return len(self.batches)
 
+    def label_range(self) -> tuple[int, int] | None:
+        """``(min, max)`` of integer labels over all batches (cached: one host sync per data set), None for float targets."""
+        if "_label_range" not in self.__dict__:
+            ys = [y for _, y in self.batches]
+            if ys[0].is_floating_point():
+                self.__dict__["_label_range"] = None
+            else:
+                self.__dict__["_label_range"] = (min(int(y.min()) for y in ys), max(int(y.max()) for y in ys))
+        return self.__dict__["_label_range"]
+
     def cat(self) -> tuple[Tensor, Tensor]:
         """All samples as one ``(X, y)`` pair on the device."""
         xs, ys = zip(*self)

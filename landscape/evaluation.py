@@ -15,9 +15,8 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from .data import Batches, Data, as_batches
+from .data import Data, as_batches
 from .errors import UserError
-from .params import ParamView
 
 
 @dataclass(frozen=True)
@@ -27,16 +26,30 @@ class Evaluation:
     num_samples: int
 
 
+def check_targets(outputs: Tensor, label_range: tuple[int, int] | None) -> None:
+    """Raise :class:`UserError` unless integer labels ``lo..hi`` fit the model's outputs ``(N, classes)``.
+
+    Checked once per evaluation against the data's cached label range, so the per-batch
+    loss needs no host synchronisation.
+    """
+    if label_range is None:
+        return
+    if outputs.dim() != 2:
+        raise UserError(f"classification needs model outputs of shape (N, classes), got {tuple(outputs.shape)}")
+    lo, hi = label_range
+    if lo < 0 or hi >= outputs.shape[1]:
+        raise UserError(f"labels range over {lo}..{hi} but the model has {outputs.shape[1]} outputs: check --data against the checkpoint")
+
+
 def sample_losses(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Per-sample loss: cross-entropy for integer targets, squared error for float targets."""
+    """Per-sample loss: cross-entropy for integer targets, squared error for float targets.
+
+    Labels are not range-checked here (that would cost a host sync per batch): callers check
+    once with :func:`check_targets`, as :func:`evaluate` does.
+    """
     if targets.is_floating_point():
         diff = outputs.reshape(outputs.shape[0], -1) - targets.reshape(targets.shape[0], -1).to(outputs.dtype)
         return (diff * diff).sum(dim=1)
-    if outputs.dim() != 2:
-        raise UserError(f"classification needs model outputs of shape (N, classes), got {tuple(outputs.shape)}")
-    lo, hi = int(targets.min()), int(targets.max())
-    if lo < 0 or hi >= outputs.shape[1]:
-        raise UserError(f"labels range over {lo}..{hi} but the model has {outputs.shape[1]} outputs: check --data against the checkpoint")
     return F.cross_entropy(outputs, targets, reduction="none")
 
 
@@ -57,8 +70,10 @@ def evaluate(model: nn.Module, data: Data, *, device=None) -> Evaluation:
     # accumulate on the device: one host sync per evaluation, not per batch
     total, correct, n, classify = None, None, 0, True
     try:
-        for x, y in batches:
+        for i, (x, y) in enumerate(batches):
             out = model(x)
+            if i == 0:
+                check_targets(out, batches.label_range())
             s = loss_sum(out, y).double()
             total = s if total is None else total + s
             classify = classify and not y.is_floating_point()
@@ -74,12 +89,6 @@ def evaluate(model: nn.Module, data: Data, *, device=None) -> Evaluation:
     if not math.isfinite(loss):
         raise UserError("the loss is NaN or Inf on this data: check the checkpoint weights and the data normalisation")
     return Evaluation(loss, correct / n if classify else float("nan"), n)
-
-
-def evaluate_at(model: nn.Module, view: ParamView, theta: Tensor, data: Batches) -> Evaluation:
-    """Write ``theta`` into the model (in place) and evaluate; the caller restores if needed."""
-    view.set_(theta)
-    return evaluate(model, data)
 
 
 def has_batchnorm(model: nn.Module) -> bool:

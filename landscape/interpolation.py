@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -208,15 +208,40 @@ def interpolate(
     which costs one extra forward pass over that data per point. Evaluation data is moved
     to the device once; one working copy of A is made per call, none per point.
     """
+    return interpolate_splits(model_a, model_b, {"data": data}, num_points=num_points, alphas=alphas, bn=bn, train_data=train_data,
+                              device=device, batch_size=batch_size, progress=progress)["data"]
+
+
+def interpolate_splits(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    splits: Mapping[str, Data],
+    *,
+    num_points: int = 25,
+    alphas: Sequence[float] | None = None,
+    bn: str = "eval",
+    train_data: Data | None = None,
+    device=None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> dict[str, Curve]:
+    """:func:`interpolate` on several data sets (e.g. ``{"test": ..., "train": ...}``) in one pass
+    along the line: each point's parameters (and, for ``bn="reset"``, BatchNorm statistics, on
+    ``train_data``, default the first data set) are set once and evaluated on every data set."""
     if bn not in BN_MODES:
         raise UserError(f"unknown bn mode {bn!r}: use eval or reset")
+    if not splits:
+        raise UserError("interpolate needs at least one data set")
     a = _alphas(num_points, alphas)
     line = _Line(model_a, model_b)
     dev = device if device is not None else line.view.device
-    batches = as_batches(data, device=dev, batch_size=batch_size)
+    batches = {name: as_batches(d, device=dev, batch_size=batch_size) for name, d in splits.items()}
     reset = bn == "reset" and has_batchnorm(line.work)
-    train_batches = as_batches(train_data if train_data is not None else batches, device=dev, batch_size=batch_size) if reset else None
-    losses, accs = np.empty(a.size), np.empty(a.size)
+    train_batches = None
+    if reset:
+        train_batches = as_batches(train_data if train_data is not None else next(iter(batches.values())), device=dev, batch_size=batch_size)
+    losses = {name: np.empty(a.size) for name in batches}
+    accs = {name: np.empty(a.size) for name in batches}
     it = a
     if progress:
         from tqdm.auto import tqdm
@@ -226,9 +251,10 @@ def interpolate(
         model = line.set(alpha)
         if reset:
             reset_batchnorm(model, train_batches)
-        ev = evaluate(model, batches)
-        losses[i], accs[i] = ev.loss, ev.accuracy
-    return Curve(a, losses, accs, batches.num_samples, bn)
+        for name, b in batches.items():
+            ev = evaluate(model, b)
+            losses[name][i], accs[name][i] = ev.loss, ev.accuracy
+    return {name: Curve(a, losses[name], accs[name], b.num_samples, bn) for name, b in batches.items()}
 
 
 def mli(model_init: nn.Module, model_final: nn.Module, data: Data, *, num_points: int = 25, bn: str = "eval", train_data: Data | None = None,

@@ -145,3 +145,18 @@ def test_data_forms_agree():
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=6)
     assert np.allclose(interpolate(a, b, loader, num_points=5).loss, ref.loss, rtol=1e-5)
     assert np.allclose(interpolate(a, b, [(x[:13], y[:13]), (x[13:], y[13:])], num_points=5).loss, ref.loss, rtol=1e-5)
+
+
+def test_several_splits_in_one_pass_equal_separate_curves():
+    from landscape import interpolate_splits
+
+    a = zoo.build("mlp", input_dim=6, width=10, norm="batch", seed=0)
+    b = zoo.build("mlp", input_dim=6, width=10, norm="batch", seed=1)
+    g = torch.Generator().manual_seed(3)
+    tr = (torch.randn(40, 6, generator=g), torch.randint(0, 10, (40,), generator=g))
+    te = (torch.randn(20, 6, generator=g), torch.randint(0, 10, (20,), generator=g))
+    for bn in ("eval", "reset"):
+        both = interpolate_splits(a, b, {"test": te, "train": tr}, num_points=5, bn=bn, train_data=tr)
+        for name, d in (("test", te), ("train", tr)):
+            one = interpolate(a, b, d, num_points=5, bn=bn, train_data=tr)
+            assert np.array_equal(both[name].loss, one.loss) and np.array_equal(both[name].accuracy, one.accuracy)
