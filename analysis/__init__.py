@@ -17,14 +17,13 @@ analysis`` alone does not load torch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import StudyContext
     from .results import Results
 
 __all__ = ["StudyContext", "load", "run_study", "interpolation_study", "hessian_study", "surface_study", "symmetry_study"]
-
 
 
 def __getattr__(name: str):
@@ -42,23 +41,17 @@ def load(path: str | Path) -> "Results":
     return _load(path)
 
 
-def _context(roots, data: str, output, device: str | None, samples: int | None, batch_size: int | None, arch: str | None,
-             force: bool, progress: bool) -> "StudyContext":
-    from .context import StudyContext
-
-    return StudyContext.create(roots, data=data, output=output, device=device or "auto", samples=samples, batch_size=batch_size,
-                               arch=arch, force=force, progress=progress)
-
-
-def _study(analysis: str, roots, data: str, output, settings: dict[str, Any], **ctx_kw: Any) -> "Results":
+def _study(analysis: str, roots, data: str, output, settings: dict[str, Any], *, device: str | None, **ctx_kw: Any) -> "Results":
+    """Build the context (``output=None``: a scratch results file), run one study, return its results file loaded."""
     from .commands.run import study_function, study_kwargs
+    from .context import StudyContext
 
     fn = study_function(analysis)
     if fn is None:
         from landscape.errors import UserError
 
         raise UserError(f"the {analysis} study is not installed in this version of landscape")
-    ctx = _context(roots, data, output, **ctx_kw)
+    ctx = StudyContext.create(roots, data=data, output=output, device=device or "auto", **ctx_kw)
     fn(ctx, **study_kwargs(fn, analysis, settings, source=f"{analysis}_study"))
     return load(ctx.store.path)
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -109,7 +108,3 @@ def summary(ctx: StudyContext) -> pd.DataFrame:
                      "relative_change": mean_std(float(r["relative_output_change"]) for r in recs),
                      "log10_group_order": round(float(recs[0].attrs["log10_group_order"]), 1)})
     return pd.DataFrame(rows)
-
-
-def audit_rows(audit: SymmetryAudit, label: str) -> list[dict[str, Any]]:
-    return [{"network": label, **row} for row in audit.to_frame().to_dict("records")]

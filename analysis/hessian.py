@@ -32,6 +32,7 @@ from landscape.params import ParamView
 from landscape.store import Dataset
 
 from .context import StudyContext
+from .results import mean_std
 
 ANALYSIS = "hessian"
 UNITS = "nats per squared parameter unit"
@@ -134,9 +135,7 @@ def summary(ctx: StudyContext, groups: Iterable[str] | None = None, fresh: dict[
             vals = (fresh or {}).get(g, [])
         row: dict[str, Any] = {"group": g, "variant": ctx.variant(g), "seeds": len(vals)}
         for name in SUMMARY:
-            x = np.array([float(v.get(name, math.nan)) for v in vals], dtype=float)
-            x = x[np.isfinite(x)]
-            row[f"{name}_mean"] = float(x.mean()) if x.size else math.nan
-            row[f"{name}_std"] = float(x.std(ddof=1)) if x.size > 1 else math.nan
+            m, s, n = mean_std(v.get(name, math.nan) for v in vals)
+            row[f"{name}_mean"], row[f"{name}_std"] = m, (s if n > 1 else math.nan)
         out.append(row)
     return pd.DataFrame(out)

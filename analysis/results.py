@@ -144,9 +144,7 @@ class Results:
             if not by_axis:
                 continue
             ax = axis if axis in by_axis else next(iter(by_axis))
-            cols = by_axis.get(ax)
-            if cols is None:
-                continue
+            cols = by_axis[ax]
             coord_name = next((c for c in (ax, ax + "s") if c in cols), None)
             n = len(next(iter(cols.values())))
             df = pd.DataFrame({d: v for d, v in cols.items() if len(v) == n and d != coord_name})
@@ -189,6 +187,7 @@ class Results:
         """
         interp, aligned = self.frame("interpolation"), self.frame("interpolation_aligned")
         mli, hess = self.frame("mli"), self.frame("hessian")
+        curvature = (("lambda_max", _first(hess, LAMBDA_MAX)), ("trace", _first(hess, TRACE)))
         rows = []
         for g in self.groups():
             stats: dict[str, tuple[float, float, int]] = {}
@@ -200,8 +199,8 @@ class Results:
             if "monotonic" in mli:
                 m = mli.loc[mli.group == g, "monotonic"].astype(float)
                 stats["MLI monotonic"] = (float(m.mean()), 0.0, 1) if len(m) else (math.nan, math.nan, 0)
-            stats["lambda_max"] = mean_std(hess.loc[hess.group == g, _first(hess, LAMBDA_MAX)]) if _first(hess, LAMBDA_MAX) else (math.nan, math.nan, 0)
-            stats["trace"] = mean_std(hess.loc[hess.group == g, _first(hess, TRACE)]) if _first(hess, TRACE) else (math.nan, math.nan, 0)
+            for label, col in curvature:
+                stats[label] = mean_std(hess.loc[hess.group == g, col]) if col else (math.nan, math.nan, 0)
             row: dict[str, Any] = {"group": g, "variant": self.variant(g), "seeds": len(self.seeds(g))}
             for label, (m, s, n) in stats.items():
                 if formatted:

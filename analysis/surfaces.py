@@ -47,9 +47,7 @@ def _plane_runs(ctx: StudyContext, group: str, plane: str | Sequence[str]):
 
 def summarize(s: Surface, radius: float | None = None) -> dict:
     """Min loss, loss at the centre, mean loss rise at ``radius`` (sharpness), centre accuracy."""
-    r = radius
-    if r is None:
-        r = 0.5 * min(min(abs(c[0]), abs(c[-1])) for c in s.coordinates)
+    r = s.default_radius if radius is None else radius
     try:
         rise = s.sharpness(r)
     except UserError:
@@ -78,7 +76,7 @@ def study(ctx: StudyContext, *, steps: int = 41, span: float | None = None, plan
         raise UserError("a surface study needs an output results file (-o results.h5)")
     names = list(groups or ctx.groups)
     if ctx.progress:
-        points = steps**dims
+        points = steps ** (2 if plane else dims)  # a plane is always 2-D
         passes = points * (2 if bn == "reset" else 1)
         print(f"surface: {len(names)} group(s) x {points} points = up to {len(names) * passes} passes over the {split} data "
               f"({ctx.dataset(split).description['size']} samples; complete points are reused)", file=sys.stderr)

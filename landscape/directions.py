@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import UserError
-from .params import ParamView, check_same_family
+from .params import ParamView, check_same_family, fixed_entry_mask
 
 NORMALIZATIONS = ("filter", "layer", "weight", "none")
 _EPS = 1e-10
@@ -132,17 +132,17 @@ def ignored(model: nn.Module, name: str, ignore: Iterable[str]) -> bool:
 @torch.no_grad()
 def effective_tensors(model: nn.Module) -> dict[str, Tensor]:
     """The tensors the forward pass uses, by parameter name: ``effective_weight()`` where a
-    layer has one (W-Asym: ``W * M + F``), ``W * mask + fixed`` where it has those buffers,
-    else the parameter itself."""
+    layer has one (W-Asym: ``W * M + F``); ``W`` at trainable entries and the ``fixed`` buffer
+    elsewhere where a layer has the mask of :func:`landscape.params.fixed_entry_mask` and a
+    ``fixed`` buffer; else the parameter itself."""
     out = {}
     for name, p in model.named_parameters():
         module, leaf = _owner(model, name)
         t = p.detach()
-        if leaf == "weight":
-            if callable(getattr(module, "effective_weight", None)):
-                t = module.effective_weight().detach()
-            elif isinstance(getattr(module, "mask", None), Tensor) and isinstance(getattr(module, "fixed", None), Tensor):
-                t = p.detach() * module.mask + module.fixed
+        if leaf == "weight" and callable(getattr(module, "effective_weight", None)):
+            t = module.effective_weight().detach()
+        elif isinstance(getattr(module, "fixed", None), Tensor) and (mask := fixed_entry_mask(model, name, p)) is not None:
+            t = torch.where(mask, t, module.fixed)
         out[name] = t
     return out
 
@@ -206,15 +206,11 @@ def random_directions(model: nn.Module, *, count: int = 2, normalization: str = 
     """
     if count < 1:
         raise UserError(f"count must be at least 1, got {count}")
-    if normalization not in NORMALIZATIONS:
-        raise UserError(f"unknown normalization {normalization!r}: use one of {', '.join(NORMALIZATIONS)}")
     view = ParamView(model)
-    shapes = {n: p.shape for n, p in model.named_parameters()}
     gen = torch.Generator().manual_seed(int(seed))
     vectors = []
     for _ in range(count):
-        draws = {name: torch.randn(shapes[name], generator=gen) for name in view.names}
-        raw = view.flatten({n: t.to(view.device) for n, t in draws.items()})
+        raw = view.flatten([torch.randn(s.shape, generator=gen).to(view.device) for s in view.slots])
         vectors.append(normalize(model, raw, normalization, ignore))
     return _make(model, vectors, _axis_names(count), normalization=normalization, seed=int(seed), source="random",
                  ignore=tuple(ignore))
@@ -281,6 +277,16 @@ def _as_vector(view: ParamView, v: Any, i: int) -> Tensor:
     return t.to(view.device, torch.float32)
 
 
+def _rows(vectors: Tensor | np.ndarray, numel: int) -> list[Tensor]:
+    """Direction vectors from a ``(count, n)`` (or ``(n, count)``, columns as vectors) tensor or array, or one vector."""
+    arr = torch.as_tensor(vectors)
+    if arr.dim() == 1:
+        arr = arr[None]
+    if arr.dim() == 2 and arr.shape[1] != numel and arr.shape[0] == numel:
+        arr = arr.T
+    return list(arr)
+
+
 def directions_from(model: nn.Module, vectors: Any, *, normalization: str = "none", ignore: Sequence[str] = (),
                     names: Sequence[str] | None = None, source: str = "user") -> Directions:
     """Directions from user tensors: a ``(count, n)`` tensor or array of coordinates, or a list
@@ -289,12 +295,7 @@ def directions_from(model: nn.Module, vectors: Any, *, normalization: str = "non
     :func:`random_directions` (default: used as given)."""
     view = ParamView(model)
     if isinstance(vectors, (Tensor, np.ndarray)):
-        arr = torch.as_tensor(vectors)
-        if arr.dim() == 1:
-            arr = arr[None]
-        if arr.dim() == 2 and arr.shape[1] != view.numel and arr.shape[0] == view.numel:
-            arr = arr.T
-        vectors = list(arr)
+        vectors = _rows(vectors, view.numel)
     elif isinstance(vectors, dict):
         vectors = [vectors]
     vecs = [_as_vector(view, v, i) for i, v in enumerate(vectors)]
@@ -314,14 +315,7 @@ def hessian_directions(model: nn.Module, eigenvectors: Any, *, count: int = 2, n
     tensor of coordinates, or a list of coordinate vectors or parameter-shaped dicts.
     """
     ev = getattr(eigenvectors, "eigenvectors", eigenvectors)
-    if isinstance(ev, (Tensor, np.ndarray)):
-        arr = torch.as_tensor(ev)
-        numel = ParamView(model).numel
-        if arr.dim() == 2 and arr.shape[1] != numel and arr.shape[0] == numel:
-            arr = arr.T
-        ev = list(arr[:count])
-    else:
-        ev = list(ev)[:count]
+    ev = (_rows(ev, ParamView(model).numel) if isinstance(ev, (Tensor, np.ndarray)) else list(ev))[:count]
     if len(ev) < count:
         raise UserError(f"asked for {count} Hessian directions, got {len(ev)} eigenvectors")
     return directions_from(model, ev, normalization=normalization, ignore=ignore, names=[f"v{i + 1}" for i in range(count)],

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .data import Batches, resolve_device
+from .data import Batches, as_batches, resolve_device
 from .errors import UserError
 from .evaluation import evaluate, reset_batchnorm
 from .first_layer import FirstLayerShortcut
@@ -56,15 +56,15 @@ class GridSpec:
     def num_points(self) -> int:
         return int(np.prod(self.shape))
 
+    def __post_init__(self):
+        if self.bn not in BN_MODES:
+            raise UserError(f"unknown BatchNorm mode {self.bn!r}: use eval or reset")
+
     def portable(self) -> "GridSpec":
         """A copy with every tensor on the CPU, for shipping to other processes once."""
-        def cpu(b: Batches | None) -> Batches | None:
-            if b is None:
-                return None
-            return Batches([(x.cpu(), y.cpu()) for x, y in b.batches], torch.device("cpu"), True, dict(b.description))
-
         model = copy.deepcopy(self.model).cpu()
-        return replace(self, model=model, vectors=self.vectors.cpu(), data=cpu(self.data), train=cpu(self.train))
+        train = as_batches(self.train, device="cpu") if self.train is not None else None
+        return replace(self, model=model, vectors=self.vectors.cpu(), data=as_batches(self.data, device="cpu"), train=train)
 
 
 def batches_fingerprint(b: Batches) -> str:
@@ -94,16 +94,14 @@ class PointEvaluator:
     """Losses and accuracies of grid points, on one working copy of the model."""
 
     def __init__(self, spec: GridSpec):
-        if spec.bn not in BN_MODES:
-            raise UserError(f"unknown BatchNorm mode {spec.bn!r}: use eval or reset")
         self.spec = spec
         self.device = resolve_device(spec.device)
         self.model = copy.deepcopy(spec.model).to(self.device)
         self.view = ParamView(self.model)
         self.theta0 = self.view.get().clone()
         self.vectors = spec.vectors.to(self.device, self.theta0.dtype)
-        self.data = self._on_device(spec.data)
-        self.train = self._on_device(spec.train) if spec.train is not None else self.data
+        self.data = as_batches(spec.data, device=self.device)
+        self.train = as_batches(spec.train, device=self.device) if spec.train is not None else self.data
         self.coords = [np.asarray(c, dtype=np.float64) for c in spec.coordinates]
         self._buf = torch.empty_like(self.theta0)
         self.lock = threading.Lock()
@@ -119,11 +117,6 @@ class PointEvaluator:
             self.shortcut = FirstLayerShortcut(self.model, self.view, self.vectors, probe, resident, limit)
             self.shortcut.install()
 
-    def _on_device(self, b: Batches) -> Batches:
-        if b.device == self.device:
-            return b
-        return Batches([(x.to(self.device), y.to(self.device)) for x, y in b.batches], self.device, True, dict(b.description))
-
     @property
     def shortcut_used(self) -> bool:
         return bool(self.shortcut and self.shortcut.enabled)
@@ -133,14 +126,14 @@ class PointEvaluator:
         return self.shortcut.reason if self.shortcut is not None else "disabled"
 
     def point_coefficients(self, index: int) -> list[float]:
-        multi = np.unravel_index(int(index), tuple(len(c) for c in self.coords))
+        multi = np.unravel_index(int(index), self.spec.shape)
         return [float(c[i]) for c, i in zip(self.coords, multi)]
 
     @torch.no_grad()
     def evaluate_point(self, coeffs: Sequence[float]) -> tuple[float, float]:
         """``(loss, accuracy)`` at ``theta0 + sum_k coeffs[k] d_k`` (NaN where the loss is not finite)."""
-        theta = torch.add(self.theta0, self.vectors[0], alpha=coeffs[0], out=self._buf) if coeffs[0] != 0.0 else self._buf.copy_(self.theta0)
-        for d, a in zip(self.vectors[1:], coeffs[1:]):
+        theta = self._buf.copy_(self.theta0)
+        for d, a in zip(self.vectors, coeffs):
             if a != 0.0:
                 theta.add_(d, alpha=a)
         self.view.set_(theta)

@@ -25,9 +25,8 @@ blocks of ``block`` vectors.
 from __future__ import annotations
 
 import copy
-import math
+import dataclasses
 import time
-from typing import Any
 
 import numpy as np
 import torch
@@ -74,14 +73,9 @@ class HessianOperator:
         self.hvps = 0
         named = dict(model.named_parameters())
         self._params = [named[n] for n in self.view.names]
-        self._graphs: list[tuple[Tensor, ...]] | None = None
-        if method == "double-backward":
-            self._graphs = self._build_cache(cache)  # also sets self.loss when it keeps the graphs
-        if self._graphs is None:
-            # checks labels against the outputs and the loss for NaN (UserError), one pass
-            self.loss = evaluate(model, self.batches).loss
-        if method == "forward-over-reverse":
-            self.view.functional(self.view.get())  # fills ParamView's index cache outside any transform
+        # one pass, before any graph is built: checks the labels against the outputs and the loss for NaN (UserError)
+        self.loss = evaluate(model, self.batches).loss
+        self._graphs = self._build_cache(cache) if method == "double-backward" else None
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -104,11 +98,6 @@ class HessianOperator:
     def cached(self) -> bool:
         """True when gradient graphs are kept between products."""
         return self._graphs is not None
-
-    def describe(self) -> dict[str, Any]:
-        return {"parameters": self.view.names, "coordinates": self.n, "samples": self.num_samples, "batches": len(self.batches),
-                "method": self.method, "cached_graph": self.cached, "loss": self.loss, "dtype": str(self.dtype).replace("torch.", ""),
-                "device": str(self.device)}
 
     # -- products ----------------------------------------------------------------------------
     def matvec(self, v: Tensor | np.ndarray) -> Tensor | np.ndarray:
@@ -145,7 +134,7 @@ class HessianOperator:
         with _eval_mode(self.model), torch.enable_grad():
             for x, y in self.batches:
                 g = torch.autograd.grad(loss_sum(self.model(x), y), self._params, allow_unused=True)
-                g = self.view.flatten([_zero_if_none(a, p) for a, p in zip(g, self._params)])
+                g = self.view.flatten([torch.zeros_like(p) if a is None else a for a, p in zip(g, self._params)])
                 total = g if total is None else total + g
         return total / self.num_samples
 
@@ -166,7 +155,7 @@ class HessianOperator:
         # a kept graph was built in eval mode; only rebuilding needs the switch
         with _eval_mode(self.model, self._graphs is None), torch.enable_grad():
             for i, (x, y) in enumerate(self.batches):
-                g = self._graphs[i] if self._graphs is not None else self._gradient_graph(x, y)[0]
+                g = self._graphs[i] if self._graphs is not None else self._gradient_graph(x, y)
                 # one vector: a plain backward (vmap's overhead is not worth it for b = 1)
                 h = torch.autograd.grad(g, self._params, grad_outputs=tangents, retain_graph=self._graphs is not None,
                                         is_grads_batched=b > 1, allow_unused=True)
@@ -176,15 +165,15 @@ class HessianOperator:
             return (self.view.flatten(total) / self.num_samples)[None]
         return torch.stack([self.view.flatten([h[i] for h in total]) for i in range(b)]) / self.num_samples
 
-    def _gradient_graph(self, x: Tensor, y: Tensor) -> tuple[tuple[Tensor, ...], float]:
-        """The batch's gradient of the loss sum with its graph, and the loss sum."""
-        loss = loss_sum(self.model(x), y)
-        g = torch.autograd.grad(loss, self._params, create_graph=True, allow_unused=True)
+    def _gradient_graph(self, x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
+        """The batch's gradient of the loss sum, with its graph."""
+        g = torch.autograd.grad(loss_sum(self.model(x), y), self._params, create_graph=True, allow_unused=True)
         # unused parameters (or ones whose gradient does not depend on theta) get a constant
         # zero that still takes part in the second backward
-        return tuple(a if a is not None and a.requires_grad else (p * 0.0) for a, p in zip(g, self._params)), float(loss.detach())
+        return tuple(a if a is not None and a.requires_grad else (p * 0.0) for a, p in zip(g, self._params))
 
     def _build_cache(self, cache: bool | str) -> list[tuple[Tensor, ...]] | None:
+        """Every batch's gradient graph, or None when they are not kept (``cache`` off, or "auto" and over budget)."""
         if cache is False or cache == "never":
             return None
         nbytes = 0
@@ -194,20 +183,14 @@ class HessianOperator:
             nbytes += t.numel() * t.element_size()
             return t
 
-        graphs, total = [], 0.0
+        graphs = []
         with _eval_mode(self.model), torch.enable_grad():
             for i, (x, y) in enumerate(self.batches):
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    g, loss = self._gradient_graph(x, y)  # checks the labels (UserError)
-                graphs.append(g)
-                total += loss
-                if cache == "auto" and i == 0:
-                    # a graph per batch, each about the size of the first
-                    if nbytes * len(self.batches) > _cache_budget(self.device):
-                        return None
-        self.loss = total / self.num_samples
-        if not math.isfinite(self.loss):
-            raise UserError("the loss is NaN or Inf on this data: check the checkpoint weights and the data normalisation")
+                    graphs.append(self._gradient_graph(x, y))
+                # a graph per batch, each about the size of the first
+                if cache == "auto" and i == 0 and nbytes * len(self.batches) > _cache_budget(self.device):
+                    return None
         return graphs
 
     def _products_fwd_rev(self, V: Tensor) -> Tensor:
@@ -238,10 +221,6 @@ class _eval_mode:
     def __exit__(self, *exc):
         if self.active and self.was:
             self.model.train(True)
-
-
-def _zero_if_none(a: Tensor | None, p: Tensor) -> Tensor:
-    return torch.zeros_like(p) if a is None else a
 
 
 def _cache_budget(device: torch.device) -> int:
@@ -290,7 +269,7 @@ def hessian_eigenvalues(model: nn.Module | HessianOperator, data: Data | None = 
     vecs = None
     if return_eigenvectors and res.vectors is not None:
         vecs = tuple({n: t.detach().clone() for n, t in op.view.unflatten(v).items()} for v in res.vectors)
-    return res.finish(hvps=op.hvps - h0, seconds=time.perf_counter() - t0, eigenvectors=vecs)
+    return dataclasses.replace(res, hvps=op.hvps - h0, seconds=time.perf_counter() - t0, eigenvectors=vecs)
 
 
 def spectral_density(model: nn.Module | HessianOperator, data: Data | None = None, *, num_runs: int = 10, lanczos_steps: int = 80,
@@ -309,7 +288,7 @@ def spectral_density(model: nn.Module | HessianOperator, data: Data | None = Non
     op = _operator(model, data, params=params, device=device, batch_size=batch_size, method=method)
     t0, h0 = time.perf_counter(), op.hvps
     res = slq(op.matmat, op.n, num_runs=num_runs, steps=lanczos_steps, sigma=sigma, grid=grid, seed=seed, dtype=op.dtype, device=op.device)
-    return res.finish(hvps=op.hvps - h0, seconds=time.perf_counter() - t0)
+    return dataclasses.replace(res, hvps=op.hvps - h0, seconds=time.perf_counter() - t0)
 
 
 def hessian_trace(model: nn.Module | HessianOperator, data: Data | None = None, *, method: str = "hutch++", num_queries: int = 60,
@@ -330,4 +309,4 @@ def hessian_trace(model: nn.Module | HessianOperator, data: Data | None = None, 
     t0, h0 = time.perf_counter(), op.hvps
     fn = hutchpp if method == "hutch++" else hutchinson
     res = fn(op.matmat, op.n, num_queries=num_queries, seed=seed, dtype=op.dtype, device=op.device)
-    return res.finish(hvps=op.hvps - h0, seconds=time.perf_counter() - t0)
+    return dataclasses.replace(res, hvps=op.hvps - h0, seconds=time.perf_counter() - t0)

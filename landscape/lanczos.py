@@ -98,9 +98,6 @@ class EigenResult:
         sel = self.eigenvalues[self.which == "smallest"]
         return float(sel.min()) if sel.size else float("nan")
 
-    def finish(self, **kw) -> "EigenResult":
-        return dataclasses.replace(self, **kw)
-
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame({"which": self.which, "eigenvalue": self.eigenvalues, "residual": self.residuals,
                              "error_bound": self.error_bounds, "converged": self.converged})
@@ -136,6 +133,15 @@ def _bounds(theta: np.ndarray, resid: np.ndarray, idx: np.ndarray) -> np.ndarray
     d = np.diff(theta)
     gap = np.minimum(np.concatenate([[np.inf], d]), np.concatenate([d, [np.inf]]))[idx]
     return np.where(gap > r, np.minimum(r, r * r / np.maximum(gap, 1e-300)), r)
+
+
+def _converged(theta: np.ndarray, resid: np.ndarray, k: int, which: str, tol: float) -> tuple[np.ndarray, ...]:
+    """Indices, labels and error bounds of the wanted Ritz values, and whether each bound is
+    ``<= tol * max(|theta_i|, REL_FLOOR max|theta|)``: the one stopping rule, also reported as ``converged``."""
+    idx, labels = _wanted(theta, k, which)
+    bounds = _bounds(theta, resid, idx)
+    floor = REL_FLOOR * max(float(np.max(np.abs(theta))), 1e-300)
+    return idx, labels, bounds, bounds <= tol * np.maximum(np.abs(theta[idx]), floor)
 
 
 def lanczos_eigen(matvec: MatVec, n: int, *, k: int, which: str = "largest", tol: float = 1e-4, max_steps: int = MAX_STEPS,
@@ -179,12 +185,8 @@ def lanczos_eigen(matvec: MatVec, n: int, *, k: int, which: str = "largest", tol
         scale = max(float(np.max(np.abs(theta))), 1e-300)
         breakdown = b <= 1e-10 * scale
         resid = np.abs(S[-1, :]) * (0.0 if breakdown else b)
-        if m >= need and m < n:
-            idx, _ = _wanted(theta, k, which)
-            bounds = _bounds(theta, resid, idx)
-            floor = REL_FLOOR * scale
-            if (m > need or breakdown) and np.all(bounds <= tol * np.maximum(np.abs(theta[idx]), floor)):
-                break
+        if m >= need and m < n and (m > need or breakdown) and _converged(theta, resid, k, which, tol)[3].all():
+            break
         if m == steps:
             break
         if m == cap:
@@ -198,10 +200,7 @@ def lanczos_eigen(matvec: MatVec, n: int, *, k: int, which: str = "largest", tol
                 w = w - V[:m].T @ (V[:m] @ w)
             b, beta[j] = float(w.norm()), 0.0
         V[j + 1] = w / b
-    idx, labels = _wanted(theta, k, which)
-    bounds = _bounds(theta, resid, idx)
-    scale = max(float(np.max(np.abs(theta))), 1e-300)
-    conv = (bounds <= tol * np.maximum(np.abs(theta[idx]), REL_FLOOR * scale)) | (m == n)
+    idx, labels, bounds, conv = _converged(theta, resid, k, which, tol)
     vectors = None
     if return_vectors:
         S_sel = torch.as_tensor(S[:, idx], dtype=dtype, device=device)
@@ -210,7 +209,7 @@ def lanczos_eigen(matvec: MatVec, n: int, *, k: int, which: str = "largest", tol
         # sign convention: largest-magnitude entry positive, so a seed gives one answer
         pick = vectors.abs().argmax(dim=1)
         vectors = vectors * torch.sign(vectors.gather(1, pick[:, None]))
-    return EigenResult(theta[idx].astype(np.float64), labels, resid[idx], bounds, np.asarray(conv, dtype=bool), m, float(tol),
+    return EigenResult(theta[idx].astype(np.float64), labels, resid[idx], bounds, np.asarray(conv | (m == n), dtype=bool), m, float(tol),
                        vectors=vectors)
 
 
@@ -233,9 +232,6 @@ class SpectralDensity:
     n: int
     hvps: int = 0
     seconds: float = float("nan")
-
-    def finish(self, **kw) -> "SpectralDensity":
-        return dataclasses.replace(self, **kw)
 
     @property
     def trace(self) -> float:
@@ -348,9 +344,6 @@ class TraceEstimate:
     exact_part: float = 0.0
     hvps: int = 0
     seconds: float = float("nan")
-
-    def finish(self, **kw) -> "TraceEstimate":
-        return dataclasses.replace(self, **kw)
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([{"method": self.method, "trace": self.trace, "stderr": self.stderr, "num_queries": self.num_queries,

@@ -40,8 +40,7 @@ from .data import Data, as_batches
 from .errors import UserError
 from .spec_tracing import leaf_calls
 from .params import check_same_family, fixed_buffers, fixed_entry_mask
-from .permutation import (PermutationSpec, SpecLike, _as_sample, as_spec, named_tensors, output_change, permutation_spec,
-                          permute_tensor, validate_spec)
+from .permutation import PermutationSpec, SpecLike, _as_sample, checked_spec, named_tensors, output_change, permute_tensor
 
 FUNCTION_TOL = 1e-5
 
@@ -91,11 +90,7 @@ class Permutation:
 # ----------------------------------------------------------------------------- helpers
 def _prepare(model_a: nn.Module, model_b: nn.Module, spec: SpecLike | None, sample: Any) -> PermutationSpec:
     check_same_family(model_a, model_b, "model A and model B")
-    if spec is None:
-        spec = permutation_spec(model_a, sample)
-    else:
-        spec = as_spec(spec).resolve(model_a)
-        validate_spec(model_a, spec, sample)
+    spec = checked_spec(model_a, spec, sample)
     if not spec.groups:
         raise UserError("the permutation spec has no groups: nothing to align (pass a spec that names the hidden units)")
     return spec
@@ -110,7 +105,7 @@ def _matched(model: nn.Module, spec: PermutationSpec, device: torch.device) -> d
         if t in fixed:
             continue
         x = tensors[t].detach().to(device=device, dtype=torch.float32)
-        mask = fixed_entry_mask(model, t, tensors[t]) if t.endswith("weight") else None
+        mask = fixed_entry_mask(model, t, tensors[t])
         out[t] = x * mask.to(device) if mask is not None else x
     return out
 
@@ -246,8 +241,8 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, data: Data, *, s
     ``p_g`` is the linear assignment maximising ``sum_i C[i, p_g(i)]``.
     """
     t0 = time.perf_counter()
-    batches = as_batches(data, device=next(model_a.parameters()).device)
-    x = batches.sample(samples)
+    device = next(model_a.parameters()).device
+    x = as_batches(data, device=device).sample(samples)
     spec = _prepare(model_a, model_b, spec, x)
     ra, rb = _recorded(model_a, x), _recorded(model_b, x)
     no_params = {n for n, m in model_a.named_modules() if not any(True for _ in m.parameters(recurse=False))}
@@ -269,7 +264,6 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, data: Data, *, s
             raise UserError(f"activation matching: no module output carries the units of group {g!r}; use weight_matching")
         _, col = linear_sum_assignment(C.numpy(), maximize=True)
         perms[g] = col
-    device = next(model_a.parameters()).device
     A, B = _matched(model_a, spec, device), _matched(model_b, spec, device)
     moves = spec.moves()
     j = _objective(A, B, moves, {g: torch.as_tensor(p, device=device) for g, p in perms.items()})

@@ -337,16 +337,22 @@ def _as_sample(model: nn.Module, sample: Any, n: int = 4) -> Tensor:
 
 
 @torch.no_grad()
-def output_change(model: nn.Module, spec: PermutationSpec, perms: Mapping[str, Any], x: Tensor, *, permute_fixed: bool = True,
-                  reference: Tensor | None = None) -> tuple[float, float]:
-    """``(max |f_pi(x) - f(x)|, max |f(x)|)`` for the model with ``perms`` applied (eval mode)."""
+def eval_output(model: nn.Module, x: Tensor, state: Mapping[str, Tensor] | None = None) -> Tensor:
+    """``f(x)`` in eval mode (the model's mode is restored), with ``state`` swapped in for its tensors when given."""
     was = model.training
     model.eval()
     try:
-        ref = model(x) if reference is None else reference
-        out = torch.func.functional_call(model, permuted_state(model, spec, perms, permute_fixed=permute_fixed), (x,))
+        return model(x) if state is None else torch.func.functional_call(model, dict(state), (x,))
     finally:
         model.train(was)
+
+
+@torch.no_grad()
+def output_change(model: nn.Module, spec: PermutationSpec, perms: Mapping[str, Any], x: Tensor, *, permute_fixed: bool = True,
+                  reference: Tensor | None = None) -> tuple[float, float]:
+    """``(max |f_pi(x) - f(x)|, max |f(x)|)`` for the model with ``perms`` applied (eval mode)."""
+    ref = eval_output(model, x) if reference is None else reference
+    out = eval_output(model, x, permuted_state(model, spec, perms, permute_fixed=permute_fixed))
     return float((out - ref).abs().max()), float(ref.abs().max())
 
 
@@ -365,11 +371,7 @@ def validate_spec(model: nn.Module, spec: SpecLike, sample: Any = None, *, tol: 
     """
     spec = as_spec(spec).resolve(model)
     x = _as_sample(model, sample)
-    with torch.no_grad():
-        was = model.training
-        model.eval()
-        ref = model(x)
-        model.train(was)
+    ref = eval_output(model, x)
     scale = max(1.0, float(ref.abs().max()))
     diff, _ = output_change(model, spec, random_perms(spec, seed), x, reference=ref)
     if diff <= tol * scale:
@@ -377,6 +379,15 @@ def validate_spec(model: nn.Module, spec: SpecLike, sample: Any = None, *, tol: 
     from .spec_tracing import locate_error
 
     raise UserError(locate_error(model, spec, x, ref, tol * scale, seed))
+
+
+def checked_spec(model: nn.Module, spec: SpecLike | None = None, sample: Any = None) -> PermutationSpec:
+    """``spec`` resolved against ``model`` and validated; ``None``: :func:`permutation_spec` of the model."""
+    if spec is None:
+        return permutation_spec(model, sample)
+    spec = as_spec(spec).resolve(model)
+    validate_spec(model, spec, sample)
+    return spec
 
 
 def permutation_spec(model: nn.Module, sample: Any = None, *, validate: bool = True) -> PermutationSpec:

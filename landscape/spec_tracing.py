@@ -329,15 +329,12 @@ def locate_error(model: nn.Module, spec: PermutationSpec, x: Tensor, ref: Tensor
         s = PermutationSpec(groups, spec.sizes, spec.source)
         return output_change(model, s, {g: perms[g]}, x, reference=ref)[0]
 
-    failing = []
     for g in spec.groups:
         d = change(spec.groups[g], g)
         if d > tol:
-            failing.append((g, d))
             break
-    if not failing:
+    else:
         return f"permutation spec: every group alone preserves the function but all together do not (tolerance {tol:.2g}): groups that share a unit set must be merged"
-    g, d = failing[0]
     entries = list(spec.groups[g])
     n = spec.sizes[g]
     head = f"permutation spec group {g!r} ({n} units) changes the network output by {d:.3g} (tolerance {tol:.2g})"

@@ -29,7 +29,7 @@ from .data import Data, as_batches
 from .directions import Directions
 from .errors import UserError
 from .evaluation import evaluate
-from .grid import BN_MODES, GridSpec, LocalExecutor, spec_token
+from .grid import GridSpec, LocalExecutor, spec_token
 from .params import ParamView
 from .store import Dataset, ResultsStore, provenance
 
@@ -129,12 +129,16 @@ class Surface:
     def min_loss(self) -> float:
         return float(np.nanmin(self.loss))
 
+    @property
+    def default_radius(self) -> float:
+        """Half the smallest half-span of the grid (the default radius of :meth:`sharpness`)."""
+        return 0.5 * min(min(abs(c[0]), abs(c[-1])) for c in self.coordinates)
+
     def sharpness(self, radius: float | None = None, *, angles: int = 64) -> float:
         """Mean loss rise at ``radius``: ``mean_phi L(r u_phi) - L(0)`` over ``angles`` evenly spaced unit
-        vectors ``u_phi`` (2-D) or ``u = +-1`` (1-D), by interpolation; default radius: half the
-        smallest half-span."""
+        vectors ``u_phi`` (2-D) or ``u = +-1`` (1-D), by interpolation; default radius: :attr:`default_radius`."""
         if radius is None:
-            radius = 0.5 * min(min(abs(c[0]), abs(c[-1])) for c in self.coordinates)
+            radius = self.default_radius
         if self.ndim == 1:
             pts = [(-radius,), (radius,)]
         else:
@@ -193,8 +197,6 @@ def surface(model: nn.Module, data: Data, directions: Directions, *, steps: int 
     every chunk.
     """
     t_start = time.perf_counter()
-    if bn not in BN_MODES:
-        raise UserError(f"unknown BatchNorm mode {bn!r}: use eval or reset")
     view = ParamView(model)
     directions.check(view)
     if directions.count > 2:
@@ -277,7 +279,7 @@ def surface(model: nn.Module, data: Data, directions: Directions, *, steps: int 
                 ex.close()
         note = getattr(ex, "shortcut_note", "")
     base_attrs["settings"]["shortcut_note"] = note
-    if st is not None and (evaluated or not _existing_complete(st, key)):
+    if st is not None and (evaluated or not st.has(key)):
         write(True)
     return Surface(coords, loss, acc, tuple(axes), origin.loss, origin.accuracy, bn, directions.settings(),
                    base_attrs["settings"], evaluated, time.perf_counter() - t_start, key if st is not None else None)
@@ -290,7 +292,3 @@ def _existing(st: ResultsStore, key: str):
         return st.read(key)
     except KeyError:
         return None
-
-
-def _existing_complete(st: ResultsStore, key: str) -> bool:
-    return st.has(key)

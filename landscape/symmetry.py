@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .data import Data, as_batches
-from .permutation import SpecLike, as_spec, output_change, permutation_spec, sample_input, validate_spec
+from .permutation import SpecLike, checked_spec, eval_output, output_change, sample_input
 
 #: relative output change below which a permutation counts as a symmetry (float32 rounding is ~1e-7)
 SYMMETRY_TOL = 1e-5
@@ -87,21 +87,12 @@ def symmetry_audit(model: nn.Module, data: Data | None = None, *, spec: SpecLike
     model's own, which for asymmetric variants is the standard architecture's). Fixed
     buffers are never permuted here: that is what makes an asymmetric network asymmetric.
     """
-    if spec is None:
-        spec = permutation_spec(model)
-    else:
-        spec = as_spec(spec).resolve(model)
-        validate_spec(model, spec)
+    spec = checked_spec(model, spec)
     if data is None:
         x = sample_input(model, min(samples, 64))
     else:
         x = as_batches(data, device=next(model.parameters()).device).sample(samples)
-    was = model.training
-    model.eval()
-    try:
-        ref = model(x)
-    finally:
-        model.train(was)
+    ref = eval_output(model, x)
     scale = float(ref.abs().max())
     rng = np.random.default_rng(seed)
     names = tuple(spec.groups)

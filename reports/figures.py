@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 import pandas as pd
 
+from analysis.results import KNOWN
+
 from .spec import Figure, Panel, Trace, group_colors
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,12 +75,6 @@ def interpolation_figure(res: "Results", colors: dict[str, str]) -> Figure | Non
 
 
 def _matrix(res: "Results", analysis: str, group: str, col: str) -> tuple[list[str], np.ndarray] | None:
-    df = res.frame(analysis)
-    if df.empty or col not in df:
-        return None
-    df = df[df.group == group]
-    if df.empty:
-        return None
     seeds: list[str] = []
     pairs = {}
     for k in res.keys(analysis, group):
@@ -300,6 +296,6 @@ def build_figures(res: "Results") -> list[Figure]:
     figs += surface_figures(res, colors)
     figs.append(symmetry_figure(res, colors))
     for a in res.analyses():
-        if a not in ("interpolation", "interpolation_aligned", "mli", "hessian", "surface", "symmetry"):
+        if a not in KNOWN:
             figs += generic_figures(res, colors, a)
     return [f for f in figs if f is not None]

@@ -9,7 +9,6 @@ one ``Plotly.newPlot`` call per figure.
 from __future__ import annotations
 
 import datetime as _dt
-import html
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -17,7 +16,9 @@ import pandas as pd
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from .figures import build_figures
+from analysis.results import KNOWN
+
+from .figures import build_figures, esc
 from .plotly_figures import to_plotly
 from .spec import Figure
 from .tables import barrier_table, group_table, provenance_tables
@@ -60,10 +61,6 @@ EXPLAIN = {s: e for s, _, e in SECTIONS}
 HESSIAN_COLUMNS = ["lambda_max", "lambda_min", "trace", "trace_stderr", "negative_mass", "all_converged", "coordinates", "samples", "loss", "seconds"]
 RUN_HINT = {"interpolation": "landscape interpolate", "interpolation_aligned": "landscape interpolate --align", "mli": "landscape interpolate",
             "hessian": "landscape hessian", "surface": "landscape surface", "symmetry": "landscape symmetry"}
-
-
-def esc(s: object) -> str:
-    return html.escape(str(s), quote=True)
 
 
 def table_html(df: pd.DataFrame, float_digits: int = 4) -> str:
@@ -135,7 +132,7 @@ def sections(res: "Results") -> list[tuple[str, str, str]]:
         + ([figure_html(figs["symmetry"])] if "symmetry" in figs else [])
         + (["<h3>Per network</h3>", table_html(sym)] if not sym.empty else [])
         + [_absent(res, ["symmetry"])])
-    others = [a for a in res.analyses() if a not in ("interpolation", "interpolation_aligned", "mli", "hessian", "surface", "symmetry")]
+    others = [a for a in res.analyses() if a not in KNOWN]
     if others:
         body = []
         for a in others:

@@ -63,8 +63,9 @@ def run(args) -> int:
                           "max_output_change": perm.max_output_change, "seed": args.seed, "restarts": args.restarts}
     side["alignment_permutation"] = {g: p.tolist() for g, p in perm.perms.items()}  # B's unit placed at each position, per group
     save_checkpoint(aligned, out, sidecar=side)
+    moved = perm.to_frame()
     rows = [("aligned to", str(a_path)), ("method", f"{args.method} matching"), ("objective (identity)", f"{perm.objective_identity:.6g}"),
             ("objective (aligned)", f"{perm.objective:.6g}"), ("sweeps", perm.sweeps), ("function preserved", perm.function_preserved),
-            ("units moved", f"{int(perm.to_frame()['moved'].sum())} of {int(perm.to_frame()['size'].sum())}"), ("written", str(out))]
+            ("units moved", f"{int(moved['moved'].sum())} of {int(moved['size'].sum())}"), ("written", str(out))]
     print_table(pd.DataFrame(rows, columns=["field", "value"]).astype(str))
     return 0

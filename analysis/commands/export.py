@@ -132,15 +132,15 @@ def run(args) -> int:
     if not src.exists():
         raise UserError(f"{src}: no such results file")
     store = ResultsStore(src, create=False)
-    keys = [k for k in store.keys(args.key.strip("/")) if store.read(k).datasets.get("loss") is not None] if args.key else []
-    if not keys:
+    records = [r for r in map(store.read, store.keys(args.key.strip("/"))) if "loss" in r.datasets] if args.key else []
+    if not records:
         raise UserError(f"{src}: no complete surface records under /{args.key.strip('/')}: run landscape surface first")
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder: pass a folder to -o")
     rows = []
-    for key in keys:
-        rec = store.read(key)
+    for rec in records:
+        key = rec.key
         axes = list(rec.attrs.get("axes") or ["x", "y"])
         x = rec[f"{axes[0]}coordinates"]
         y = rec[f"{axes[1]}coordinates"] if len(axes) > 1 else None
