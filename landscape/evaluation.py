@@ -8,6 +8,7 @@ no accuracy (NaN).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -17,6 +18,24 @@ import torch.nn.functional as F
 
 from .data import Data, as_batches
 from .errors import UserError
+
+
+#: BatchNorm handling along a path or grid: running statistics as they are, or re-estimated per point
+BN_MODES = ("eval", "reset")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module, active: bool = True):
+    """Eval mode inside the block, the caller's mode (``model.training``) restored after; a no-op when not ``active``."""
+    if not active:
+        yield model
+        return
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
 
 
 @dataclass(frozen=True)
@@ -59,17 +78,16 @@ def loss_sum(outputs: Tensor, targets: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Data, *, device=None) -> Evaluation:
+def evaluate(model: nn.Module, data: Data, *, device=None, check_finite: bool = True) -> Evaluation:
     """Loss and accuracy of ``model`` (in eval mode) on ``data``.
 
-    The model's train/eval state is restored afterwards.
+    The model's train/eval state is restored afterwards. A NaN or infinite loss is bad input
+    (:class:`UserError`) unless ``check_finite=False`` (a surface far from its centre may diverge).
     """
     batches = as_batches(data, device=device)
-    was_training = model.training
-    model.eval()
     # accumulate on the device: one host sync per evaluation, not per batch
     total, correct, n, classify = None, None, 0, True
-    try:
+    with eval_mode(model):
         for i, (x, y) in enumerate(batches):
             out = model(x)
             if i == 0:
@@ -81,12 +99,10 @@ def evaluate(model: nn.Module, data: Data, *, device=None) -> Evaluation:
                 c = (out.argmax(dim=1) == y).sum()
                 correct = c if correct is None else correct + c
             n += y.shape[0]
-    finally:
-        model.train(was_training)
     total = float(total)
     correct = int(correct) if classify else 0
     loss = total / n
-    if not math.isfinite(loss):
+    if check_finite and not math.isfinite(loss):
         raise UserError("the loss is NaN or Inf on this data: check the checkpoint weights and the data normalisation")
     return Evaluation(loss, correct / n if classify else float("nan"), n)
 
@@ -111,17 +127,15 @@ def reset_batchnorm(model: nn.Module, data: Data, *, device=None) -> None:
         return
     batches = as_batches(data, device=device)
     saved = [(m.momentum, m.training) for m in bns]
-    was_training = model.training
-    model.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    try:
-        for x, _ in batches:
-            model(x)
-    finally:
-        for m, (mom, tr) in zip(bns, saved):
-            m.momentum = mom
-            m.train(tr)
-        model.train(was_training)
+    with eval_mode(model):
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        try:
+            for x, _ in batches:
+                model(x)
+        finally:
+            for m, (mom, tr) in zip(bns, saved):
+                m.momentum = mom
+                m.train(tr)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .directions import effective_tensors
+from .evaluation import eval_mode
 from .params import ParamView, is_state_buffer
 
 
@@ -93,46 +94,45 @@ class FirstLayerShortcut:
 
     @torch.no_grad()
     def _setup(self, probe: Tensor) -> None:
-        model, was = self.model, self.model.training
-        model.eval()
+        model = self.model
         theta0 = self.view.get()
-        try:
-            order, inputs = self._trace(probe)
-            first = next(((n, m) for n, m in order if _owns_state(model, n, m)), None)
-            if first is None:
-                self.reason = "no layer with parameters was called"
-                return
-            name, module = first
-            kind = _layer_kind(module)
-            if kind is None or not name:
-                self.reason = f"the first layer ({name or 'the model itself'}: {type(module).__name__}) is not a Linear or Conv2d layer"
-                return
-            if len(inputs.get(name, [])) != 1:
-                self.reason = f"the first layer {name} runs {len(inputs.get(name, []))} times per forward pass"
-                return
-            self.name, self.module, self.kind = name, module, kind
-            self._capture_base()
-            x0 = inputs[name][0]
-            # the layer's input must not move with the parameters (nothing trainable before it)
-            shifted = theta0 + self.vectors.sum(0)
-            self.view.set_(shifted)
-            _, moved = self._trace(probe)
-            if not torch.equal(moved.get(name, [None])[0], x0):
-                self.reason = f"the input of the first layer {name} depends on parameters that the directions move"
-                return
-            # the combination must reproduce the layer's own output, at theta0 + sum_k d_k ...
-            if not self._matches(module(x0), self._combine(self._products(x0), [1.0] * self.vectors.shape[0])):
-                self.reason = f"the first layer {name} ({type(module).__name__}) is not affine in its weight and bias"
-                return
-            self.view.set_(theta0)
-            # ... and at theta0
-            if not self._matches(module(x0), self._products(x0)[0]):
-                self.reason = f"the first layer {name} ({type(module).__name__}) does not compute layer(x; weight, bias)"
-                return
-            self.enabled, self.reason = True, f"first layer {name} ({type(module).__name__})"
-        finally:
-            self.view.set_(theta0)
-            model.train(was)
+        with eval_mode(model):
+            try:
+                order, inputs = self._trace(probe)
+                first = next(((n, m) for n, m in order if _owns_state(model, n, m)), None)
+                if first is None:
+                    self.reason = "no layer with parameters was called"
+                    return
+                name, module = first
+                kind = _layer_kind(module)
+                if kind is None or not name:
+                    self.reason = f"the first layer ({name or 'the model itself'}: {type(module).__name__}) is not a Linear or Conv2d layer"
+                    return
+                if len(inputs.get(name, [])) != 1:
+                    self.reason = f"the first layer {name} runs {len(inputs.get(name, []))} times per forward pass"
+                    return
+                self.name, self.module, self.kind = name, module, kind
+                self._capture_base()
+                x0 = inputs[name][0]
+                # the layer's input must not move with the parameters (nothing trainable before it)
+                shifted = theta0 + self.vectors.sum(0)
+                self.view.set_(shifted)
+                _, moved = self._trace(probe)
+                if not torch.equal(moved.get(name, [None])[0], x0):
+                    self.reason = f"the input of the first layer {name} depends on parameters that the directions move"
+                    return
+                # the combination must reproduce the layer's own output, at theta0 + sum_k d_k ...
+                if not self._matches(module(x0), self._combine(self._products(x0), [1.0] * self.vectors.shape[0])):
+                    self.reason = f"the first layer {name} ({type(module).__name__}) is not affine in its weight and bias"
+                    return
+                self.view.set_(theta0)
+                # ... and at theta0
+                if not self._matches(module(x0), self._products(x0)[0]):
+                    self.reason = f"the first layer {name} ({type(module).__name__}) does not compute layer(x; weight, bias)"
+                    return
+                self.enabled, self.reason = True, f"first layer {name} ({type(module).__name__})"
+            finally:
+                self.view.set_(theta0)
 
     @staticmethod
     def _matches(a: Tensor, b: Tensor) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import threading
 from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
@@ -22,11 +23,10 @@ from torch import Tensor, nn
 
 from .data import Batches, as_batches, resolve_device
 from .errors import UserError
-from .evaluation import evaluate, reset_batchnorm
+from .evaluation import BN_MODES, evaluate, reset_batchnorm
 from .first_layer import FirstLayerShortcut
 from .params import ParamView
 
-BN_MODES = ("eval", "reset")
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,10 +141,9 @@ class PointEvaluator:
             self.shortcut.set_point(coeffs)
         if self.spec.bn == "reset":
             reset_batchnorm(self.model, self.train)
-        try:
-            ev = evaluate(self.model, self.data)
-        except UserError:
-            # a non-finite loss far from the centre is a value of the surface, not an input error
+        # a non-finite loss far from the centre is a value of the surface, not an input error
+        ev = evaluate(self.model, self.data, check_finite=False)
+        if not math.isfinite(ev.loss):
             return float("nan"), float("nan")
         return ev.loss, ev.accuracy
 

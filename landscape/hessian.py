@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .data import Batches, Data, as_batches, resolve_device
 from .errors import UserError
-from .evaluation import evaluate, loss_sum
+from .evaluation import eval_mode, evaluate, loss_sum
 from .lanczos import (
     EigenResult, SpectralDensity, TraceEstimate, default_max_steps, hutchinson, hutchpp, lanczos_eigen, slq,
 )
@@ -71,8 +71,7 @@ class HessianOperator:
         # batching vectors through vmap measured slower per vector on the CPU (see docs/hessian.md)
         self.method, self.block = method, max(1, int(block if block is not None else (8 if dev.type == "cuda" else 1)))
         self.hvps = 0
-        named = dict(model.named_parameters())
-        self._params = [named[n] for n in self.view.names]
+        self._params = self.view.params
         # one pass, before any graph is built: checks the labels against the outputs and the loss for NaN (UserError)
         self.loss = evaluate(model, self.batches).loss
         self._graphs = self._build_cache(cache) if method == "double-backward" else None
@@ -131,7 +130,7 @@ class HessianOperator:
     def gradient(self) -> Tensor:
         """The gradient ``dL/dtheta`` of the sample-mean loss (one pass over the data)."""
         total = None
-        with _eval_mode(self.model), torch.enable_grad():
+        with eval_mode(self.model), torch.enable_grad():
             for x, y in self.batches:
                 g = torch.autograd.grad(loss_sum(self.model(x), y), self._params, allow_unused=True)
                 g = self.view.flatten([torch.zeros_like(p) if a is None else a for a, p in zip(g, self._params)])
@@ -153,7 +152,7 @@ class HessianOperator:
         tangents = self._directions(V)
         total: list[Tensor | None] = [None] * len(tangents)
         # a kept graph was built in eval mode; only rebuilding needs the switch
-        with _eval_mode(self.model, self._graphs is None), torch.enable_grad():
+        with eval_mode(self.model, self._graphs is None), torch.enable_grad():
             for i, (x, y) in enumerate(self.batches):
                 g = self._graphs[i] if self._graphs is not None else self._gradient_graph(x, y)
                 # one vector: a plain backward (vmap's overhead is not worth it for b = 1)
@@ -184,7 +183,7 @@ class HessianOperator:
             return t
 
         graphs = []
-        with _eval_mode(self.model), torch.enable_grad():
+        with eval_mode(self.model), torch.enable_grad():
             for i, (x, y) in enumerate(self.batches):
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                     graphs.append(self._gradient_graph(x, y))
@@ -198,30 +197,13 @@ class HessianOperator:
 
         theta = self.view.get()
         total = torch.zeros_like(V)
-        with _eval_mode(self.model):
+        with eval_mode(self.model):
             for x, y in self.batches:
                 def f(t):
                     return loss_sum(functional_call(self.model, self.view.functional(t), (x,), strict=False), y)
 
                 total += vmap(lambda v: jvp(grad(f), (theta,), (v,))[1])(V)
         return total / self.num_samples
-
-
-class _eval_mode:
-    """Eval mode inside the block, the caller's mode restored after (a no-op when ``active`` is False)."""
-
-    def __init__(self, model: nn.Module, active: bool = True):
-        self.model, self.active = model, active
-
-    def __enter__(self):
-        self.was = self.model.training
-        if self.active and self.was:
-            self.model.eval()
-
-    def __exit__(self, *exc):
-        if self.active and self.was:
-            self.model.train(True)
-
 
 def _cache_budget(device: torch.device) -> int:
     if device.type == "cuda":

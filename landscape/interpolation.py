@@ -33,10 +33,9 @@ from torch import nn
 
 from .data import Data, as_batches
 from .errors import UserError
-from .evaluation import evaluate, has_batchnorm, reset_batchnorm
+from .evaluation import BN_MODES, evaluate, has_batchnorm, reset_batchnorm
 from .params import ParamView, check_same_family, state_buffers
 
-BN_MODES = ("eval", "reset")
 
 #: recorded with every barrier so a results file states which definition it holds
 BARRIER_DEFINITIONS = {

@@ -110,6 +110,11 @@ class ParamView:
         return [s.name for s in self.slots]
 
     @property
+    def params(self) -> list[nn.Parameter]:
+        """The model's parameters behind the coordinates, in slot order."""
+        return list(self._params)
+
+    @property
     def device(self) -> torch.device:
         return self._params[0].device
 

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import UserError
+from .evaluation import eval_mode
 from .params import fixed_buffers
 
 Entry = tuple[str, int]
@@ -339,12 +340,8 @@ def _as_sample(model: nn.Module, sample: Any, n: int = 4) -> Tensor:
 @torch.no_grad()
 def eval_output(model: nn.Module, x: Tensor, state: Mapping[str, Tensor] | None = None) -> Tensor:
     """``f(x)`` in eval mode (the model's mode is restored), with ``state`` swapped in for its tensors when given."""
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return model(x) if state is None else torch.func.functional_call(model, dict(state), (x,))
-    finally:
-        model.train(was)
 
 
 @torch.no_grad()

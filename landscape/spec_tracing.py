@@ -26,6 +26,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .evaluation import eval_mode
 from .permutation import PermutationSpec, SpecBuilder, named_tensors, output_change, random_perms
 
 
@@ -273,14 +274,12 @@ def leaf_calls(model: nn.Module, x: Tensor) -> list[tuple[str, nn.Module, Tensor
     calls: list[tuple[str, nn.Module, Tensor, Tensor]] = []
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: calls.append((n, mod, i[0].detach(), o.detach())))
              for n, m in model.named_modules() if not any(True for _ in m.children())]
-    was = model.training
-    model.eval()
     try:
-        model(x)
+        with eval_mode(model):
+            model(x)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was)
     return calls
 
 
@@ -308,13 +307,8 @@ def derive_spec(model: nn.Module, x: Tensor) -> PermutationSpec:
     except Exception as exc:  # fx raises many types for untraceable Python; fall back to module order
         return _by_order(model, x, f"fx tracing failed: {type(exc).__name__}")
     b = _Builder(model)
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            _Labeler(gm, b).run(x)
-    finally:
-        model.train(was)
+    with eval_mode(model), torch.no_grad():
+        _Labeler(gm, b).run(x)
     return b.result("torch.fx tracing")
 
 
