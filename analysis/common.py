@@ -10,6 +10,8 @@ from typing import Any
 import pandas as pd
 
 from .context import StudyContext
+from .results import format_mean_std
+from .results import mean_std as _mean_std
 
 
 def add_roots(p: argparse.ArgumentParser, nargs: str = "+") -> None:
@@ -45,14 +47,8 @@ def fmt(x: Any, digits: int = 4) -> str:
 
 
 def mean_std(values) -> str:
-    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    if not vals:
-        return "-"
-    m = sum(vals) / len(vals)
-    if len(vals) == 1:
-        return f"{m:.4g}"
-    s = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
-    return f"{m:.4g} ± {s:.2g}"
+    """``mean ± std`` (sample std) of the finite values as text; ``-`` when there are none."""
+    return format_mean_std(*_mean_std(values))
 
 
 def print_table(df: pd.DataFrame, title: str | None = None, file=None) -> None:

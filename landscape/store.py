@@ -199,7 +199,8 @@ class ResultsStore:
             datasets, dattrs = {}, {}
             for name, obj in g.items():
                 if isinstance(obj, h5py.Dataset):
-                    datasets[name] = obj[()]
+                    # string datasets come back as str, not bytes
+                    datasets[name] = obj.asstr()[()] if h5py.check_string_dtype(obj.dtype) else obj[()]
                     dattrs[name] = {k: _decode(v) for k, v in obj.attrs.items()}
             return Record(key, {k: _decode(v) for k, v in g.attrs.items()}, datasets, dattrs)
 

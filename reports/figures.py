@@ -254,7 +254,7 @@ def symmetry_figure(res: "Results", colors: dict[str, str]) -> Figure | None:
             if names is None or change is None:
                 continue
             for n, c in zip(names, np.asarray(change, float)):
-                n = n.decode() if isinstance(n, bytes) else str(n)
+                n = str(n)
                 vals[n] = max(vals.get(n, 0.0), float(c))
         if vals:
             p.traces.append(Trace("bar", esc(g), np.asarray([esc(n) for n in vals]), np.maximum(np.asarray(list(vals.values())), 1e-12),

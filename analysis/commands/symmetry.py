@@ -37,7 +37,7 @@ def run(args) -> int:
     if len(runs) == 1:
         g, r = runs[0]
         rec = ctx.store.read(f"{ANALYSIS}/{g}/{r.key}")
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in rec["group_names"]]
+        names = [str(n) for n in rec["group_names"]]
         per = pd.DataFrame({"perm_group": names, "size": rec["group_sizes"], "log10_order": rec["group_log10_order"],
                             "max_change": rec["group_max_change"], "relative_change": rec["group_relative_change"]})
         print_table(per, f"{r.final}: output change per permutation group")
