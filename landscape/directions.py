@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import UserError
-from .params import ParamView, check_same_family, fixed_entry_mask
+from .params import ParamView, check_same_family, fixed_entry_mask, owner
 
 NORMALIZATIONS = ("filter", "layer", "weight", "none")
 _EPS = 1e-10
@@ -106,11 +106,6 @@ class Directions:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    prefix, _, leaf = name.rpartition(".")
-    return (model.get_submodule(prefix) if prefix else model), leaf
-
-
 def _is_norm(module: nn.Module) -> bool:
     kinds = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
     return isinstance(module, kinds) or "norm" in type(module).__name__.lower()
@@ -118,7 +113,7 @@ def _is_norm(module: nn.Module) -> bool:
 
 def ignored(model: nn.Module, name: str, ignore: Iterable[str]) -> bool:
     """True when parameter ``name`` is matched by ``ignore`` (see the module docstring)."""
-    module, leaf = _owner(model, name)
+    module, leaf = owner(model, name)
     for pattern in ignore:
         if pattern == "bias" and leaf == "bias":
             return True
@@ -137,7 +132,7 @@ def effective_tensors(model: nn.Module) -> dict[str, Tensor]:
     ``fixed`` buffer; else the parameter itself."""
     out = {}
     for name, p in model.named_parameters():
-        module, leaf = _owner(model, name)
+        module, leaf = owner(model, name)
         t = p.detach()
         if leaf == "weight" and callable(getattr(module, "effective_weight", None)):
             t = module.effective_weight().detach()

@@ -31,12 +31,17 @@ from .errors import UserError
 Selection = Union[None, str, Sequence[str], Callable[[str], bool]]
 
 
+def owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module holding tensor ``name`` and the tensor's own name in it (``"a.b.weight"`` -> (a.b, "weight"))."""
+    prefix, _, leaf = name.rpartition(".")
+    return (model.get_submodule(prefix) if prefix else model), leaf
+
+
 def fixed_entry_mask(model: nn.Module, name: str, param: Tensor) -> Tensor | None:
     """Boolean tensor of trainable entries of parameter ``name``, or None if all are trainable."""
     if not name.endswith("weight"):
         return None
-    prefix, _, leaf = name.rpartition(".")
-    module = model.get_submodule(prefix) if prefix else model
+    module, leaf = owner(model, name)
     mask = getattr(module, "mask", None) if leaf == "weight" else None
     if isinstance(mask, Tensor) and mask.shape == param.shape:
         return mask != 0
@@ -203,8 +208,7 @@ class ParamView:
 
 def is_state_buffer(model: nn.Module, name: str) -> bool:
     """True for BatchNorm running statistics, which are interpolated like parameters."""
-    prefix, _, leaf = name.rpartition(".")
-    module = model.get_submodule(prefix) if prefix else model
+    module, leaf = owner(model, name)
     return isinstance(module, nn.modules.batchnorm._NormBase) and leaf in ("running_mean", "running_var", "num_batches_tracked")
 
 
