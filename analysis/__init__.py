@@ -23,7 +23,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .context import StudyContext
     from .results import Results
 
-__all__ = ["StudyContext", "load", "run_study", "interpolation_study", "hessian_study", "surface_study", "symmetry_study"]
+__all__ = [
+    "StudyContext",
+    "load",
+    "run_study",
+    "interpolation_study",
+    "hessian_study",
+    "surface_study",
+    "symmetry_study",
+]
 
 
 def __getattr__(name: str):
@@ -34,14 +42,23 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'analysis' has no attribute {name!r}")
 
 
-def load(path: str | Path) -> "Results":
+def load(path: str | Path) -> Results:
     """Open a finished study's results file (see :func:`analysis.results.load`)."""
     from .results import load as _load
 
     return _load(path)
 
 
-def _study(analysis: str, roots, data: str, output, settings: dict[str, Any], *, device: str | None, **ctx_kw: Any) -> "Results":
+def _study(
+    analysis: str,
+    roots,
+    data: str,
+    output,
+    settings: dict[str, Any],
+    *,
+    device: str | None,
+    **ctx_kw: Any,
+) -> Results:
     """Build the context (``output=None``: a scratch results file), run one study, return its results file loaded."""
     from .commands.run import study_function, study_kwargs
     from .context import StudyContext
@@ -56,50 +73,161 @@ def _study(analysis: str, roots, data: str, output, settings: dict[str, Any], *,
     return load(ctx.store.path)
 
 
-def interpolation_study(roots, data: str = "digits", output: str | Path | None = None, *, device: str | None = None, samples: int | None = None,
-                        batch_size: int | None = None, arch: str | None = None, force: bool = False, progress: bool = True,
-                        **settings: Any) -> "Results":
+def interpolation_study(
+    roots,
+    data: str = "digits",
+    output: str | Path | None = None,
+    *,
+    device: str | None = None,
+    samples: int | None = None,
+    batch_size: int | None = None,
+    arch: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    **settings: Any,
+) -> Results:
     """Pairwise interpolation barriers (aligned for standard groups) and MLI; settings go to ``analysis.interpolation.study``."""
-    return _study("interpolation", roots, data, output, settings, device=device, samples=samples, batch_size=batch_size, arch=arch,
-                  force=force, progress=progress)
+    return _study(
+        "interpolation",
+        roots,
+        data,
+        output,
+        settings,
+        device=device,
+        samples=samples,
+        batch_size=batch_size,
+        arch=arch,
+        force=force,
+        progress=progress,
+    )
 
 
-def hessian_study(roots, data: str = "digits", output: str | Path | None = None, *, device: str | None = None, samples: int | None = None,
-                  batch_size: int | None = None, arch: str | None = None, force: bool = False, progress: bool = True,
-                  **settings: Any) -> "Results":
+def hessian_study(
+    roots,
+    data: str = "digits",
+    output: str | Path | None = None,
+    *,
+    device: str | None = None,
+    samples: int | None = None,
+    batch_size: int | None = None,
+    arch: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    **settings: Any,
+) -> Results:
     """Hessian top eigenvalues, trace and spectral density per network; settings go to ``analysis.hessian.study``."""
-    return _study("hessian", roots, data, output, settings, device=device, samples=samples, batch_size=batch_size, arch=arch,
-                  force=force, progress=progress)
+    return _study(
+        "hessian",
+        roots,
+        data,
+        output,
+        settings,
+        device=device,
+        samples=samples,
+        batch_size=batch_size,
+        arch=arch,
+        force=force,
+        progress=progress,
+    )
 
 
-def surface_study(roots, data: str = "digits", output: str | Path | None = None, *, device: str | None = None, samples: int | None = None,
-                  batch_size: int | None = None, arch: str | None = None, force: bool = False, progress: bool = True,
-                  **settings: Any) -> "Results":
+def surface_study(
+    roots,
+    data: str = "digits",
+    output: str | Path | None = None,
+    *,
+    device: str | None = None,
+    samples: int | None = None,
+    batch_size: int | None = None,
+    arch: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    **settings: Any,
+) -> Results:
     """1-D/2-D loss surfaces per group; settings go to ``analysis.surfaces.study``."""
-    return _study("surface", roots, data, output, settings, device=device, samples=samples, batch_size=batch_size, arch=arch,
-                  force=force, progress=progress)
+    return _study(
+        "surface",
+        roots,
+        data,
+        output,
+        settings,
+        device=device,
+        samples=samples,
+        batch_size=batch_size,
+        arch=arch,
+        force=force,
+        progress=progress,
+    )
 
 
-def symmetry_study(roots, data: str = "digits", output: str | Path | None = None, *, device: str | None = None, samples: int | None = None,
-                   batch_size: int | None = None, arch: str | None = None, force: bool = False, progress: bool = True,
-                   audit_samples: int | None = None, **settings: Any) -> "Results":
+def symmetry_study(
+    roots,
+    data: str = "digits",
+    output: str | Path | None = None,
+    *,
+    device: str | None = None,
+    samples: int | None = None,
+    batch_size: int | None = None,
+    arch: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    audit_samples: int | None = None,
+    **settings: Any,
+) -> Results:
     """Symmetry audit of every network; settings go to ``analysis.alignment.study`` (``audit_samples``: its ``samples``,
     the inputs of the audit, as ``samples`` here subsets the data)."""
     if audit_samples is not None:
         settings["samples"] = audit_samples
-    return _study("symmetry", roots, data, output, settings, device=device, samples=samples, batch_size=batch_size, arch=arch,
-                  force=force, progress=progress)
+    return _study(
+        "symmetry",
+        roots,
+        data,
+        output,
+        settings,
+        device=device,
+        samples=samples,
+        batch_size=batch_size,
+        arch=arch,
+        force=force,
+        progress=progress,
+    )
 
 
-def run_study(roots, data: str = "digits", output: str | Path | None = None, *, analyses: str | list[str] | None = None,
-              config: dict[str, dict[str, Any]] | None = None, device: str | None = None, samples: int | None = None,
-              batch_size: int | None = None, arch: str | None = None, force: bool = False, progress: bool = True) -> "Results":
+def run_study(
+    roots,
+    data: str = "digits",
+    output: str | Path | None = None,
+    *,
+    analyses: str | list[str] | None = None,
+    config: dict[str, dict[str, Any]] | None = None,
+    device: str | None = None,
+    samples: int | None = None,
+    batch_size: int | None = None,
+    arch: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Results:
     """Every installed analysis (as ``landscape run``) into ``output`` (a folder: results.h5 and report.html; default a scratch folder)."""
     import tempfile
 
     from .commands.run import execute
 
-    outdir = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="landscape-study-"))
-    execute(roots, outdir, config=config, data=data, samples=samples, batch_size=batch_size, device=device, arch=arch, analyses=analyses,
-            force=force, progress=progress, source="run_study(config=...)", quiet=True)
+    outdir = (
+        Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="landscape-study-"))
+    )
+    execute(
+        roots,
+        outdir,
+        config=config,
+        data=data,
+        samples=samples,
+        batch_size=batch_size,
+        device=device,
+        arch=arch,
+        analyses=analyses,
+        force=force,
+        progress=progress,
+        source="run_study(config=...)",
+        quiet=True,
+    )
     return load(outdir / "results.h5")

@@ -9,13 +9,25 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from landscape import __version__
 from landscape.errors import UserError
 
 #: verb -> module under analysis.commands (each defines HELP, EXAMPLE, add_arguments, run)
-VERBS = ["train", "demo", "run", "interpolate", "align", "hessian", "surface", "symmetry", "report", "export", "inspect"]
+VERBS = [
+    "train",
+    "demo",
+    "run",
+    "interpolate",
+    "align",
+    "hessian",
+    "surface",
+    "symmetry",
+    "report",
+    "export",
+    "inspect",
+]
 
 
 def _available():
@@ -28,13 +40,21 @@ def _available():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="landscape", description="Loss landscapes of standard and asymmetric networks: barriers, alignment, "
-                                     "Hessian spectra, surfaces, symmetry audits and HTML reports.")
+    parser = argparse.ArgumentParser(
+        prog="landscape",
+        description="Loss landscapes of standard and asymmetric networks: barriers, alignment, "
+        "Hessian spectra, surfaces, symmetry audits and HTML reports.",
+    )
     parser.add_argument("--version", action="version", version=f"landscape {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, mod in _available():
-        p = sub.add_parser(verb, help=mod.HELP, description=mod.HELP, epilog=f"example:\n  {mod.EXAMPLE}",
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            verb,
+            help=mod.HELP,
+            description=mod.HELP,
+            epilog=f"example:\n  {mod.EXAMPLE}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         mod.add_arguments(p)
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -56,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"landscape {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"landscape {args.verb}: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(
+            f"landscape {args.verb}: interrupted; rerun the same command to resume", file=sys.stderr
+        )
         return 130
 
 

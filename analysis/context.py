@@ -9,9 +9,10 @@ share them.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,21 +46,35 @@ class StudyContext:
     _family_checked: set[str] = field(default_factory=set, repr=False)
 
     @classmethod
-    def create(cls, roots: Iterable[str | Path] | str | Path, *, data: str = "digits", output: str | Path | None = None,
-               device: str | None = "auto", samples: int | None = None, batch_size: int | None = None, arch: str | None = None,
-               force: bool = False, progress: bool = True) -> "StudyContext":
+    def create(
+        cls,
+        roots: Iterable[str | Path] | str | Path,
+        *,
+        data: str = "digits",
+        output: str | Path | None = None,
+        device: str | None = "auto",
+        samples: int | None = None,
+        batch_size: int | None = None,
+        arch: str | None = None,
+        force: bool = False,
+        progress: bool = True,
+    ) -> StudyContext:
         groups = discover(roots)
         if output is None:  # notebooks: a scratch results file that lives as long as the context
             scratch = tempfile.mkdtemp(prefix="landscape-")
             output = Path(scratch) / "results.h5"
         store = ResultsStore(output)
         store.remove_stale_temporaries()  # this command is the file's one writer
-        return cls(groups, data, store, resolve_device(device), samples, batch_size, arch, force, progress)
+        return cls(
+            groups, data, store, resolve_device(device), samples, batch_size, arch, force, progress
+        )
 
     # -- data ------------------------------------------------------------------------------
     def dataset(self, split: str = "test") -> DataSet:
         if split not in self._data:
-            self._data[split] = load_data(self.data_spec, split, samples=self.samples, seed=self.sample_seed)
+            self._data[split] = load_data(
+                self.data_spec, split, samples=self.samples, seed=self.sample_seed
+            )
         return self._data[split]
 
     def batches(self, split: str = "test") -> Batches:
@@ -118,15 +133,27 @@ class StudyContext:
                 hashes.append(self.file_hash(p))
         return {"checkpoints": paths, "checkpoint_sha256": hashes, "seeds": [r.seed for r in runs]}
 
-    def record_attrs(self, analysis: str, group: str, *runs: Run, which: Iterable[str] = ("final",), splits: Iterable[str] = ("test",),
-                     **settings: Any) -> dict[str, Any]:
+    def record_attrs(
+        self,
+        analysis: str,
+        group: str,
+        *runs: Run,
+        which: Iterable[str] = ("final",),
+        splits: Iterable[str] = ("test",),
+        **settings: Any,
+    ) -> dict[str, Any]:
         """The attributes every record carries: analysis, group, data, checkpoints, settings, versions."""
-        attrs = {"analysis": analysis, "group": group, "variant": self.variant(group), "device": str(self.device),
-                 "data": {s: self.dataset(s).description for s in splits}, "settings": settings}
+        attrs = {
+            "analysis": analysis,
+            "group": group,
+            "variant": self.variant(group),
+            "device": str(self.device),
+            "data": {s: self.dataset(s).description for s in splits},
+            "settings": settings,
+        }
         attrs.update(self.run_attrs(*runs, which=which))
         attrs.update(provenance())
         return attrs
 
     def should_skip(self, key: str) -> bool:
         return not self.force and self.store.has(key)
-

@@ -10,9 +10,10 @@ Nothing here needs torch, so reports render on machines without it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,8 +24,26 @@ from landscape.store import Record, ResultsStore
 #: analyses the report knows how to draw, in report order
 KNOWN = ("interpolation", "interpolation_aligned", "mli", "hessian", "surface", "symmetry")
 #: record attributes that are provenance, not outcomes (kept out of :meth:`Results.frame`)
-PROVENANCE = {"complete", "analysis", "group", "variant", "device", "data", "settings", "checkpoints", "checkpoint_sha256", "seeds",
-              "package", "package_version", "torch_version", "numpy_version", "h5py_version", "python_version", "time", "command"}
+PROVENANCE = {
+    "complete",
+    "analysis",
+    "group",
+    "variant",
+    "device",
+    "data",
+    "settings",
+    "checkpoints",
+    "checkpoint_sha256",
+    "seeds",
+    "package",
+    "package_version",
+    "torch_version",
+    "numpy_version",
+    "h5py_version",
+    "python_version",
+    "time",
+    "command",
+}
 _VARIANT_ORDER = {"standard": 0, "w-asym": 1, "sigma-asym": 2}
 
 
@@ -102,7 +121,9 @@ class Results:
         key = key.strip("/")
         if key not in self.records:
             hint = " (it is incomplete)" if key in self.incomplete_records else ""
-            raise UserError(f"{self.path}: no complete record {key!r}{hint}; see Results.describe() for what the file holds")
+            raise UserError(
+                f"{self.path}: no complete record {key!r}{hint}; see Results.describe() for what the file holds"
+            )
         return self.records[key]
 
     # -- tables -------------------------------------------------------------------------
@@ -112,7 +133,11 @@ class Results:
         for k in self.keys(analysis):
             r = self.records[k]
             _, g, name = _key_parts(r)
-            row: dict[str, Any] = {"group": g, "variant": r.attrs.get("variant", "unknown"), "record": name}
+            row: dict[str, Any] = {
+                "group": g,
+                "variant": r.attrs.get("variant", "unknown"),
+                "record": name,
+            }
             for a, v in r.attrs.items():
                 if a not in PROVENANCE and _is_scalar(v):
                     row[a] = _scalar(v)
@@ -123,10 +148,16 @@ class Results:
         df = pd.DataFrame(rows)
         if not df.empty:
             order = {g: i for i, g in enumerate(self.groups())}
-            df = df.sort_values(["group", "record"], key=lambda s: s.map(order) if s.name == "group" else s, kind="stable")
+            df = df.sort_values(
+                ["group", "record"],
+                key=lambda s: s.map(order) if s.name == "group" else s,
+                kind="stable",
+            )
         return df.reset_index(drop=True)
 
-    def curves(self, analysis: str, group: str | None = None, axis: str | None = None) -> pd.DataFrame:
+    def curves(
+        self, analysis: str, group: str | None = None, axis: str | None = None
+    ) -> pd.DataFrame:
         """Long table of the 1-D datasets: columns group, record, the axis coordinate, then one column per dataset.
 
         The coordinate of axis ``a`` is the dataset named ``a`` or ``a + "s"`` (``alphas`` for
@@ -192,21 +223,36 @@ class Results:
         for g in self.groups():
             stats: dict[str, tuple[float, float, int]] = {}
             stats["test accuracy"] = mean_std(self.endpoint_accuracy(g).values())
-            for label, df, col in (("loss barrier", interp, "test_loss_barrier_max"), ("accuracy barrier", interp, "test_accuracy_barrier_max"),
-                                   ("aligned loss barrier", aligned, "test_loss_barrier_max"),
-                                   ("aligned accuracy barrier", aligned, "test_accuracy_barrier_max")):
-                stats[label] = mean_std(df.loc[df.group == g, col]) if col in df else (math.nan, math.nan, 0)
+            for label, df, col in (
+                ("loss barrier", interp, "test_loss_barrier_max"),
+                ("accuracy barrier", interp, "test_accuracy_barrier_max"),
+                ("aligned loss barrier", aligned, "test_loss_barrier_max"),
+                ("aligned accuracy barrier", aligned, "test_accuracy_barrier_max"),
+            ):
+                stats[label] = (
+                    mean_std(df.loc[df.group == g, col]) if col in df else (math.nan, math.nan, 0)
+                )
             if "monotonic" in mli:
                 m = mli.loc[mli.group == g, "monotonic"].astype(float)
-                stats["MLI monotonic"] = (float(m.mean()), 0.0, 1) if len(m) else (math.nan, math.nan, 0)
+                stats["MLI monotonic"] = (
+                    (float(m.mean()), 0.0, 1) if len(m) else (math.nan, math.nan, 0)
+                )
             for label, col in curvature:
-                stats[label] = mean_std(hess.loc[hess.group == g, col]) if col else (math.nan, math.nan, 0)
-            row: dict[str, Any] = {"group": g, "variant": self.variant(g), "seeds": len(self.seeds(g))}
+                stats[label] = (
+                    mean_std(hess.loc[hess.group == g, col]) if col else (math.nan, math.nan, 0)
+                )
+            row: dict[str, Any] = {
+                "group": g,
+                "variant": self.variant(g),
+                "seeds": len(self.seeds(g)),
+            }
             for label, (m, s, n) in stats.items():
                 if formatted:
                     if label == "MLI monotonic":
                         sub = mli.loc[mli.group == g, "monotonic"] if "monotonic" in mli else []
-                        row[label] = f"{int(sum(bool(x) for x in sub))}/{len(sub)}" if len(sub) else "-"
+                        row[label] = (
+                            f"{int(sum(bool(x) for x in sub))}/{len(sub)}" if len(sub) else "-"
+                        )
                     else:
                         row[label] = format_mean_std(m, s, n)
                 else:
@@ -214,15 +260,27 @@ class Results:
             rows.append(row)
         df = pd.DataFrame(rows)
         if formatted and not df.empty:  # drop columns no group has a value for
-            keep = [c for c in df.columns if c in ("group", "variant", "seeds") or (df[c] != "-").any()]
+            keep = [
+                c for c in df.columns if c in ("group", "variant", "seeds") or (df[c] != "-").any()
+            ]
             df = df[keep]
         return df
 
     def incomplete(self) -> pd.DataFrame:
         """What is missing: incomplete records, and known analyses without any record."""
-        rows = [{"analysis": _key_parts(r)[0], "group": _key_parts(r)[1], "record": _key_parts(r)[2], "status": "incomplete"}
-                for r in self.incomplete_records.values()]
-        present = {_key_parts(r)[0] for r in list(self.records.values()) + list(self.incomplete_records.values())}
+        rows = [
+            {
+                "analysis": _key_parts(r)[0],
+                "group": _key_parts(r)[1],
+                "record": _key_parts(r)[2],
+                "status": "incomplete",
+            }
+            for r in self.incomplete_records.values()
+        ]
+        present = {
+            _key_parts(r)[0]
+            for r in list(self.records.values()) + list(self.incomplete_records.values())
+        }
         for a in KNOWN:
             if a not in present:
                 rows.append({"analysis": a, "group": "", "record": "", "status": "not run"})
@@ -230,8 +288,11 @@ class Results:
 
     def describe(self) -> str:
         """Plain-text overview: file, schema, commands, then per analysis the records per group and the dataset layout."""
-        lines = [f"results file {self.path}", f"  schema {self.root.get('schema_version')}, {self.root.get('package')} "
-                 f"{self.root.get('package_version')}, created {self.root.get('created', '?')}, modified {self.root.get('modified', '?')}"]
+        lines = [
+            f"results file {self.path}",
+            f"  schema {self.root.get('schema_version')}, {self.root.get('package')} "
+            f"{self.root.get('package_version')}, created {self.root.get('created', '?')}, modified {self.root.get('modified', '?')}",
+        ]
         for c in self.root.get("commands") or []:
             lines.append(f"  command: {c}")
         for a in self.analyses():
@@ -242,11 +303,18 @@ class Results:
             for d, arr in rec.datasets.items():
                 da = rec.dataset_attrs.get(d, {})
                 axes = ",".join(map(str, da.get("axes") or []))
-                lines.append(f"    {d} {tuple(np.shape(arr))} [{axes}] {da.get('units', '')}: {da.get('description', '')}".rstrip(": "))
+                lines.append(
+                    f"    {d} {tuple(np.shape(arr))} [{axes}] {da.get('units', '')}: {da.get('description', '')}".rstrip(
+                        ": "
+                    )
+                )
         missing = self.incomplete()
         if len(missing):
             lines.append("missing:")
-            lines += [f"    {r.analysis}/{r.group}/{r.record} {r.status}".replace("// ", " ") for r in missing.itertuples()]
+            lines += [
+                f"    {r.analysis}/{r.group}/{r.record} {r.status}".replace("// ", " ")
+                for r in missing.itertuples()
+            ]
         return "\n".join(lines)
 
     # -- pictures -----------------------------------------------------------------------
@@ -257,7 +325,9 @@ class Results:
 
         figs = {f.name: f for f in build_figures(self)}
         if name not in figs:
-            raise UserError(f"no figure {name!r} for this results file; available: {', '.join(figs) or 'none'}")
+            raise UserError(
+                f"no figure {name!r} for this results file; available: {', '.join(figs) or 'none'}"
+            )
         return to_plotly(figs[name])
 
     def figure_names(self) -> list[str]:
@@ -296,7 +366,9 @@ def load(path: str | Path) -> Results:
     """Open a results file; raise :class:`UserError` for a missing, newer-schema, corrupt or empty file."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path}: no such results file; run `landscape run ROOT --data SPEC -o OUTDIR` first")
+        raise UserError(
+            f"{path}: no such results file; run `landscape run ROOT --data SPEC -o OUTDIR` first"
+        )
     store = ResultsStore(path, create=False)  # checks schema version and that HDF5 opens
     records: dict[str, Record] = {}
     incomplete: dict[str, Record] = {}
@@ -308,7 +380,11 @@ def load(path: str | Path) -> Results:
     except (OSError, KeyError, RuntimeError, ValueError) as exc:
         if isinstance(exc, UserError):
             raise
-        raise UserError(f"{path}: cannot read the results file (truncated or corrupt? {type(exc).__name__}): rerun the study into a new -o") from exc
+        raise UserError(
+            f"{path}: cannot read the results file (truncated or corrupt? {type(exc).__name__}): rerun the study into a new -o"
+        ) from exc
     if not records and not incomplete:
-        raise UserError(f"{path}: the results file holds no records (an empty study): run an analysis into it first")
+        raise UserError(
+            f"{path}: the results file holds no records (an empty study): run an analysis into it first"
+        )
     return Results(path, root, records, incomplete)

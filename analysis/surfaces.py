@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,9 @@ def _find_run(ctx: StudyContext, group: str, label: str):
 def _plane_runs(ctx: StudyContext, group: str, plane: str | Sequence[str]):
     labels = [s.strip() for s in plane.split(",")] if isinstance(plane, str) else list(plane)
     if len(labels) != 3 or len(set(labels)) != 3:
-        raise UserError(f"--plane needs three different seeds A,B,C (for example seed0,seed1,seed2), got {plane!r}")
+        raise UserError(
+            f"--plane needs three different seeds A,B,C (for example seed0,seed1,seed2), got {plane!r}"
+        )
     return [_find_run(ctx, group, s) for s in labels]
 
 
@@ -52,14 +54,34 @@ def summarize(s: Surface, radius: float | None = None) -> dict:
         rise = s.sharpness(r)
     except UserError:
         rise = math.nan
-    return {"points": int(np.prod(s.shape)), "min_loss": s.min_loss, "centre_loss": s.center_loss,
-            "rise_at_r": rise, "r": float(r), "centre_acc": s.value_at(*([0.0] * s.ndim), metric="accuracy")}
+    return {
+        "points": int(np.prod(s.shape)),
+        "min_loss": s.min_loss,
+        "centre_loss": s.center_loss,
+        "rise_at_r": rise,
+        "r": float(r),
+        "centre_acc": s.value_at(*([0.0] * s.ndim), metric="accuracy"),
+    }
 
 
-def study(ctx: StudyContext, *, steps: int = 41, span: float | None = None, plane: str | Sequence[str] | None = None,
-          workers: int | None = None, scheduler: str | None = None, dims: int = 2, normalization: str = "filter",
-          direction_seed: int = 0, bn: str = "eval", split: str = "train", radius: float | None = None,
-          chunk_size: int | None = None, groups: Iterable[str] | None = None, executor=None) -> pd.DataFrame:
+def study(
+    ctx: StudyContext,
+    *,
+    steps: int = 41,
+    span: float | None = None,
+    plane: str | Sequence[str] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    dims: int = 2,
+    normalization: str = "filter",
+    direction_seed: int = 0,
+    bn: str = "eval",
+    split: str = "train",
+    radius: float | None = None,
+    chunk_size: int | None = None,
+    groups: Iterable[str] | None = None,
+    executor=None,
+) -> pd.DataFrame:
     """One surface per group; returns the summary table (one row per group).
 
     Random directions (default): ``dims`` filter-normalised Gaussian directions with seed
@@ -78,8 +100,11 @@ def study(ctx: StudyContext, *, steps: int = 41, span: float | None = None, plan
     if ctx.progress:
         points = steps ** (2 if plane else dims)  # a plane is always 2-D
         passes = points * (2 if bn == "reset" else 1)
-        print(f"surface: {len(names)} group(s) x {points} points = up to {len(names) * passes} passes over the {split} data "
-              f"({ctx.dataset(split).description['size']} samples; complete points are reused)", file=sys.stderr)
+        print(
+            f"surface: {len(names)} group(s) x {points} points = up to {len(names) * passes} passes over the {split} data "
+            f"({ctx.dataset(split).description['size']} samples; complete points are reused)",
+            file=sys.stderr,
+        )
     rows = []
     made: list = []
 
@@ -102,21 +127,47 @@ def study(ctx: StudyContext, *, steps: int = 41, span: float | None = None, plan
             else:
                 runs = [ctx.groups[g][0]]
                 models = [ctx.model(runs[0])]
-                dirs = random_directions(models[0], count=dims, normalization=normalization, seed=direction_seed)
+                dirs = random_directions(
+                    models[0], count=dims, normalization=normalization, seed=direction_seed
+                )
                 record = runs[0].key
                 coords = None
             key = f"{ANALYSIS}/{g}/{record}"
             if ctx.should_skip(key):
                 s = Surface.from_record(ctx.store.read(key))
             else:
-                settings = dict(steps=steps, span=span, plane=plane, dims=dirs.count, normalization=dirs.normalization,
-                                direction_seed=dirs.seed, bn=bn, split=split)
+                settings = dict(
+                    steps=steps,
+                    span=span,
+                    plane=plane,
+                    dims=dirs.count,
+                    normalization=dirs.normalization,
+                    direction_seed=dirs.seed,
+                    bn=bn,
+                    split=split,
+                )
                 attrs = ctx.record_attrs(ANALYSIS, g, *runs, splits=(split,), **settings)
                 attrs["split"] = split
-                s = surface(models[0], ctx.batches(split), dirs, steps=steps, span=1.0 if span is None else span, coordinates=coords,
-                            bn=bn, train_data=ctx.batches("train") if bn == "reset" else None, chunk_size=chunk_size,
-                            store=ctx.store, key=key, attrs=attrs, resume=not ctx.force, executor=get_executor(), progress=ctx.progress)
-            rows.append({"group": g, "variant": ctx.variant(g), "record": record, **summarize(s, radius)})
+                s = surface(
+                    models[0],
+                    ctx.batches(split),
+                    dirs,
+                    steps=steps,
+                    span=1.0 if span is None else span,
+                    coordinates=coords,
+                    bn=bn,
+                    train_data=ctx.batches("train") if bn == "reset" else None,
+                    chunk_size=chunk_size,
+                    store=ctx.store,
+                    key=key,
+                    attrs=attrs,
+                    resume=not ctx.force,
+                    executor=get_executor(),
+                    progress=ctx.progress,
+                )
+            rows.append(
+                {"group": g, "variant": ctx.variant(g), "record": record, **summarize(s, radius)}
+            )
     finally:
         for ex in made:
             ex.close()

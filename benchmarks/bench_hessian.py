@@ -36,7 +36,9 @@ def _problem(smoke: bool, device: str, width: int | None = None):
     w0, n, inp = (16, 256, 16) if smoke else (96, 2048, 64)
     width = width or w0
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(inp, width), nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, 10))
+    model = nn.Sequential(
+        nn.Linear(inp, width), nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, 10)
+    )
     X = torch.randn(n, inp, generator=g)
     teacher = torch.randn(inp, 10, generator=g)
     y = (X @ teacher + 0.5 * torch.randn(n, 10, generator=g)).argmax(1)
@@ -107,7 +109,11 @@ def _eigenthings(model, X, y, max_iter, counter, k=K, which="LA"):
     import hessian_eigenthings as he
 
     op = _he_operator(model, X, y, counter)
-    return he.lanczos(op, k=k, max_iter=max_iter, which=which, seed=0, reorthogonalize=True).eigenvalues.cpu().numpy()
+    return (
+        he.lanczos(op, k=k, max_iter=max_iter, which=which, seed=0, reorthogonalize=True)
+        .eigenvalues.cpu()
+        .numpy()
+    )
 
 
 def _pyhessian(model, X, y, tol, counter, what="eigenvalues", seed=0, **kw):
@@ -131,7 +137,11 @@ def _pyhessian(model, X, y, tol, counter, what="eigenvalues", seed=0, **kw):
         torch.manual_seed(seed)
         comp = ph.hessian(model, nn.CrossEntropyLoss(), data=(X, y), cuda=X.is_cuda)
         if what == "eigenvalues":
-            return np.asarray(comp.eigenvalues(top_n=kw.get("top_n", K), tol=tol, maxIter=kw.get("maxIter", 100))[0])
+            return np.asarray(
+                comp.eigenvalues(top_n=kw.get("top_n", K), tol=tol, maxIter=kw.get("maxIter", 100))[
+                    0
+                ]
+            )
         if what == "trace":
             return np.asarray(comp.trace(maxIter=kw.get("maxIter", 100), tol=tol))
         return comp.density(iter=kw["iter"], n_v=kw["n_v"])
@@ -192,24 +202,39 @@ def run(smoke: bool = False, device: str = "cpu") -> list[dict]:
         # the smallest Lanczos length that reaches 1e-4 (the user would have to find it by hand)
         ok = lambda m: _rel(_eigenthings(model, X, y, m, _Counter()), truth) <= 1e-4  # noqa: E731
         tuned = smallest_passing(ok, K, min(n - 1, 80))
-        for label, m in (("hessian-eigenthings (default 2k steps)", 2 * K), ("hessian-eigenthings (tuned)", tuned)):
+        for label, m in (
+            ("hessian-eigenthings (default 2k steps)", 2 * K),
+            ("hessian-eigenthings (tuned)", tuned),
+        ):
             if m is None:
-                rows.append({"case": case, "tool": label, "note": "no max_iter below 80 reached 1e-4"})
+                rows.append(
+                    {"case": case, "tool": label, "note": "no max_iter below 80 reached 1e-4"}
+                )
                 continue
             counts[label] = _Counter()
-            calls[label] = (lambda m=m, label=label: _eigenthings(model, X, y, m, counts[label]))
+            calls[label] = lambda m=m, label=label: _eigenthings(model, X, y, m, counts[label])
             notes[label] = f"lanczos(max_iter={m}, which='LA', reorthogonalize=True)"
     except ImportError:
-        rows.append({"case": case, "tool": "hessian-eigenthings", "note": "not installed: pip install hessian-eigenthings"})
+        rows.append(
+            {
+                "case": case,
+                "tool": "hessian-eigenthings",
+                "note": "not installed: pip install hessian-eigenthings",
+            }
+        )
     try:
         import pyhessian  # noqa: F401
 
         for label, tol in (("pyhessian (default tol 1e-3)", 1e-3), ("pyhessian (tol 1e-6)", 1e-6)):
             counts[label] = _Counter()
-            calls[label] = (lambda tol=tol, label=label: _pyhessian(model, X, y, tol, counts[label]))
-            notes[label] = f"eigenvalues(top_n={K}, tol={tol}, maxIter=100): deflated power iteration"
+            calls[label] = lambda tol=tol, label=label: _pyhessian(model, X, y, tol, counts[label])
+            notes[label] = (
+                f"eigenvalues(top_n={K}, tol={tol}, maxIter=100): deflated power iteration"
+            )
     except ImportError:
-        rows.append({"case": case, "tool": "pyhessian", "note": "not installed: pip install pyhessian"})
+        rows.append(
+            {"case": case, "tool": "pyhessian", "note": "not installed: pip install pyhessian"}
+        )
 
     for name, fn in calls.items():
         counts[name].n = 0
@@ -219,8 +244,18 @@ def run(smoke: bool = False, device: str = "cpu") -> list[dict]:
     base = times["landscape"]
     for name in calls:
         med, lo, hi = spread(times[name])
-        row = {"case": case, "tool": name, "time_s": med, "time_min_s": lo, "time_max_s": hi, "repeats": repeats, "hvps": hvps[name],
-               "error": _rel(results[name], truth), "error_of": "max relative error of the top 5 vs ground truth", "note": notes[name]}
+        row = {
+            "case": case,
+            "tool": name,
+            "time_s": med,
+            "time_min_s": lo,
+            "time_max_s": hi,
+            "repeats": repeats,
+            "hvps": hvps[name],
+            "error": _rel(results[name], truth),
+            "error_of": "max relative error of the top 5 vs ground truth",
+            "note": notes[name],
+        }
         if name != "landscape":
             ratios = [a / b for a, b in zip(base, times[name])]
             row["ratio"], row["ratio_min"], row["ratio_max"] = spread(ratios)
@@ -239,22 +274,38 @@ def run(smoke: bool = False, device: str = "cpu") -> list[dict]:
 def _hvp_methods(model, X, y, smoke: bool, device: str) -> list[dict]:
     """Time of one product (and per vector in a block of 8) for each way HessianOperator can compute it."""
     case = f"one Hessian-vector product, MLP {sum(p.numel() for p in model.parameters())} parameters, {X.shape[0]} samples"
-    ops = {"double backward, cached graph": HessianOperator(model, (X, y), device=device),
-           "double backward, rebuilt per product": HessianOperator(model, (X, y), device=device, cache=False),
-           "forward-over-reverse (jvp of grad)": HessianOperator(model, (X, y), device=device, method="forward-over-reverse")}
+    ops = {
+        "double backward, cached graph": HessianOperator(model, (X, y), device=device),
+        "double backward, rebuilt per product": HessianOperator(
+            model, (X, y), device=device, cache=False
+        ),
+        "forward-over-reverse (jvp of grad)": HessianOperator(
+            model, (X, y), device=device, method="forward-over-reverse"
+        ),
+    }
     g = torch.Generator().manual_seed(0)
     v = torch.randn(ops["double backward, cached graph"].n, generator=g).to(device)
     V = torch.randn(8, v.numel(), generator=g).to(device)
     fns = {}
     for name, op in ops.items():
-        fns[name] = (lambda op=op: op.matvec(v))
-        fns[name + ", block of 8 (per vector)"] = (lambda op=op: op.matmat(V))
+        fns[name] = lambda op=op: op.matvec(v)
+        fns[name + ", block of 8 (per vector)"] = lambda op=op: op.matmat(V)
     times = measure_interleaved(fns, repeats=3 if smoke else 15, warmup=1)
     rows = []
     for name, ts in times.items():
         per = [t / 8 for t in ts] if "block" in name else ts
         med, lo, hi = spread(per)
-        rows.append({"case": case, "tool": "landscape: " + name, "time_s": med, "time_min_s": lo, "time_max_s": hi, "repeats": len(ts), "hvps": 1})
+        rows.append(
+            {
+                "case": case,
+                "tool": "landscape: " + name,
+                "time_s": med,
+                "time_min_s": lo,
+                "time_max_s": hi,
+                "repeats": len(ts),
+                "hvps": 1,
+            }
+        )
     return rows
 
 

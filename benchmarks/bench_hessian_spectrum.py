@@ -19,7 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.bench_hessian import K, _Counter, _eigenthings, _he_operator, _problem, _pyhessian, smallest_passing
+from benchmarks.bench_hessian import (
+    K,
+    _Counter,
+    _eigenthings,
+    _he_operator,
+    _problem,
+    _pyhessian,
+    smallest_passing,
+)
 from benchmarks.timing import _sync, measure_interleaved, spread
 from landscape import hessian_eigenvalues
 
@@ -59,8 +67,18 @@ def _timed(case, calls, counts, repeats, extra):
     rows = []
     for name in calls:
         med, lo, hi = spread(times[name])
-        rows.append({"case": case, "tool": name, "time_s": med, "time_min_s": lo, "time_max_s": hi, "repeats": repeats,
-                     "hvps": counts[name].n // repeats, **extra[name]})
+        rows.append(
+            {
+                "case": case,
+                "tool": name,
+                "time_s": med,
+                "time_min_s": lo,
+                "time_max_s": hi,
+                "repeats": repeats,
+                "hvps": counts[name].n // repeats,
+                **extra[name],
+            }
+        )
     return rows
 
 
@@ -68,7 +86,9 @@ def _dense_cases(smoke: bool, device: str) -> list[dict]:
     """Most negative eigenvalues, trace and spectral density against the dense Hessian of a small MLP."""
     from landscape import hessian_trace, spectral_density
 
-    model, X, y = _problem(smoke, device, width=16)  # 1,482 parameters at full size: the dense spectrum costs ~10 s
+    model, X, y = _problem(
+        smoke, device, width=16
+    )  # 1,482 parameters at full size: the dense spectrum costs ~10 s
     lam = _dense_spectrum(model, X, y)
     n = lam.size
     desc = f"MLP {n} parameters, {X.shape[0]} samples, one batch, float32; truth: dense float64 Hessian"
@@ -78,7 +98,9 @@ def _dense_cases(smoke: bool, device: str) -> list[dict]:
     # -- most negative eigenvalues
     for k in (1, 2, 3):
         case, truth = f"most negative {k} eigenvalue(s), {desc}", lam[:k]
-        err = lambda v, t=truth: float(np.max(np.abs(np.sort(np.asarray(v, float))[: len(t)] - t) / np.abs(t)))  # noqa: E731
+        err = lambda v, t=truth: float(
+            np.max(np.abs(np.sort(np.asarray(v, float))[: len(t)] - t) / np.abs(t))
+        )  # noqa: E731
         counts, calls, extra = {"landscape": _Counter()}, {}, {}
 
         def ours(k=k):
@@ -91,19 +113,35 @@ def _dense_cases(smoke: bool, device: str) -> list[dict]:
         ok = lambda m, k=k: err(_eigenthings(model, X, y, m, _Counter(), k, "SA")) <= 1e-4  # noqa: E731
         hi = min(n - 1, 60 if smoke else 150)
         tuned = smallest_passing(ok, k, hi)
-        for label, m in (("hessian-eigenthings (default 2k steps)", 2 * k), ("hessian-eigenthings (tuned)", tuned)):
+        for label, m in (
+            ("hessian-eigenthings (default 2k steps)", 2 * k),
+            ("hessian-eigenthings (tuned)", tuned),
+        ):
             if m is None:
-                rows.append({"case": case, "tool": label, "note": f"no max_iter up to {hi} reached 1e-4"})
+                rows.append(
+                    {"case": case, "tool": label, "note": f"no max_iter up to {hi} reached 1e-4"}
+                )
                 continue
             counts[label] = _Counter()
-            calls[label] = (lambda m=m, label=label, k=k: _eigenthings(model, X, y, m, counts[label], k, "SA"))
+            calls[label] = lambda m=m, label=label, k=k: _eigenthings(
+                model, X, y, m, counts[label], k, "SA"
+            )
             extra[label] = {"note": f"lanczos(max_iter={m}, which='SA', reorthogonalize=True)"}
         for name, fn in calls.items():
-            extra[name].update(error=err(fn()), error_of=f"max relative error of the {k} most negative vs the dense Hessian")
+            extra[name].update(
+                error=err(fn()),
+                error_of=f"max relative error of the {k} most negative vs the dense Hessian",
+            )
         new = _timed(case, calls, counts, repeats, extra)
         new[0]["target"], new[0]["met"] = "error <= 1e-4", bool(new[0]["error"] <= 1e-4)
         rows += new
-        rows.append({"case": case, "tool": "pyhessian", "note": "no smallest-eigenvalue mode: its power iteration finds the largest magnitude"})
+        rows.append(
+            {
+                "case": case,
+                "tool": "pyhessian",
+                "note": "no smallest-eigenvalue mode: its power iteration finds the largest magnitude",
+            }
+        )
 
     # -- trace
     tr = float(lam.sum())
@@ -113,13 +151,25 @@ def _dense_cases(smoke: bool, device: str) -> list[dict]:
     import hessian_eigenthings as he
 
     tools = {
-        "landscape hutch++": lambda c, s: _lt(hessian_trace(model, (X, y), method="hutch++", num_queries=q, seed=s, device=device), c),
-        "landscape hutchinson": lambda c, s: _lt(hessian_trace(model, (X, y), method="hutchinson", num_queries=q, seed=s,
-                                                               device=device), c),
-        "hessian-eigenthings hutch++": lambda c, s: _ht(he.hutch_plus_plus(_he_operator(model, X, y, c), num_matvecs=q, seed=s)),
-        "hessian-eigenthings hutchinson": lambda c, s: _ht(he.hutchinson(_he_operator(model, X, y, c), num_samples=q, seed=s)),
-        "pyhessian (defaults: tol 1e-3, maxIter 100)": lambda c, s: _pt(_pyhessian(model, X, y, 1e-3, c, "trace", seed=s)),
-        f"pyhessian (maxIter {q}, tol 0)": lambda c, s: _pt(_pyhessian(model, X, y, 0.0, c, "trace", seed=s, maxIter=q)),
+        "landscape hutch++": lambda c, s: _lt(
+            hessian_trace(model, (X, y), method="hutch++", num_queries=q, seed=s, device=device), c
+        ),
+        "landscape hutchinson": lambda c, s: _lt(
+            hessian_trace(model, (X, y), method="hutchinson", num_queries=q, seed=s, device=device),
+            c,
+        ),
+        "hessian-eigenthings hutch++": lambda c, s: _ht(
+            he.hutch_plus_plus(_he_operator(model, X, y, c), num_matvecs=q, seed=s)
+        ),
+        "hessian-eigenthings hutchinson": lambda c, s: _ht(
+            he.hutchinson(_he_operator(model, X, y, c), num_samples=q, seed=s)
+        ),
+        "pyhessian (defaults: tol 1e-3, maxIter 100)": lambda c, s: _pt(
+            _pyhessian(model, X, y, 1e-3, c, "trace", seed=s)
+        ),
+        f"pyhessian (maxIter {q}, tol 0)": lambda c, s: _pt(
+            _pyhessian(model, X, y, 0.0, c, "trace", seed=s, maxIter=q)
+        ),
     }
     counts = {name: _Counter() for name in tools}
     calls = {name: (lambda f=f, name=name: f(counts[name], 0)) for name, f in tools.items()}
@@ -127,14 +177,24 @@ def _dense_cases(smoke: bool, device: str) -> list[dict]:
     for name, f in tools.items():
         ests = [f(_Counter(), s) for s in range(seeds)]
         rel = np.array([(e - tr) / abs(tr) for e, _ in ests])
-        extra[name] = {"estimate": ests[0][0], "stderr": ests[0][1], "stderr_rel": ests[0][1] / abs(tr),
-                       "error": float(np.sqrt(np.mean(rel**2))), "error_of": f"RMS relative error over seeds 0-{seeds - 1} vs the dense trace {tr:.6g}",
-                       "within_2se": f"{int(sum(abs(e - tr) <= 2 * se for e, se in ests))}/{seeds}"}
+        extra[name] = {
+            "estimate": ests[0][0],
+            "stderr": ests[0][1],
+            "stderr_rel": ests[0][1] / abs(tr),
+            "error": float(np.sqrt(np.mean(rel**2))),
+            "error_of": f"RMS relative error over seeds 0-{seeds - 1} vs the dense trace {tr:.6g}",
+            "within_2se": f"{int(sum(abs(e - tr) <= 2 * se for e, se in ests))}/{seeds}",
+        }
     extra["hessian-eigenthings hutch++"]["note"] = f"{3 * (q // 3)} products ({q // 3} per phase)"
-    extra[list(tools)[4]]["note"] = "stops when the running mean changes < 1e-3 relative; stderr computed here from its samples"
+    extra[list(tools)[4]]["note"] = (
+        "stops when the running mean changes < 1e-3 relative; stderr computed here from its samples"
+    )
     extra[list(tools)[5]]["note"] = "stderr computed here from its samples"
     new = _timed(case, calls, counts, repeats, extra)
-    new[0]["target"], new[0]["met"] = "|error| within 2 reported stderr", bool(abs(new[0]["estimate"] - tr) <= 2 * new[0]["stderr"])
+    new[0]["target"], new[0]["met"] = (
+        "|error| within 2 reported stderr",
+        bool(abs(new[0]["estimate"] - tr) <= 2 * new[0]["stderr"]),
+    )
     rows += new
 
     # -- spectral density: every estimate broadened with the same sigma on the same grid as the true spectrum
@@ -146,27 +206,47 @@ def _dense_cases(smoke: bool, device: str) -> list[dict]:
     counts = {k: _Counter() for k in ("landscape", "hessian-eigenthings", "pyhessian")}
 
     def l_sd():
-        r = spectral_density(model, (X, y), num_runs=runs, lanczos_steps=steps, sigma=sigma, grid=grid, device=device)
+        r = spectral_density(
+            model, (X, y), num_runs=runs, lanczos_steps=steps, sigma=sigma, grid=grid, device=device
+        )
         counts["landscape"].n += r.hvps
         return r.density
 
     def h_sd():
-        r = he.spectral_density(_he_operator(model, X, y, counts["hessian-eigenthings"]), num_runs=runs, lanczos_steps=steps, seed=0)
-        return _broaden(r.raw_eigenvalues.double().cpu().numpy().ravel(), r.raw_weights.double().cpu().numpy().ravel() / runs, grid, sigma)
+        r = he.spectral_density(
+            _he_operator(model, X, y, counts["hessian-eigenthings"]),
+            num_runs=runs,
+            lanczos_steps=steps,
+            seed=0,
+        )
+        return _broaden(
+            r.raw_eigenvalues.double().cpu().numpy().ravel(),
+            r.raw_weights.double().cpu().numpy().ravel() / runs,
+            grid,
+            sigma,
+        )
 
     def p_sd():
-        nodes, weights = _pyhessian(model, X, y, 0.0, counts["pyhessian"], "density", iter=steps, n_v=runs)
+        nodes, weights = _pyhessian(
+            model, X, y, 0.0, counts["pyhessian"], "density", iter=steps, n_v=runs
+        )
         return _broaden(np.ravel(nodes), np.ravel(weights) / runs, grid, sigma)
 
     calls = {"landscape": l_sd, "hessian-eigenthings": h_sd, "pyhessian": p_sd}
-    notes = {"landscape": "spectral_density(num_runs, lanczos_steps, sigma, grid)",
-             "hessian-eigenthings": "spectral_density(num_runs, lanczos_steps); its nodes and weights broadened here",
-             "pyhessian": "density(iter, n_v) with torch.eig (removed in torch 2) mapped to torch.linalg.eigh; nodes broadened here"}
+    notes = {
+        "landscape": "spectral_density(num_runs, lanczos_steps, sigma, grid)",
+        "hessian-eigenthings": "spectral_density(num_runs, lanczos_steps); its nodes and weights broadened here",
+        "pyhessian": "density(iter, n_v) with torch.eig (removed in torch 2) mapped to torch.linalg.eigh; nodes broadened here",
+    }
     extra = {}
     for name, fn in calls.items():
         d = fn()
-        extra[name] = {"error": float(np.trapezoid(np.abs(d - true), grid)), "error_of": "L1 distance to the broadened true spectrum",
-                       "mass": float(np.trapezoid(d, grid)), "note": notes[name]}
+        extra[name] = {
+            "error": float(np.trapezoid(np.abs(d - true), grid)),
+            "error_of": "L1 distance to the broadened true spectrum",
+            "mass": float(np.trapezoid(d, grid)),
+            "note": notes[name],
+        }
     new = _timed(case, calls, counts, repeats, extra)
     new[0]["target"], new[0]["met"] = "error <= 0.15", bool(new[0]["error"] <= 0.15)
     return rows + new
@@ -182,7 +262,9 @@ def _ht(r):
 
 
 def _pt(samples):
-    return float(np.mean(samples)), float(np.std(samples, ddof=1) / np.sqrt(len(samples))) if len(samples) > 1 else float("nan")
+    return float(np.mean(samples)), float(np.std(samples, ddof=1) / np.sqrt(len(samples))) if len(
+        samples
+    ) > 1 else float("nan")
 
 
 def _broaden(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
@@ -200,10 +282,17 @@ def _resnet(smoke: bool, device: str) -> list[dict]:
     cuda = torch.device(device).type == "cuda"
     # PyHessian's ~180 products at 256 samples take minutes on a 2-core CPU, so the CPU run takes 16
     # (LANDSCAPE_BENCH_RESNET_SAMPLES=256 restores the issue's size)
-    samples, k = (4, 2) if smoke else (int(os.environ.get("LANDSCAPE_BENCH_RESNET_SAMPLES", 256 if cuda else 16)), K)
+    samples, k = (
+        (4, 2)
+        if smoke
+        else (int(os.environ.get("LANDSCAPE_BENCH_RESNET_SAMPLES", 256 if cuda else 16)), K)
+    )
     model = build("resnet20", width=1, in_channels=3).to(device).eval()
     g = torch.Generator().manual_seed(0)
-    X, y = torch.randn(samples, 3, 32, 32, generator=g).to(device), torch.randint(0, 10, (samples,), generator=g).to(device)
+    X, y = (
+        torch.randn(samples, 3, 32, 32, generator=g).to(device),
+        torch.randint(0, 10, (samples,), generator=g).to(device),
+    )
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     case = f"top-{k} eigenvalues, ResNet-20 ({n} parameters), {samples} random 3x32x32 samples, one batch, float32; timing only"
     res: dict[str, int] = {}
@@ -215,14 +304,20 @@ def _resnet(smoke: bool, device: str) -> list[dict]:
         return r.eigenvalues
 
     he_name, it = "hessian-eigenthings (same step count)", 5 if smoke else 100
-    calls = {"landscape": ours,
-             he_name: lambda: _eigenthings(model, X, y, res["steps"], counts[he_name], k),
-             "pyhessian (defaults)": lambda: _pyhessian(model, X, y, 1e-3, counts["pyhessian (defaults)"], top_n=k, maxIter=it)}
+    calls = {
+        "landscape": ours,
+        he_name: lambda: _eigenthings(model, X, y, res["steps"], counts[he_name], k),
+        "pyhessian (defaults)": lambda: _pyhessian(
+            model, X, y, 1e-3, counts["pyhessian (defaults)"], top_n=k, maxIter=it
+        ),
+    }
     counts = {name: _Counter() for name in calls}
     repeats = 3 if cuda and not smoke else 1
     times: dict[str, list[float]] = {name: [] for name in calls}
     vals, hv = {}, {}
-    for _ in range(repeats):  # interleaved rounds; the first also gives the values (each call costs seconds here)
+    for _ in range(
+        repeats
+    ):  # interleaved rounds; the first also gives the values (each call costs seconds here)
         for name, fn in calls.items():
             counts[name].n = 0
             _sync(device)
@@ -231,14 +326,28 @@ def _resnet(smoke: bool, device: str) -> list[dict]:
             _sync(device)
             times[name].append(time.perf_counter() - t0)
             hv[name] = counts[name].n
-    notes = {"landscape": "defaults: tol=1e-4", he_name: f"lanczos(max_iter={res['steps']}, which='LA', reorthogonalize=True)",
-             "pyhessian (defaults)": f"eigenvalues(top_n={k}, tol=1e-3, maxIter={it})"}
+    notes = {
+        "landscape": "defaults: tol=1e-4",
+        he_name: f"lanczos(max_iter={res['steps']}, which='LA', reorthogonalize=True)",
+        "pyhessian (defaults)": f"eigenvalues(top_n={k}, tol=1e-3, maxIter={it})",
+    }
     rows = []
     for name in calls:
         med, lo, hi = spread(times[name])
-        row = {"case": case, "tool": name, "time_s": med, "time_min_s": lo, "time_max_s": hi, "repeats": repeats, "hvps": hv[name],
-               "lambda_1": float(vals[name][0]), "vs_landscape": float(np.max(np.abs(vals[name] - vals["landscape"]) / np.abs(vals["landscape"]))),
-               "note": notes[name]}
+        row = {
+            "case": case,
+            "tool": name,
+            "time_s": med,
+            "time_min_s": lo,
+            "time_max_s": hi,
+            "repeats": repeats,
+            "hvps": hv[name],
+            "lambda_1": float(vals[name][0]),
+            "vs_landscape": float(
+                np.max(np.abs(vals[name] - vals["landscape"]) / np.abs(vals["landscape"]))
+            ),
+            "note": notes[name],
+        }
         if name != "landscape":
             ratios = [a / b for a, b in zip(times["landscape"], times[name])]
             row["ratio"], row["ratio_min"], row["ratio_max"] = spread(ratios)

@@ -63,7 +63,9 @@ def _case(variant: str, n: int, points: int, repeats: int, device: str) -> list[
     model_a = zoo.build("mlp", variant, input_dim=784, seed=0).to(device)
     model_b = zoo.build("mlp", variant, input_dim=784, seed=1).to(device)
     g = torch.Generator().manual_seed(0)
-    data = as_batches((torch.randn(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g)), device=device)
+    data = as_batches(
+        (torch.randn(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g)), device=device
+    )
     batches = data.batches
 
     # Alternating blocks of equal work (``points`` plain passes vs one curve of ``points``
@@ -74,11 +76,17 @@ def _case(variant: str, n: int, points: int, repeats: int, device: str) -> list[
 
     _plain_pass(model_a, batches, True)
     landscape.interpolate(model_a, model_b, data, num_points=2, bn="eval")  # warm-up
-    times = measure_interleaved({
-        "fwd": lambda: plain_block(False),
-        "loss": lambda: plain_block(True),
-        "int": lambda: landscape.interpolate(model_a, model_b, data, num_points=points, bn="eval"),
-    }, repeats=repeats, warmup=0)
+    times = measure_interleaved(
+        {
+            "fwd": lambda: plain_block(False),
+            "loss": lambda: plain_block(True),
+            "int": lambda: landscape.interpolate(
+                model_a, model_b, data, num_points=points, bn="eval"
+            ),
+        },
+        repeats=repeats,
+        warmup=0,
+    )
     times = {k: [t / points for t in v] for k, v in times.items()}  # seconds per pass / per point
     ratios = [i / f for i, f in zip(times["int"], times["fwd"])]
 
@@ -86,7 +94,10 @@ def _case(variant: str, n: int, points: int, repeats: int, device: str) -> list[
         curve = landscape.interpolate(model_a, model_b, data, num_points=points, bn="eval")
     passes = counter.samples / (n * points)
     truth = (_plain_pass(model_a, batches, True), _plain_pass(model_b, batches, True))
-    err = max(abs(curve.loss[0] - truth[0]) / abs(truth[0]), abs(curve.loss[-1] - truth[1]) / abs(truth[1]))
+    err = max(
+        abs(curve.loss[0] - truth[0]) / abs(truth[0]),
+        abs(curve.loss[-1] - truth[1]) / abs(truth[1]),
+    )
 
     flop = sum(forward_flops(model_a, x) for x, _ in batches)
     peak = matmul_rate(device=device)
@@ -94,17 +105,46 @@ def _case(variant: str, n: int, points: int, repeats: int, device: str) -> list[
     def timing(t: list[float]) -> dict:
         med, lo, hi = spread(t)
         gf = flop / med / 1e9
-        return {"time_s": med, "time_min_s": lo, "time_max_s": hi, "repeats": len(t), "gflops": gf, "share_of_matmul": gf / peak}
+        return {
+            "time_s": med,
+            "time_min_s": lo,
+            "time_max_s": hi,
+            "repeats": len(t),
+            "gflops": gf,
+            "share_of_matmul": gf / peak,
+        }
 
     r, r_lo, r_hi = spread(ratios)
-    case = f"barrier pass, MLP 784-512x3-10 {variant}, {n:,} random samples, {points} points, {device}"
+    case = (
+        f"barrier pass, MLP 784-512x3-10 {variant}, {n:,} random samples, {points} points, {device}"
+    )
     return [
-        {"case": case, "tool": "plain forward loop, model(x) per batch", **timing(times["fwd"]), "forward_passes": 1.0},
-        {"case": case, "tool": "plain forward + loss + accuracy", **timing(times["loss"]), "forward_passes": 1.0},
-        {"case": case, "tool": "landscape.interpolate bn=eval, per point", **timing(times["int"]), "forward_passes": passes,
-         "ratio": r, "ratio_min": r_lo, "ratio_max": r_hi, "ratio_of": "interpolate time per point / plain forward pass time, median over rounds of equal work",
-         "error": float(err), "error_of": "max relative error of L(0), L(1) vs the plain loop's loss of A and B",
-         "target": f"ratio <= {TARGET:.2f}", "met": bool(r <= TARGET)},
+        {
+            "case": case,
+            "tool": "plain forward loop, model(x) per batch",
+            **timing(times["fwd"]),
+            "forward_passes": 1.0,
+        },
+        {
+            "case": case,
+            "tool": "plain forward + loss + accuracy",
+            **timing(times["loss"]),
+            "forward_passes": 1.0,
+        },
+        {
+            "case": case,
+            "tool": "landscape.interpolate bn=eval, per point",
+            **timing(times["int"]),
+            "forward_passes": passes,
+            "ratio": r,
+            "ratio_min": r_lo,
+            "ratio_max": r_hi,
+            "ratio_of": "interpolate time per point / plain forward pass time, median over rounds of equal work",
+            "error": float(err),
+            "error_of": "max relative error of L(0), L(1) vs the plain loop's loss of A and B",
+            "target": f"ratio <= {TARGET:.2f}",
+            "met": bool(r <= TARGET),
+        },
     ]
 
 

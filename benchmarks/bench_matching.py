@@ -65,7 +65,9 @@ def _rebasin(a, b, x, repeats: int, warmup: bool):
     return times, out, None
 
 
-def _case(arch: str, kw: dict, label: str, repeats: int, device: str, kinds=("planted", "two seeds")) -> list[dict]:
+def _case(
+    arch: str, kw: dict, label: str, repeats: int, device: str, kinds=("planted", "two seeds")
+) -> list[dict]:
     from checkpoints import zoo
     from landscape import apply_permutation, permutation_spec
     from landscape.permutation import random_perms
@@ -73,8 +75,13 @@ def _case(arch: str, kw: dict, label: str, repeats: int, device: str, kinds=("pl
     a = zoo.build(arch, seed=0, **kw).to(device)
     spec = permutation_spec(a)
     names = [t for t in spec.moves() if not t.endswith(("mask", "fixed"))]
-    x = (torch.randn(8, kw.get("input_dim", 784)) if arch == "mlp" else torch.randn(4, 3, 16, 16)).to(device)
-    pairs = {"planted": apply_permutation(a, random_perms(spec, seed=1)), "two seeds": zoo.build(arch, seed=1, **kw).to(device)}
+    x = (
+        torch.randn(8, kw.get("input_dim", 784)) if arch == "mlp" else torch.randn(4, 3, 16, 16)
+    ).to(device)
+    pairs = {
+        "planted": apply_permutation(a, random_perms(spec, seed=1)),
+        "two seeds": zoo.build(arch, seed=1, **kw).to(device),
+    }
     pairs = {k: v for k, v in pairs.items() if k in kinds}
     warmup = repeats > 1
     rows, ours_j = [], {}
@@ -82,15 +89,31 @@ def _case(arch: str, kw: dict, label: str, repeats: int, device: str, kinds=("pl
         case = f"weight matching, {label}, {kind} pair, {device}"
         optimum = _j(a, a, names) if kind == "planted" else None
         tools = [("landscape.weight_matching", lambda: _ours(a, b, repeats, warmup))]
-        tools.append(("rebasin PermutationCoordinateDescent", lambda: _rebasin(a, b, x, repeats, warmup)))
+        tools.append(
+            ("rebasin PermutationCoordinateDescent", lambda: _rebasin(a, b, x, repeats, warmup))
+        )
         for tool, fn in tools:
             try:
                 times, permuted, sweeps = fn()
             except ImportError:
-                rows.append({"case": case, "tool": tool, "note": "rebasin not installed (pip install rebasin; it keeps torch as it is)"})
+                rows.append(
+                    {
+                        "case": case,
+                        "tool": tool,
+                        "note": "rebasin not installed (pip install rebasin; it keeps torch as it is)",
+                    }
+                )
                 continue
-            except Exception as exc:  # a comparison tool failing on this model is a result, not a crash
-                rows.append({"case": case, "tool": tool, "note": f"failed: {type(exc).__name__}: {str(exc)[:100]}"})
+            except (
+                Exception
+            ) as exc:  # a comparison tool failing on this model is a result, not a crash
+                rows.append(
+                    {
+                        "case": case,
+                        "tool": tool,
+                        "note": f"failed: {type(exc).__name__}: {str(exc)[:100]}",
+                    }
+                )
                 continue
             j = _j(a, permuted, names)
             if tool.startswith("landscape"):
@@ -98,10 +121,18 @@ def _case(arch: str, kw: dict, label: str, repeats: int, device: str, kinds=("pl
             with torch.no_grad():
                 change = float((permuted.eval()(x) - b.eval()(x)).abs().max())
             med, lo, hi = spread(times)
-            row = {"case": case, "tool": tool, "time_s": med, "time_min_s": lo, "time_max_s": hi, "repeats": len(times),
-                   "objective": j, "objective_share": j / optimum if optimum else j / ours_j.get(kind, j),
-                   "objective_of": "J / |A|^2 (planted optimum)" if optimum else "J / J(landscape)",
-                   "function_change": change}
+            row = {
+                "case": case,
+                "tool": tool,
+                "time_s": med,
+                "time_min_s": lo,
+                "time_max_s": hi,
+                "repeats": len(times),
+                "objective": j,
+                "objective_share": j / optimum if optimum else j / ours_j.get(kind, j),
+                "objective_of": "J / |A|^2 (planted optimum)" if optimum else "J / J(landscape)",
+                "function_change": change,
+            }
             if kind == "planted":
                 row["recovered"] = _equal(a, permuted)
             if sweeps is not None:
@@ -118,9 +149,18 @@ def run(smoke: bool = False, device: str = "cpu") -> list[dict]:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return (_case("mlp", dict(input_dim=784, width=64), "smoke MLP 784-64x3-10", 1, device, ("planted",))
-                    + _case("resnet20", dict(width=1), "smoke ResNet-20 x1 GroupNorm", 1, device, ("planted",)))
+            return _case(
+                "mlp",
+                dict(input_dim=784, width=64),
+                "smoke MLP 784-64x3-10",
+                1,
+                device,
+                ("planted",),
+            ) + _case(
+                "resnet20", dict(width=1), "smoke ResNet-20 x1 GroupNorm", 1, device, ("planted",)
+            )
         finally:
             torch.set_num_threads(threads)
-    return (_case("mlp", dict(input_dim=784, width=512), "MLP 784-512x3-10 LayerNorm", 5, device)
-            + _case("resnet20", dict(width=4), "ResNet-20 x4 GroupNorm", 3, device))
+    return _case(
+        "mlp", dict(input_dim=784, width=512), "MLP 784-512x3-10 LayerNorm", 5, device
+    ) + _case("resnet20", dict(width=4), "ResNet-20 x4 GroupNorm", 3, device)

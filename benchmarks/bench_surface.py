@@ -42,7 +42,9 @@ def _with(model: torch.nn.Module, theta: torch.Tensor) -> torch.nn.Module:
     return m
 
 
-def _case(n: int, S: int, h: float, repeats: int, dev: torch.device, threads: int | None, label: str) -> list[dict]:
+def _case(
+    n: int, S: int, h: float, repeats: int, dev: torch.device, threads: int | None, label: str
+) -> list[dict]:
     from loss_landscapes import planar_interpolation
     from loss_landscapes.metrics import Loss
 
@@ -65,18 +67,33 @@ def _case(n: int, S: int, h: float, repeats: int, dev: torch.device, threads: in
 
     def theirs():
         with torch.no_grad():
-            return planar_interpolation(copy.deepcopy(model), ends[0], ends[1], metric, steps=S, deepcopy_model=False)
+            return planar_interpolation(
+                copy.deepcopy(model), ends[0], ends[1], metric, steps=S, deepcopy_model=False
+            )
 
     # warm-up: lazy initialisation and first imports must not land on the first tool timed
     surface(model, one_batch, d, coordinates=([0.0], [h]), progress=False)
     # the dense matmul rate at this thread count, in this process, next to the figures it scales
-    peak = matmul_rate_spread(1024 if n < 10000 else 2048, device=dev, repeats=5)[0] if threads else matmul_rate(device=dev)
-    times: dict[str, list[float]] = {"landscape": [], "landscape (one batch)": [], "landscape (no shortcut, one batch)": [], "loss-landscapes": []}
+    peak = (
+        matmul_rate_spread(1024 if n < 10000 else 2048, device=dev, repeats=5)[0]
+        if threads
+        else matmul_rate(device=dev)
+    )
+    times: dict[str, list[float]] = {
+        "landscape": [],
+        "landscape (one batch)": [],
+        "landscape (no shortcut, one batch)": [],
+        "loss-landscapes": [],
+    }
     cpu: dict[str, list[float]] = {k: [] for k in times}
     results = {}
     for _ in range(repeats):  # interleaved, so machine noise hits every tool alike
-        for name, fn in (("landscape", lambda: ours(data=default)), ("landscape (one batch)", ours),
-                         ("landscape (no shortcut, one batch)", lambda: ours(False)), ("loss-landscapes", theirs)):
+        for name, fn in (
+            ("landscape", lambda: ours(data=default)),
+            ("landscape (one batch)", ours),
+            ("landscape (no shortcut, one batch)", lambda: ours(False)),
+            ("loss-landscapes", theirs),
+        ):
             t0, c0 = time.perf_counter(), time.process_time()
             results[name] = fn()
             times[name].append(time.perf_counter() - t0)
@@ -87,8 +104,15 @@ def _case(n: int, S: int, h: float, repeats: int, dev: torch.device, threads: in
         return np.array([[grid[i, k + 1 if i % 2 == 0 else k] for k in range(S)] for i in range(S)])
 
     err = float(np.max(np.abs(same_points(results["landscape"].loss) - ll) / np.abs(ll)))
-    err_one = float(np.max(np.abs(same_points(results["landscape (one batch)"].loss) - ll) / np.abs(ll)))
-    err_plain = float(np.max(np.abs(same_points(results["landscape (no shortcut, one batch)"].loss) - ll) / np.abs(ll)))
+    err_one = float(
+        np.max(np.abs(same_points(results["landscape (one batch)"].loss) - ll) / np.abs(ll))
+    )
+    err_plain = float(
+        np.max(
+            np.abs(same_points(results["landscape (no shortcut, one batch)"].loss) - ll)
+            / np.abs(ll)
+        )
+    )
     flops = forward_flops(model, X)
     first = 2 * n * 784 * 512
     points = {k: S * (S + 1) for k in times}
@@ -101,21 +125,45 @@ def _case(n: int, S: int, h: float, repeats: int, dev: torch.device, threads: in
     for name in times:
         t = med[name]
         executed = flops - first if name in ("landscape", "landscape (one batch)") else flops
-        row = {"case": case, "tool": name, "time_per_point_s": t, "time_per_point_min_s": min(per[name]),
-               "time_per_point_max_s": max(per[name]), "cpu_per_point_s": statistics.median(cpu[name]) / points[name],
-               "points": points[name], "repeats": repeats, "threads": torch.get_num_threads(),
-               "gflops_effective": flops / t / 1e9, "gflops_executed": executed / t / 1e9,
-               "share_of_matmul_rate": executed / t / 1e9 / peak, "matmul_gflops": peak}
+        row = {
+            "case": case,
+            "tool": name,
+            "time_per_point_s": t,
+            "time_per_point_min_s": min(per[name]),
+            "time_per_point_max_s": max(per[name]),
+            "cpu_per_point_s": statistics.median(cpu[name]) / points[name],
+            "points": points[name],
+            "repeats": repeats,
+            "threads": torch.get_num_threads(),
+            "gflops_effective": flops / t / 1e9,
+            "gflops_executed": executed / t / 1e9,
+            "share_of_matmul_rate": executed / t / 1e9 / peak,
+            "matmul_gflops": peak,
+        }
         if name == "landscape":
-            row.update(ratio=ratio, ratio_of="loss-landscapes time per point / landscape time per point", error=err,
-                       error_of="max relative difference of the loss to loss-landscapes at the same points",
-                       target=f"ratio >= {TARGET} and error <= 1e-5", met=bool(ratio >= TARGET and err <= 1e-5),
-                       note=f"batches of {default.batches[0][0].shape[0]}; " + results["landscape"].settings.get("shortcut_note", ""))
+            row.update(
+                ratio=ratio,
+                ratio_of="loss-landscapes time per point / landscape time per point",
+                error=err,
+                error_of="max relative difference of the loss to loss-landscapes at the same points",
+                target=f"ratio >= {TARGET} and error <= 1e-5",
+                met=bool(ratio >= TARGET and err <= 1e-5),
+                note=f"batches of {default.batches[0][0].shape[0]}; "
+                + results["landscape"].settings.get("shortcut_note", ""),
+            )
         elif name == "landscape (one batch)":
-            row.update(ratio=med["loss-landscapes"] / t, error=err_one, note="the same single batch as loss-landscapes; " +
-                       results[name].settings.get("shortcut_note", ""))
+            row.update(
+                ratio=med["loss-landscapes"] / t,
+                error=err_one,
+                note="the same single batch as loss-landscapes; "
+                + results[name].settings.get("shortcut_note", ""),
+            )
         elif name == "landscape (no shortcut, one batch)":
-            row.update(ratio=med["loss-landscapes"] / t, error=err_plain, note="plain evaluation: one full forward pass per point")
+            row.update(
+                ratio=med["loss-landscapes"] / t,
+                error=err_plain,
+                note="plain evaluation: one full forward pass per point",
+            )
         else:
             row.update(note="planar_interpolation, torch.no_grad()")
         rows.append(row)

@@ -55,7 +55,7 @@ class _Timeout(Exception):
 
 def discover() -> list[str]:
     """Short names (``hessian`` for ``bench_hessian.py``) of the benchmark modules present."""
-    return sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
+    return sorted(p.stem[len("bench_") :] for p in HERE.glob("bench_*.py"))
 
 
 def _missing_tool(exc: BaseException) -> str | None:
@@ -68,7 +68,9 @@ def _missing_tool(exc: BaseException) -> str | None:
     return None
 
 
-def run_module(name: str, smoke: bool, device: str = "cpu", timeout: float | None = None) -> ModuleResult:
+def run_module(
+    name: str, smoke: bool, device: str = "cpu", timeout: float | None = None
+) -> ModuleResult:
     """Import ``benchmarks.bench_<name>`` (or the dotted module ``name``) and call its ``run``.
 
     Never raises: failures, timeouts and missing comparison tools come back as a result
@@ -77,7 +79,11 @@ def run_module(name: str, smoke: bool, device: str = "cpu", timeout: float | Non
     modname = name if "." in name else f"benchmarks.bench_{name}"
     short = name.rsplit(".", 1)[-1].removeprefix("bench_")
     threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
-    use_alarm = bool(timeout) and hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
+    use_alarm = (
+        bool(timeout)
+        and hasattr(signal, "SIGALRM")
+        and threading.current_thread() is threading.main_thread()
+    )
     t0 = time.perf_counter()
 
     def on_alarm(signum, frame):
@@ -95,13 +101,17 @@ def run_module(name: str, smoke: bool, device: str = "cpu", timeout: float | Non
         accepts_device = "device" in inspect.signature(fn).parameters
         rows = fn(smoke=smoke, device=device) if accepts_device else fn(smoke=smoke)
         if not isinstance(rows, (list, tuple)) or not all(isinstance(r, dict) for r in rows):
-            raise TypeError(f"{modname}.run returned {type(rows).__name__}, expected a list of dicts")
+            raise TypeError(
+                f"{modname}.run returned {type(rows).__name__}, expected a list of dicts"
+            )
         out = [dict(r) for r in rows]
         for r in out:
             r.setdefault("case", short)
         return ModuleResult(short, "ok", time.perf_counter() - t0, out)
     except _Timeout:
-        return ModuleResult(short, "FAILED", time.perf_counter() - t0, message=f"timed out after {timeout:g} s")
+        return ModuleResult(
+            short, "FAILED", time.perf_counter() - t0, message=f"timed out after {timeout:g} s"
+        )
     except Exception as exc:  # noqa: BLE001 - one failing module must not stop the suite
         tool = _missing_tool(exc)
         if tool:
@@ -164,7 +174,10 @@ def _spread_keys(keys: list[str]) -> dict[str, tuple[str, str]]:
     """``{K: (K_min, K_max)}`` for each key that has both companions."""
     found = {}
     for k in keys:
-        for lo, hi in ((f"{k}_min", f"{k}_max"), (f"{k[:-2]}_min_s", f"{k[:-2]}_max_s") if k.endswith("_s") else (None, None)):
+        for lo, hi in (
+            (f"{k}_min", f"{k}_max"),
+            (f"{k[:-2]}_min_s", f"{k[:-2]}_max_s") if k.endswith("_s") else (None, None),
+        ):
             if lo in keys and hi in keys:
                 found[k] = (lo, hi)
     return found
@@ -184,7 +197,11 @@ def fmt(key: str, value) -> str:
     """One table cell: ``met``/``MISSED`` for target flags, ``median (min–max)`` for 3-tuples."""
     if key == "met" or key.endswith("_met"):
         return "n/a" if value is None or value == "" else ("met" if value else "MISSED")
-    if isinstance(value, (tuple, list)) and len(value) == 3 and all(isinstance(x, (int, float)) for x in value):
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 3
+        and all(isinstance(x, (int, float)) for x in value)
+    ):
         return f"{_num(value[0])} ({_num(value[1])}–{_num(value[2])})"
     if isinstance(value, (int, float)) or value is None:
         return _num(value)
@@ -196,7 +213,11 @@ def columns(rows: list[dict]) -> list[str]:
     seen: list[str] = []
     for r in rows:
         seen += [k for k in r if k not in seen and k not in ("case", "module")]
-    return [k for k in FIRST if k in seen] + [k for k in seen if k not in FIRST + LAST] + [k for k in LAST if k in seen]
+    return (
+        [k for k in FIRST if k in seen]
+        + [k for k in seen if k not in FIRST + LAST]
+        + [k for k in LAST if k in seen]
+    )
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -217,7 +238,9 @@ def table(rows: list[dict]) -> list[str]:
             else:
                 cells.append(fmt(k, r.get(k, "")) if k in r else "")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += [""] * bool(legend) + [f"- {k[:-3]}: {fmt(k, '; '.join(v))}" for k, v in legend.items()]
+    lines += [""] * bool(legend) + [
+        f"- {k[:-3]}: {fmt(k, '; '.join(v))}" for k, v in legend.items()
+    ]
     return lines
 
 
@@ -229,29 +252,66 @@ def headline(row: dict) -> str:
     return ""
 
 
-def render(results: list[ModuleResult], info: dict[str, str], rate: tuple[float, float, float], *,
-           smoke: bool, command: str, seconds: float) -> str:
+def render(
+    results: list[ModuleResult],
+    info: dict[str, str],
+    rate: tuple[float, float, float],
+    *,
+    smoke: bool,
+    command: str,
+    seconds: float,
+) -> str:
     """The whole markdown report."""
-    out = ["# Benchmarks" + (" (smoke run: tiny sizes, figures not meaningful)" if smoke else ""), "",
-           f"`{command}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {seconds:.1f} s in all.", "", "## Machine", ""]
+    out = [
+        "# Benchmarks" + (" (smoke run: tiny sizes, figures not meaningful)" if smoke else ""),
+        "",
+        f"`{command}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {seconds:.1f} s in all.",
+        "",
+        "## Machine",
+        "",
+    ]
     out += [f"- {k}: {v}" for k, v in info.items()]
-    out += [f"- dense matmul rate: {rate[0]:.1f} GFLOP/s (min–max {rate[1]:.1f}–{rate[2]:.1f}; float32, median of repeats, this process)", ""]
-    out += ["## Modules", "", "| module | status | rows | seconds | message |", "|---|---|---|---|---|"]
-    out += [f"| {m.name} | {m.status} | {len(m.rows)} | {m.seconds:.1f} | {fmt('message', m.message)} |" for m in results]
+    out += [
+        f"- dense matmul rate: {rate[0]:.1f} GFLOP/s (min–max {rate[1]:.1f}–{rate[2]:.1f}; float32, median of repeats, this process)",
+        "",
+    ]
+    out += [
+        "## Modules",
+        "",
+        "| module | status | rows | seconds | message |",
+        "|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {m.name} | {m.status} | {len(m.rows)} | {m.seconds:.1f} | {fmt('message', m.message)} |"
+        for m in results
+    ]
     targets = [(m.name, r) for m in results for r in m.rows if r.get("target")]
     if targets:
-        out += ["", "## Targets", "", "| module | case | tool | figure | target | result |", "|---|---|---|---|---|---|"]
-        out += [f"| {n} | {fmt('case', r['case'])} | {fmt('tool', r.get('tool', ''))} | {headline(r)} | {fmt('target', r['target'])} "
-                f"| {fmt('met', r.get('met'))} |" for n, r in targets]
+        out += [
+            "",
+            "## Targets",
+            "",
+            "| module | case | tool | figure | target | result |",
+            "|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {n} | {fmt('case', r['case'])} | {fmt('tool', r.get('tool', ''))} | {headline(r)} | {fmt('target', r['target'])} "
+            f"| {fmt('met', r.get('met'))} |"
+            for n, r in targets
+        ]
     for m in results:
         cases: dict[str, list[dict]] = {}
         for r in m.rows:
             cases.setdefault(str(r["case"]), []).append(r)
         for case, rows in cases.items():
             out += ["", f"## {m.name}: {case}", ""] + table(rows)
-    out += ["", "Times are medians over repeats with (min–max) beside them. Ratios compare tools measured in this process, "
-            "back to back or in alternating rounds; the legend under a table says what each ratio divides. "
-            "A target reads `met` or `MISSED`; `n/a` where none applies. How to read: docs/benchmarks.md.", ""]
+    out += [
+        "",
+        "Times are medians over repeats with (min–max) beside them. Ratios compare tools measured in this process, "
+        "back to back or in alternating rounds; the legend under a table says what each ratio divides. "
+        "A target reads `met` or `MISSED`; `n/a` where none applies. How to read: docs/benchmarks.md.",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -279,51 +339,105 @@ def write_csv(path: Path, results: list[ModuleResult]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds per module (the test suite runs this)")
-    p.add_argument("--only", default="", help="comma-separated module names, e.g. hessian,interpolation")
-    p.add_argument("--out", default="BENCHMARKS.md", help="markdown report; the CSV goes beside it (default: BENCHMARKS.md)")
-    p.add_argument("--device", default="cpu", help="passed to modules whose run() takes a device (default: cpu)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per module (default: 120 smoke, 1800 full)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, a few seconds per module (the test suite runs this)",
+    )
+    p.add_argument(
+        "--only", default="", help="comma-separated module names, e.g. hessian,interpolation"
+    )
+    p.add_argument(
+        "--out",
+        default="BENCHMARKS.md",
+        help="markdown report; the CSV goes beside it (default: BENCHMARKS.md)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="passed to modules whose run() takes a device (default: cpu)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds per module (default: 120 smoke, 1800 full)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+    )
     args = p.parse_args(argv)
 
     present = discover()
     names = present
     if args.only:
-        names = [n.strip().removeprefix("bench_").removesuffix(".py") for n in args.only.split(",") if n.strip()]
+        names = [
+            n.strip().removeprefix("bench_").removesuffix(".py")
+            for n in args.only.split(",")
+            if n.strip()
+        ]
         unknown = [n for n in names if n not in present]
         if unknown:
-            print(f"error: no benchmark module {', '.join(unknown)}: present are {', '.join(present) or 'none'}", file=sys.stderr)
+            print(
+                f"error: no benchmark module {', '.join(unknown)}: present are {', '.join(present) or 'none'}",
+                file=sys.stderr,
+            )
             return 2
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"error: --device {args.device} asked for, but CUDA is not available here: use --device cpu", file=sys.stderr)
+        print(
+            f"error: --device {args.device} asked for, but CUDA is not available here: use --device cpu",
+            file=sys.stderr,
+        )
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     timeout = args.timeout if args.timeout is not None else (120.0 if args.smoke else 1800.0)
     t0 = time.perf_counter()
     info = machine(args.device)
-    rate = matmul_rate_spread(1024 if args.smoke else 2048, device=args.device, repeats=5 if args.smoke else 9)
+    rate = matmul_rate_spread(
+        1024 if args.smoke else 2048, device=args.device, repeats=5 if args.smoke else 9
+    )
     print(f"[bench] dense matmul rate {rate[0]:.1f} GFLOP/s", file=sys.stderr)
 
     results = []
     for n in names:
         print(f"[bench] {n} ...", file=sys.stderr, flush=True)
         res = run_module(n, args.smoke, args.device, timeout)
-        print(f"[bench] {n}: {res.status} in {res.seconds:.1f} s {res.message}", file=sys.stderr, flush=True)
+        print(
+            f"[bench] {n}: {res.status} in {res.seconds:.1f} s {res.message}",
+            file=sys.stderr,
+            flush=True,
+        )
         results.append(res)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    out.write_text(render(results, info, rate, smoke=args.smoke, command=command.strip(), seconds=time.perf_counter() - t0))
+    command = "python -m benchmarks.run " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    out.write_text(
+        render(
+            results,
+            info,
+            rate,
+            smoke=args.smoke,
+            command=command.strip(),
+            seconds=time.perf_counter() - t0,
+        )
+    )
     write_csv(out.with_suffix(".csv"), results)
 
     print(f"{'module':<16} {'status':<8} {'rows':>4} {'seconds':>8}  targets")
     for m in results:
         flags = [r.get("met") for r in m.rows if r.get("target")]
-        summary = f"{sum(f is True for f in flags)} met, {sum(f is False for f in flags)} missed" if flags else m.message
+        summary = (
+            f"{sum(f is True for f in flags)} met, {sum(f is False for f in flags)} missed"
+            if flags
+            else m.message
+        )
         print(f"{m.name:<16} {m.status:<8} {len(m.rows):>4} {m.seconds:>8.1f}  {summary}")
     print(f"wrote {out} and {out.with_suffix('.csv')}")
     return 1 if any(m.status == "FAILED" for m in results) else 0

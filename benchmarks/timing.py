@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -23,7 +23,9 @@ def _sync(device: torch.device | str | None = None) -> None:
             torch.cuda.synchronize()
 
 
-def measure(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> tuple[float, float, float]:
+def measure(
+    fn: Callable[[], object], repeats: int = 5, warmup: int = 1
+) -> tuple[float, float, float]:
     """Wall time of ``fn()`` in seconds as ``(median, min, max)`` over ``repeats`` calls.
 
     ``warmup`` untimed calls come first (allocator, caches, lazy initialisation). Each
@@ -41,7 +43,9 @@ def spread(values: Sequence[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 
 
-def measure_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, list[float]]:
+def measure_interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
+) -> dict[str, list[float]]:
     """Wall times of several functions measured round-robin: every round calls each once, in order.
 
     Returns the ``repeats`` times of each function. On a shared machine the load drifts
@@ -65,8 +69,13 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, 
     return times
 
 
-def matmul_rate_spread(n: int = 2048, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                       repeats: int = 7) -> tuple[float, float, float]:
+def matmul_rate_spread(
+    n: int = 2048,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    repeats: int = 7,
+) -> tuple[float, float, float]:
     """Dense matmul rate in GFLOP/s as ``(median, min, max)``: ``2 n^3 / t`` for one ``n x n`` product.
 
     ``t`` runs over ``repeats`` timed products after two warm-up products, so the median
@@ -84,8 +93,14 @@ def matmul_rate_spread(n: int = 2048, *, dtype: torch.dtype = torch.float32, dev
     return flop / med, flop / hi, flop / lo
 
 
-def matmul_rate(n: int | None = None, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                repeats: int = 7, cached: bool = True) -> float:
+def matmul_rate(
+    n: int | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    repeats: int = 7,
+    cached: bool = True,
+) -> float:
     """Dense matmul rate of this process in GFLOP/s (median of ``repeats``; see :func:`matmul_rate_spread`).
 
     With ``cached`` the first measurement for the same ``(n, dtype, device)`` in this

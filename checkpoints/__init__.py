@@ -6,4 +6,16 @@ from .io import load_model, read_checkpoint, read_sidecar, save_checkpoint, sha2
 from .sources import DataSet, load_data
 from .zoo import build
 
-__all__ = ["zoo", "build", "Run", "discover", "load_model", "read_checkpoint", "read_sidecar", "save_checkpoint", "sha256", "DataSet", "load_data"]
+__all__ = [
+    "zoo",
+    "build",
+    "Run",
+    "discover",
+    "load_model",
+    "read_checkpoint",
+    "read_sidecar",
+    "save_checkpoint",
+    "sha256",
+    "DataSet",
+    "load_data",
+]

@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from landscape.errors import UserError
 
@@ -33,7 +33,9 @@ def layer_generator(mask_seed: int, layer_index: int) -> torch.Generator:
 def random_subset_mask(rows: int, cols: int, n_fix: int, gen: torch.Generator) -> Tensor:
     """(rows, cols) float mask with exactly ``n_fix`` zeros (fixed entries) per row."""
     if not 0 < n_fix < cols:
-        raise UserError(f"n_fix={n_fix} must be between 1 and {cols - 1} for a row of {cols} inputs (fixing every entry leaves nothing to train)")
+        raise UserError(
+            f"n_fix={n_fix} must be between 1 and {cols - 1} for a row of {cols} inputs (fixing every entry leaves nothing to train)"
+        )
     order = torch.rand(rows, cols, generator=gen).argsort(dim=1)
     mask = torch.ones(rows, cols)
     mask.scatter_(1, order[:, :n_fix], 0.0)
@@ -65,7 +67,17 @@ class _AsymMixin:
 class AsymLinear(_AsymMixin, nn.Linear):
     """Linear layer with ``n_fix`` fixed entries per output row."""
 
-    def __init__(self, in_features: int, out_features: int, *, n_fix: int, kappa: float, mask_seed: int, layer_index: int, bias: bool = True):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        n_fix: int,
+        kappa: float,
+        mask_seed: int,
+        layer_index: int,
+        bias: bool = True,
+    ):
         super().__init__(in_features, out_features, bias=bias)
         gen = layer_generator(mask_seed, layer_index)
         self._init_asym(random_subset_mask(out_features, in_features, n_fix, gen), kappa, gen)
@@ -85,7 +97,19 @@ class AsymConv2d(_AsymMixin, nn.Conv2d):
     fixes ``n_fix`` whole ``k x k`` input filters.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, n_fix: int, kappa: float, mask_seed: int, layer_index: int, mode: str = "entry", **kw):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        n_fix: int,
+        kappa: float,
+        mask_seed: int,
+        layer_index: int,
+        mode: str = "entry",
+        **kw,
+    ):
         super().__init__(in_channels, out_channels, kernel_size, **kw)
         gen = layer_generator(mask_seed, layer_index)
         k = self.kernel_size[0] * self.kernel_size[1]

@@ -12,9 +12,10 @@ A seed directory or file name yields the seed label as written (``seed3`` or ``3
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from landscape.errors import UserError
 
@@ -39,7 +40,11 @@ class Run:
 
 
 def _ckpts(d: Path) -> list[Path]:
-    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix in CKPT_SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in d.iterdir()
+        if p.is_file() and p.suffix in CKPT_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def _seed_dir_run(group: str, d: Path) -> Run | None:
@@ -86,8 +91,14 @@ def discover(roots: str | Path | Iterable[str | Path]) -> dict[str, list[Run]]:
             raise UserError(f"{root}: no such folder")
         if root.is_file():
             if root.suffix not in CKPT_SUFFIXES:
-                raise UserError(f"{root}: not a checkpoint file (expected {', '.join(CKPT_SUFFIXES)}) or a folder")
-            found = {root.parent.name or "models": [Run(root.parent.name or "models", root.stem, root, None, read_sidecar(root))]}
+                raise UserError(
+                    f"{root}: not a checkpoint file (expected {', '.join(CKPT_SUFFIXES)}) or a folder"
+                )
+            found = {
+                root.parent.name or "models": [
+                    Run(root.parent.name or "models", root.stem, root, None, read_sidecar(root))
+                ]
+            }
         else:
             found = {}
             direct = _ckpts(root)
@@ -103,15 +114,27 @@ def discover(roots: str | Path | Iterable[str | Path]) -> dict[str, list[Run]]:
                     if runs:
                         found[s.name] = runs
         if not found:
-            raise UserError(f"{root}: no checkpoints found (expected ROOT/<group>/<seed>/final.pt or .pt files): point at a checkpoint folder")
+            raise UserError(
+                f"{root}: no checkpoints found (expected ROOT/<group>/<seed>/final.pt or .pt files): point at a checkpoint folder"
+            )
         for g, runs in found.items():
             name = g if g not in groups else f"{root.name}-{g}"
             groups[name] = sorted(runs, key=lambda r: _seed_order(r.seed))
     groups = dict(sorted(groups.items(), key=lambda kv: _group_order(kv[0], kv[1])))
     for g, runs in groups.items():
-        archs = {(r.sidecar.get("arch"), r.sidecar.get("variant"), r.sidecar.get("mask_seed", (r.sidecar.get("kwargs") or {}).get("mask_seed"))) for r in runs if r.sidecar}
+        archs = {
+            (
+                r.sidecar.get("arch"),
+                r.sidecar.get("variant"),
+                r.sidecar.get("mask_seed", (r.sidecar.get("kwargs") or {}).get("mask_seed")),
+            )
+            for r in runs
+            if r.sidecar
+        }
         if len(archs) > 1:
-            raise UserError(f"group {g}: checkpoints of different architectures or mask seeds ({sorted(map(str, archs))[:2]}): keep one family per group folder")
+            raise UserError(
+                f"group {g}: checkpoints of different architectures or mask seeds ({sorted(map(str, archs))[:2]}): keep one family per group folder"
+            )
     return groups
 
 

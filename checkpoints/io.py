@@ -19,8 +19,9 @@ import json
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +46,11 @@ def sha256(path: str | os.PathLike) -> str:
 # ----------------------------------------------------------------------------- sidecars
 def sidecar_paths(path: Path) -> list[Path]:
     path = Path(path)
-    return [path.with_suffix(".json"), path.parent / SIDECAR_NAME, path.parent.parent / SIDECAR_NAME]
+    return [
+        path.with_suffix(".json"),
+        path.parent / SIDECAR_NAME,
+        path.parent.parent / SIDECAR_NAME,
+    ]
 
 
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
@@ -55,7 +60,9 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
             try:
                 data = json.loads(p.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise UserError(f"{p}: sidecar is not valid JSON ({exc}): fix or delete it") from exc
+                raise UserError(
+                    f"{p}: sidecar is not valid JSON ({exc}): fix or delete it"
+                ) from exc
             if not isinstance(data, dict):
                 raise UserError(f"{p}: sidecar must hold a JSON object")
             return data
@@ -72,12 +79,21 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- writing
-def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, sidecar: dict[str, Any] | None = None, sidecar_path: str | os.PathLike | None = None) -> Path:
+def save_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    sidecar: dict[str, Any] | None = None,
+    sidecar_path: str | os.PathLike | None = None,
+) -> Path:
     """Write ``model`` to ``path`` (atomically) with its zoo config embedded; optionally a sidecar."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     config = dict(getattr(model, "config", {}) or {})
-    payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "landscape": json.loads(json.dumps(config, default=str))}
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "landscape": json.loads(json.dumps(config, default=str)),
+    }
     fd, tmp = tempfile.mkstemp(prefix="." + path.name, dir=path.parent)
     os.close(fd)
     try:
@@ -88,7 +104,9 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, sidecar: dict[
         if os.path.exists(tmp):
             os.unlink(tmp)
     if sidecar is not None:
-        write_json_atomic(Path(sidecar_path) if sidecar_path else path.with_suffix(".json"), sidecar)
+        write_json_atomic(
+            Path(sidecar_path) if sidecar_path else path.with_suffix(".json"), sidecar
+        )
     return path
 
 
@@ -102,14 +120,18 @@ def _torch_load(path: Path) -> Any:
             "re-save it as a plain state_dict of tensors"
         ) from exc
     except (EOFError, RuntimeError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {str(exc).splitlines()[0][:120]})") from exc
+        raise UserError(
+            f"{path}: not a readable checkpoint (truncated or corrupt: {str(exc).splitlines()[0][:120]})"
+        ) from exc
 
 
 def _load_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         from safetensors.torch import load_file
     except ImportError as exc:
-        raise UserError(f"{path}: reading .safetensors needs the optional extra: pip install 'landscape[safetensors]'") from exc
+        raise UserError(
+            f"{path}: reading .safetensors needs the optional extra: pip install 'landscape[safetensors]'"
+        ) from exc
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types
@@ -122,12 +144,16 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     if not path.exists():
         raise UserError(f"{path}: no such file")
     if path.is_dir():
-        raise UserError(f"{path}: is a folder; name a checkpoint file or use a study command on the folder")
+        raise UserError(
+            f"{path}: is a folder; name a checkpoint file or use a study command on the folder"
+        )
     if path.suffix == ".safetensors":
         return _load_safetensors(path), {}
     obj = _torch_load(path)
     config: dict[str, Any] = {}
-    if isinstance(obj, tuple) and obj and isinstance(obj[0], dict):  # (state_dict, test_acc) as in the metanetwork data
+    if (
+        isinstance(obj, tuple) and obj and isinstance(obj[0], dict)
+    ):  # (state_dict, test_acc) as in the metanetwork data
         obj = obj[0]
     if isinstance(obj, dict):
         if isinstance(obj.get("landscape"), dict):
@@ -137,11 +163,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise UserError(f"{path}: holds no state_dict of tensors (expected a state_dict or a dict with one of {', '.join(WRAPPER_KEYS)})")
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+        raise UserError(
+            f"{path}: holds no state_dict of tensors (expected a state_dict or a dict with one of {', '.join(WRAPPER_KEYS)})"
+        )
+    sd = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in obj.items()}
     for k, v in sd.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
-            raise UserError(f"{path}: tensor {k} contains NaN or Inf: the checkpoint is broken (diverged training?)")
+            raise UserError(
+                f"{path}: tensor {k} contains NaN or Inf: the checkpoint is broken (diverged training?)"
+            )
     return sd, config
 
 
@@ -157,7 +187,10 @@ def infer_public_layout(sd: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str
     out = {k: v for k, v in sd.items() if not k.endswith(".normal_mask")}
     for k in list(out):
         if k.endswith(".mask") and k[: -len("mask")] + "weight" in out:
-            w, m = out[k[: -len("mask")] + "weight"], out[k].to(out[k[: -len("mask")] + "weight"].dtype)
+            w, m = (
+                out[k[: -len("mask")] + "weight"],
+                out[k].to(out[k[: -len("mask")] + "weight"].dtype),
+            )
             out[k] = m
             out[k[: -len("mask")] + "fixed"] = w * (1 - m)
     wasym = any(k.endswith(".mask") for k in out)
@@ -166,9 +199,22 @@ def infer_public_layout(sd: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str
     if "lins.0.weight" in sd:
         n = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("lins."))
         w0 = sd["lins.0.weight"]
-        norm = "batch" if "norms.0.running_mean" in sd else "layer" if "norms.0.weight" in sd else "none"
-        cfg: dict[str, Any] = dict(arch="mlp", variant=variant, input_dim=int(w0.shape[1]), num_classes=int(sd[f"lins.{n - 1}.weight"].shape[0]),
-                                   width=int(w0.shape[0]), depth=n - 1, norm=norm)
+        norm = (
+            "batch"
+            if "norms.0.running_mean" in sd
+            else "layer"
+            if "norms.0.weight" in sd
+            else "none"
+        )
+        cfg: dict[str, Any] = dict(
+            arch="mlp",
+            variant=variant,
+            input_dim=int(w0.shape[1]),
+            num_classes=int(sd[f"lins.{n - 1}.weight"].shape[0]),
+            width=int(w0.shape[0]),
+            depth=n - 1,
+            norm=norm,
+        )
         if wasym:
             cfg["n_fix"] = [int((out[f"lins.{i}.mask"][0] == 0).sum()) for i in range(n)]
         return cfg, out
@@ -176,8 +222,14 @@ def infer_public_layout(sd: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str
         if sigma:
             return None  # the public sigma ResNet mixes FiGLU and W-Asym blocks; not a zoo model
         norm = "batch" if "bn1.running_mean" in sd else "group"
-        cfg = dict(arch="resnet20", variant=variant, in_channels=int(sd["conv1.weight"].shape[1]), num_classes=int(sd["linear.weight"].shape[0]),
-                   width=int(sd["conv1.weight"].shape[0]) // 16, norm=norm)
+        cfg = dict(
+            arch="resnet20",
+            variant=variant,
+            in_channels=int(sd["conv1.weight"].shape[1]),
+            num_classes=int(sd["linear.weight"].shape[0]),
+            width=int(sd["conv1.weight"].shape[0]) // 16,
+            norm=norm,
+        )
         return cfg, out
     return None
 
@@ -186,7 +238,9 @@ def infer_public_layout(sd: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str
 def import_callable(spec: str) -> Callable[..., nn.Module]:
     """``package.module:callable`` or ``path/to/file.py:callable`` (user code the user named)."""
     if ":" not in spec:
-        raise UserError(f"--arch {spec!r}: expected package.module:callable or path/to/file.py:callable")
+        raise UserError(
+            f"--arch {spec!r}: expected package.module:callable or path/to/file.py:callable"
+        )
     mod_name, _, attr = spec.rpartition(":")
     try:
         if mod_name.endswith(".py"):
@@ -222,7 +276,9 @@ def build_from_config(cfg: dict[str, Any], path: Path | str = "?") -> nn.Module:
     arch = cfg.pop("arch", None)
     cfg.pop("seed", None)
     if arch is None:
-        raise UserError(f"{path}: cannot tell the architecture (no sidecar, no embedded config, unknown key layout): pass --arch")
+        raise UserError(
+            f"{path}: cannot tell the architecture (no sidecar, no embedded config, unknown key layout): pass --arch"
+        )
     if ":" in str(arch):
         kw = {k: v for k, v in cfg.items() if k != "variant"}
         try:
@@ -240,17 +296,31 @@ def load_state(model: nn.Module, sd: dict[str, Tensor], path: Path | str) -> Non
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing keys {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+            parts.append(
+                f"missing keys {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+            )
         if unexpected:
-            parts.append(f"unexpected keys {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
-        raise UserError(f"{path}: does not fit the architecture ({'; '.join(parts)}): check the sidecar or --arch")
+            parts.append(
+                f"unexpected keys {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}"
+            )
+        raise UserError(
+            f"{path}: does not fit the architecture ({'; '.join(parts)}): check the sidecar or --arch"
+        )
     for k, v in own.items():
         if v.shape != sd[k].shape:
-            raise UserError(f"{path}: shape mismatch at {k}: file {tuple(sd[k].shape)}, architecture {tuple(v.shape)}: check width/depth in the sidecar")
+            raise UserError(
+                f"{path}: shape mismatch at {k}: file {tuple(sd[k].shape)}, architecture {tuple(v.shape)}: check width/depth in the sidecar"
+            )
     model.load_state_dict({k: sd[k].to(own[k].dtype) for k in own})
 
 
-def load_model(path: str | os.PathLike, *, arch: str | None = None, device: str | torch.device | None = None, **kwargs: Any) -> nn.Module:
+def load_model(
+    path: str | os.PathLike,
+    *,
+    arch: str | None = None,
+    device: str | torch.device | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """A ready ``nn.Module`` (eval mode) from a checkpoint file.
 
     The architecture comes from ``arch`` (a zoo name or ``module:callable``), else the
@@ -265,7 +335,9 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, device: str 
     if "arch" not in cfg:
         found = infer_public_layout(sd)
         if found is None:
-            raise UserError(f"{path}: cannot tell the architecture (no sidecar, no embedded config, unknown key layout): pass --arch")
+            raise UserError(
+                f"{path}: cannot tell the architecture (no sidecar, no embedded config, unknown key layout): pass --arch"
+            )
         cfg, sd = found
     elif any(k.endswith(".normal_mask") for k in sd):
         sd = infer_public_layout(sd)[1]

@@ -109,18 +109,36 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def _find(dirpath: Path, names: list[str], source: str) -> Path:
-    for d in [dirpath, dirpath / "raw", *(dirpath / sub / "raw" for sub in ("MNIST", "FashionMNIST"))]:
+    for d in [
+        dirpath,
+        dirpath / "raw",
+        *(dirpath / sub / "raw" for sub in ("MNIST", "FashionMNIST")),
+    ]:
         for n in names:
             for cand in (d / n, d / (n + ".gz")):
                 if cand.is_file():
                     return cand
-    raise UserError(f"{source}: {dirpath} has no {names[0]}[.gz]: point at the folder holding the IDX files")
+    raise UserError(
+        f"{source}: {dirpath} has no {names[0]}[.gz]: point at the folder holding the IDX files"
+    )
 
 
 def _idx_source(name: str, dirpath: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     prefix = "train" if split == "train" else "t10k"
-    xs = read_idx(_find(dirpath, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"], f"{name}:{dirpath}"))
-    ys = read_idx(_find(dirpath, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"], f"{name}:{dirpath}"))
+    xs = read_idx(
+        _find(
+            dirpath,
+            [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"],
+            f"{name}:{dirpath}",
+        )
+    )
+    ys = read_idx(
+        _find(
+            dirpath,
+            [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"],
+            f"{name}:{dirpath}",
+        )
+    )
     if xs.shape[0] != ys.shape[0]:
         raise UserError(f"{name}:{dirpath}: {xs.shape[0]} images but {ys.shape[0]} labels")
     return xs[:, None].astype(np.float32) / 255.0, ys.astype(np.int64)
@@ -131,8 +149,12 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Rebuilds only plain numpy arrays, lists, dicts, strings and numbers."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
     }
 
     def find_class(self, module: str, name: str):
@@ -148,7 +170,9 @@ def _cifar(dirpath: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     for n in names:
         p = d / n
         if not p.is_file():
-            raise UserError(f"cifar10:{dirpath}: missing {n}: point at the folder holding the python batches")
+            raise UserError(
+                f"cifar10:{dirpath}: missing {n}: point at the folder holding the python batches"
+            )
         try:
             with open(p, "rb") as f:
                 batch = _ArrayUnpickler(f, encoding="bytes").load()
@@ -177,9 +201,13 @@ def _array_file(kind: str, path: Path, split: str) -> tuple[Tensor, Tensor]:
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise UserError(f"{path}: refused, unpickling it would need code from the file") from exc
+            raise UserError(
+                f"{path}: refused, unpickling it would need code from the file"
+            ) from exc
         except Exception as exc:
-            raise UserError(f"{path}: not a readable .pt file ({str(exc).splitlines()[0][:100]})") from exc
+            raise UserError(
+                f"{path}: not a readable .pt file ({str(exc).splitlines()[0][:100]})"
+            ) from exc
         if isinstance(d, (tuple, list)) and len(d) == 2:
             d = {"X": d[0], "y": d[1]}
         if not isinstance(d, dict):
@@ -187,9 +215,14 @@ def _array_file(kind: str, path: Path, split: str) -> tuple[Tensor, Tensor]:
         keys = set(d)
     for xk, yk in ((f"X_{split}", f"y_{split}"), ("X", "y"), ("x", "y"), ("inputs", "targets")):
         if xk in keys and yk in keys:
-            x, y = torch.as_tensor(np.asarray(d[xk]) if kind == "npz" else d[xk]), torch.as_tensor(np.asarray(d[yk]) if kind == "npz" else d[yk])
+            x, y = (
+                torch.as_tensor(np.asarray(d[xk]) if kind == "npz" else d[xk]),
+                torch.as_tensor(np.asarray(d[yk]) if kind == "npz" else d[yk]),
+            )
             return x.float(), (y.long() if not y.is_floating_point() else y.float())
-    raise UserError(f"{path}: needs arrays X and y (or X_{split}/y_{split}); found {', '.join(sorted(keys)) or 'nothing'}")
+    raise UserError(
+        f"{path}: needs arrays X and y (or X_{split}/y_{split}); found {', '.join(sorted(keys)) or 'nothing'}"
+    )
 
 
 def _module_source(spec: str, split: str) -> tuple[Tensor, Tensor]:
@@ -207,13 +240,19 @@ def _module_source(spec: str, split: str) -> tuple[Tensor, Tensor]:
     try:
         items = [ds[i] for i in range(len(ds))]
     except TypeError as exc:
-        raise UserError(f"--data {spec}: the callable must return a Dataset of (x, y) pairs or an (X, y) pair") from exc
+        raise UserError(
+            f"--data {spec}: the callable must return a Dataset of (x, y) pairs or an (X, y) pair"
+        ) from exc
     if not items:
         raise UserError(f"--data {spec}: the dataset is empty")
-    return torch.stack([torch.as_tensor(x) for x, _ in items]).float(), torch.as_tensor([int(y) for _, y in items])
+    return torch.stack([torch.as_tensor(x) for x, _ in items]).float(), torch.as_tensor(
+        [int(y) for _, y in items]
+    )
 
 
-def load_data(spec: str, split: str = "test", *, samples: int | None = None, seed: int = 0) -> DataSet:
+def load_data(
+    spec: str, split: str = "test", *, samples: int | None = None, seed: int = 0
+) -> DataSet:
     """Load the data named by ``spec`` (see module docstring); ``samples`` takes a seeded subset."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}: use train or test")
@@ -221,19 +260,33 @@ def load_data(spec: str, split: str = "test", *, samples: int | None = None, see
     kind = kind.lower()
     if kind == "digits":
         x, y = _digits(split)
-        X, Y, source = _standardise(x, "digits"), torch.from_numpy(y), "digits (UCI optical handwritten digits, 8x8, embedded)"
+        X, Y, source = (
+            _standardise(x, "digits"),
+            torch.from_numpy(y),
+            "digits (UCI optical handwritten digits, 8x8, embedded)",
+        )
         norm = STATS["digits"]
     elif kind in ("mnist", "fashion-mnist", "fashion_mnist", "fashionmnist"):
         name = "mnist" if kind == "mnist" else "fashion-mnist"
         if not arg:
             raise UserError(f"--data {spec}: name the folder, e.g. {name}:path/to/dir")
         x, y = _idx_source(name, Path(arg), split)
-        X, Y, source, norm = _standardise(x, name), torch.from_numpy(y), f"{name} IDX files in {arg}", STATS[name]
+        X, Y, source, norm = (
+            _standardise(x, name),
+            torch.from_numpy(y),
+            f"{name} IDX files in {arg}",
+            STATS[name],
+        )
     elif kind == "cifar10":
         if not arg:
             raise UserError(f"--data {spec}: name the folder, e.g. cifar10:path/to/dir")
         x, y = _cifar(Path(arg), split)
-        X, Y, source, norm = _standardise(x, "cifar10"), torch.from_numpy(y), f"cifar10 python batches in {arg}", STATS["cifar10"]
+        X, Y, source, norm = (
+            _standardise(x, "cifar10"),
+            torch.from_numpy(y),
+            f"cifar10 python batches in {arg}",
+            STATS["cifar10"],
+        )
     elif kind in ("npz", "pt"):
         X, Y = _array_file(kind, Path(arg), split)
         source, norm = f"{kind} file {arg}", None
@@ -241,12 +294,23 @@ def load_data(spec: str, split: str = "test", *, samples: int | None = None, see
         X, Y = _module_source(spec, split)
         source, norm = f"callable {spec}", None
     else:
-        raise UserError(f"unknown data spec {spec!r}: use digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, npz:FILE, pt:FILE or module:callable")
+        raise UserError(
+            f"unknown data spec {spec!r}: use digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, npz:FILE, pt:FILE or module:callable"
+        )
     if X.shape[0] != Y.shape[0] or X.shape[0] == 0:
         raise UserError(f"--data {spec}: {X.shape[0]} inputs and {Y.shape[0]} labels")
     full = int(X.shape[0])
     X, Y, idx = subset(X, Y, samples, seed)
-    desc = {"spec": spec, "source": source, "split": split, "size": int(X.shape[0]), "full_size": full,
-            "subset_seed": seed if idx is not None else None, "input_shape": list(X.shape[1:]),
-            "normalisation": None if norm is None else {"scale": "to [0, 1]", "mean": list(norm[0]), "std": list(norm[1])}}
+    desc = {
+        "spec": spec,
+        "source": source,
+        "split": split,
+        "size": int(X.shape[0]),
+        "full_size": full,
+        "subset_seed": seed if idx is not None else None,
+        "input_shape": list(X.shape[1:]),
+        "normalisation": None
+        if norm is None
+        else {"scale": "to [0, 1]", "mean": list(norm[0]), "std": list(norm[1])},
+    }
     return DataSet(X.contiguous(), Y, desc)

@@ -9,21 +9,22 @@ recipe: AdamW, lr 1e-3, weight decay 0.03, batch 64.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from landscape.evaluation import check_targets, evaluate, loss_sum
 from landscape.errors import UserError
+from landscape.evaluation import check_targets, evaluate, loss_sum
 
-from .discover import Run
-from .io import save_checkpoint, write_json_atomic, SIDECAR_NAME
-from .sources import DataSet
 from . import zoo
+from .discover import Run
+from .io import SIDECAR_NAME, save_checkpoint, write_json_atomic
+from .sources import DataSet
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,15 @@ class TrainSettings:
     optimizer: str = "adamw"
 
 
-def train_model(model: nn.Module, train: DataSet, settings: TrainSettings, *, seed: int = 0, progress: bool = True, desc: str = "train") -> nn.Module:
+def train_model(
+    model: nn.Module,
+    train: DataSet,
+    settings: TrainSettings,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "train",
+) -> nn.Module:
     """Train ``model`` in place with AdamW on cross-entropy; data order from ``seed``."""
     if settings.epochs < 0:
         raise UserError(f"--epochs must be >= 0, got {settings.epochs}")
@@ -52,7 +61,9 @@ def train_model(model: nn.Module, train: DataSet, settings: TrainSettings, *, se
         order = torch.randperm(n, generator=gen)
         for i in range(0, n, settings.batch_size):
             idx = order[i : i + settings.batch_size]
-            if idx.numel() < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            if idx.numel() < 2 and any(
+                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+            ):
                 continue  # BatchNorm cannot train on one sample
             opt.zero_grad(set_to_none=True)
             loss = loss_sum(model(X[idx]), y[idx]) / idx.numel()
@@ -62,9 +73,20 @@ def train_model(model: nn.Module, train: DataSet, settings: TrainSettings, *, se
     return model
 
 
-def train_group(root: str | Path, arch: str, variants: Sequence[str], seeds: Sequence[int], train: DataSet, test: DataSet,
-                settings: TrainSettings, *, arch_kwargs: dict[str, Any] | None = None, mask_seed: int = 0, progress: bool = True,
-                resume: bool = True) -> list[Run]:
+def train_group(
+    root: str | Path,
+    arch: str,
+    variants: Sequence[str],
+    seeds: Sequence[int],
+    train: DataSet,
+    test: DataSet,
+    settings: TrainSettings,
+    *,
+    arch_kwargs: dict[str, Any] | None = None,
+    mask_seed: int = 0,
+    progress: bool = True,
+    resume: bool = True,
+) -> list[Run]:
     """Train every (variant, seed) and write ``init``/``final`` checkpoints with a sidecar per seed.
 
     Seeds whose ``final.pt`` and sidecar already exist are skipped (resume after a kill).
@@ -89,15 +111,25 @@ def train_group(root: str | Path, arch: str, variants: Sequence[str], seeds: Seq
         t0 = time.perf_counter()
         model = zoo.build(arch, variant, seed=seed, mask_seed=mask_seed, **kw)
         save_checkpoint(model, d / "init.pt")
-        train_model(model, train, settings, seed=seed, progress=progress, desc=f"{variant} seed{seed}")
+        train_model(
+            model, train, settings, seed=seed, progress=progress, desc=f"{variant} seed{seed}"
+        )
         tr, te = evaluate(model, train.pair), evaluate(model, test.pair)
         save_checkpoint(model, d / "final.pt")
         cfg = dict(model.config)
         sidecar = {
-            "arch": cfg.pop("arch"), "variant": cfg.pop("variant"), "seed": cfg.pop("seed"), "kwargs": cfg,
+            "arch": cfg.pop("arch"),
+            "variant": cfg.pop("variant"),
+            "seed": cfg.pop("seed"),
+            "kwargs": cfg,
             "data": {"train": train.description, "test": test.description},
             "training": {**settings.__dict__, "seconds": round(time.perf_counter() - t0, 2)},
-            "metrics": {"train_loss": tr.loss, "train_accuracy": tr.accuracy, "test_loss": te.loss, "test_accuracy": te.accuracy},
+            "metrics": {
+                "train_loss": tr.loss,
+                "train_accuracy": tr.accuracy,
+                "test_loss": te.loss,
+                "test_accuracy": te.accuracy,
+            },
         }
         write_json_atomic(side, sidecar)
         runs.append(Run(variant, d.name, d / "final.pt", d / "init.pt", sidecar))

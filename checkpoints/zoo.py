@@ -15,7 +15,8 @@ output layer). ResNet-20 (width n): stem 12 of 27, stage convs 36n/54n/72n, shor
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +40,13 @@ def _register(name: str):
 
 def _check_variant(variant: str) -> str:
     v = variant.lower().replace("_", "-")
-    aliases = {"w": "w-asym", "wasym": "w-asym", "sigma": "sigma-asym", "sigmaasym": "sigma-asym", "std": "standard"}
+    aliases = {
+        "w": "w-asym",
+        "wasym": "w-asym",
+        "sigma": "sigma-asym",
+        "sigmaasym": "sigma-asym",
+        "std": "standard",
+    }
     v = aliases.get(v.replace("-", ""), v)
     if v not in VARIANTS:
         raise UserError(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}")
@@ -72,7 +79,11 @@ class ZooModel(nn.Module):
         return self.config["variant"]
 
     def fixed_entry_count(self) -> int:
-        return sum(int((m.mask == 0).sum()) for m in self.modules() if isinstance(m, (AsymLinear, AsymConv2d)))
+        return sum(
+            int((m.mask == 0).sum())
+            for m in self.modules()
+            if isinstance(m, (AsymLinear, AsymConv2d))
+        )
 
 
 # ----------------------------------------------------------------------------- MLP
@@ -83,35 +94,78 @@ class MLP(ZooModel):
     Module names follow the paper's public code: ``lins.i``, ``norms.i``, ``activations.i``.
     """
 
-    def __init__(self, input_dim: int = 784, num_classes: int = 10, *, width: int = 512, depth: int = 3, norm: str = "layer",
-                 activation: str = "gelu", variant: str = "standard", n_fix: Sequence[int] | int | None = None,
-                 kappa: Sequence[float] | float | None = None, mask_seed: int = 0):
+    def __init__(
+        self,
+        input_dim: int = 784,
+        num_classes: int = 10,
+        *,
+        width: int = 512,
+        depth: int = 3,
+        norm: str = "layer",
+        activation: str = "gelu",
+        variant: str = "standard",
+        n_fix: Sequence[int] | int | None = None,
+        kappa: Sequence[float] | float | None = None,
+        mask_seed: int = 0,
+    ):
         super().__init__()
         variant = _check_variant(variant)
         dims = [input_dim] + [width] * depth + [num_classes]
         nl = len(dims) - 1
         if variant == "w-asym":
             if n_fix is None:
-                n_fix = [max(1, round(dims[i] * (64 / 784 if i == 0 else 64 / 512 if i < nl - 1 else 0.5))) for i in range(nl)]
+                n_fix = [
+                    max(
+                        1,
+                        round(dims[i] * (64 / 784 if i == 0 else 64 / 512 if i < nl - 1 else 0.5)),
+                    )
+                    for i in range(nl)
+                ]
             if kappa is None:
                 kappa = [1.0 if i < 2 else 0.5 for i in range(nl - 1)] + [0.25]
             n_fix, kappa = _per_layer(n_fix, nl, "n_fix"), _per_layer(kappa, nl, "kappa")
         self.lins = nn.ModuleList()
         for i in range(nl):
             if variant == "w-asym":
-                self.lins.append(AsymLinear(dims[i], dims[i + 1], n_fix=int(n_fix[i]), kappa=float(kappa[i]), mask_seed=mask_seed, layer_index=i))
+                self.lins.append(
+                    AsymLinear(
+                        dims[i],
+                        dims[i + 1],
+                        n_fix=int(n_fix[i]),
+                        kappa=float(kappa[i]),
+                        mask_seed=mask_seed,
+                        layer_index=i,
+                    )
+                )
             else:
                 self.lins.append(nn.Linear(dims[i], dims[i + 1]))
         norms = {"layer": nn.LayerNorm, "batch": nn.BatchNorm1d, "none": None}
         if norm not in norms:
             raise UserError(f"unknown MLP norm {norm!r}: use layer, batch or none")
-        self.norms = nn.ModuleList([norms[norm](width) if norms[norm] else nn.Identity() for _ in range(depth)])
-        self.activations = nn.ModuleList(
-            [FiGLU(width, mask_seed=mask_seed, layer_index=i) if variant == "sigma-asym" else _activation(activation) for i in range(depth)]
+        self.norms = nn.ModuleList(
+            [norms[norm](width) if norms[norm] else nn.Identity() for _ in range(depth)]
         )
-        self.config = dict(arch="mlp", variant=variant, input_dim=input_dim, num_classes=num_classes, width=width, depth=depth, norm=norm,
-                           activation=activation, n_fix=list(n_fix) if variant == "w-asym" else None,
-                           kappa=list(kappa) if variant == "w-asym" else None, mask_seed=mask_seed)
+        self.activations = nn.ModuleList(
+            [
+                FiGLU(width, mask_seed=mask_seed, layer_index=i)
+                if variant == "sigma-asym"
+                else _activation(activation)
+                for i in range(depth)
+            ]
+        )
+        self.config = dict(
+            arch="mlp",
+            variant=variant,
+            input_dim=input_dim,
+            num_classes=num_classes,
+            width=width,
+            depth=depth,
+            norm=norm,
+            activation=activation,
+            n_fix=list(n_fix) if variant == "w-asym" else None,
+            kappa=list(kappa) if variant == "w-asym" else None,
+            mask_seed=mask_seed,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1)
@@ -159,7 +213,12 @@ class _ConvFactory:
     """Makes standard or W-Asym conv/linear layers with consecutive layer indices."""
 
     def __init__(self, variant: str, mask_seed: int, kappa: float, conv_mask: str):
-        self.variant, self.mask_seed, self.kappa, self.conv_mask = variant, mask_seed, kappa, conv_mask
+        self.variant, self.mask_seed, self.kappa, self.conv_mask = (
+            variant,
+            mask_seed,
+            kappa,
+            conv_mask,
+        )
         self.index = 0
 
     def _next(self) -> int:
@@ -170,16 +229,30 @@ class _ConvFactory:
         i = self._next()
         if self.variant != "w-asym":
             return nn.Conv2d(cin, cout, k, **kw)
-        mode = self.conv_mask if (k > 1 and cin > 1) else "entry"  # a 1-channel input has only one filter
+        mode = (
+            self.conv_mask if (k > 1 and cin > 1) else "entry"
+        )  # a 1-channel input has only one filter
         if mode == "filter":
             n_fix = max(1, round(n_fix / (k * k)))
-        return AsymConv2d(cin, cout, k, n_fix=n_fix, kappa=self.kappa, mask_seed=self.mask_seed, layer_index=i, mode=mode, **kw)
+        return AsymConv2d(
+            cin,
+            cout,
+            k,
+            n_fix=n_fix,
+            kappa=self.kappa,
+            mask_seed=self.mask_seed,
+            layer_index=i,
+            mode=mode,
+            **kw,
+        )
 
     def linear(self, fin: int, fout: int, n_fix: int) -> nn.Module:
         i = self._next()
         if self.variant != "w-asym":
             return nn.Linear(fin, fout)
-        return AsymLinear(fin, fout, n_fix=n_fix, kappa=self.kappa, mask_seed=self.mask_seed, layer_index=i)
+        return AsymLinear(
+            fin, fout, n_fix=n_fix, kappa=self.kappa, mask_seed=self.mask_seed, layer_index=i
+        )
 
     def act(self, channels: int, activation: str = "relu") -> nn.Module:
         if self.variant == "sigma-asym":
@@ -192,21 +265,48 @@ class _ConvFactory:
 class CNN(ZooModel):
     """A small conv net for fast tests: two 3x3 conv blocks, max-pool, global average pool, linear."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, *, channels: Sequence[int] = (16, 32), norm: str = "batch",
-                 activation: str = "relu", variant: str = "standard", kappa: float = 1.0, fix_fraction: float = 0.25,
-                 conv_mask: str = "entry", mask_seed: int = 0, input_dim: int | None = None):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        *,
+        channels: Sequence[int] = (16, 32),
+        norm: str = "batch",
+        activation: str = "relu",
+        variant: str = "standard",
+        kappa: float = 1.0,
+        fix_fraction: float = 0.25,
+        conv_mask: str = "entry",
+        mask_seed: int = 0,
+        input_dim: int | None = None,
+    ):
         super().__init__()
         variant = _check_variant(variant)
         mk = _ConvFactory(variant, mask_seed, kappa, conv_mask)
         chans = [in_channels] + list(channels)
         self.convs, self.norms, self.activations = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for i in range(len(channels)):
-            self.convs.append(mk.conv(chans[i], chans[i + 1], 3, max(1, round(fix_fraction * chans[i] * 9)), padding=1))
+            self.convs.append(
+                mk.conv(
+                    chans[i], chans[i + 1], 3, max(1, round(fix_fraction * chans[i] * 9)), padding=1
+                )
+            )
             self.norms.append(conv_norm(norm, chans[i + 1]))
             self.activations.append(mk.act(chans[i + 1], activation))
         self.fc = mk.linear(chans[-1], num_classes, max(1, round(fix_fraction * chans[-1])))
-        self.config = dict(arch="cnn", variant=variant, in_channels=in_channels, num_classes=num_classes, channels=list(channels), norm=norm,
-                           activation=activation, kappa=kappa, fix_fraction=fix_fraction, conv_mask=conv_mask, mask_seed=mask_seed)
+        self.config = dict(
+            arch="cnn",
+            variant=variant,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            channels=list(channels),
+            norm=norm,
+            activation=activation,
+            kappa=kappa,
+            fix_fraction=fix_fraction,
+            conv_mask=conv_mask,
+            mask_seed=mask_seed,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         for i, (conv, norm, act) in enumerate(zip(self.convs, self.norms, self.activations)):
@@ -231,7 +331,16 @@ class CNN(ZooModel):
 class BasicBlock(nn.Module):
     """Two 3x3 convs with norm; option-B shortcut (1x1 conv + norm) when shape changes."""
 
-    def __init__(self, mk: _ConvFactory, cin: int, cout: int, stride: int, norm: str, n_fix: int, n_fix_short: int):
+    def __init__(
+        self,
+        mk: _ConvFactory,
+        cin: int,
+        cout: int,
+        stride: int,
+        norm: str,
+        n_fix: int,
+        n_fix_short: int,
+    ):
         super().__init__()
         self.conv1 = mk.conv(cin, cout, 3, n_fix, stride=stride, padding=1, bias=False)
         self.bn1 = conv_norm(norm, cout)
@@ -239,7 +348,9 @@ class BasicBlock(nn.Module):
         self.conv2 = mk.conv(cout, cout, 3, n_fix, padding=1, bias=False)
         self.bn2 = conv_norm(norm, cout)
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(mk.conv(cin, cout, 1, n_fix_short, stride=stride, bias=False), conv_norm(norm, cout))
+            self.shortcut = nn.Sequential(
+                mk.conv(cin, cout, 1, n_fix_short, stride=stride, bias=False), conv_norm(norm, cout)
+            )
         else:
             self.shortcut = nn.Sequential()
         self.act2 = mk.act(cout)
@@ -258,8 +369,20 @@ class ResNet20(ZooModel):
     ``layerK.J.shortcut.0``, ``linear``); ``bn*`` hold whichever norm is chosen.
     """
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 10, *, width: int = 1, norm: str = "group", variant: str = "standard",
-                 kappa: float = 3.0, conv_mask: str = "entry", mask_seed: int = 0, blocks: int = 3, input_dim: int | None = None):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        *,
+        width: int = 1,
+        norm: str = "group",
+        variant: str = "standard",
+        kappa: float = 3.0,
+        conv_mask: str = "entry",
+        mask_seed: int = 0,
+        blocks: int = 3,
+        input_dim: int | None = None,
+    ):
         super().__init__()
         variant = _check_variant(variant)
         mk = _ConvFactory(variant, mask_seed, kappa, conv_mask)
@@ -270,7 +393,9 @@ class ResNet20(ZooModel):
         self.bn1 = conv_norm(norm, chans[0])
         self.act = mk.act(chans[0])
         cin = chans[0]
-        for s, (c, nf, ns) in enumerate(zip(chans, (36 * w, 54 * w, 72 * w), (4 * w, 6 * w, 8 * w))):
+        for s, (c, nf, ns) in enumerate(
+            zip(chans, (36 * w, 54 * w, 72 * w), (4 * w, 6 * w, 8 * w))
+        ):
             layers = []
             for b in range(blocks):
                 stride = 2 if (s > 0 and b == 0) else 1
@@ -278,8 +403,18 @@ class ResNet20(ZooModel):
                 cin = c
             setattr(self, f"layer{s + 1}", nn.Sequential(*layers))
         self.linear = mk.linear(chans[-1], num_classes, 8)
-        self.config = dict(arch="resnet20", variant=variant, in_channels=in_channels, num_classes=num_classes, width=width, norm=norm,
-                           kappa=kappa, conv_mask=conv_mask, mask_seed=mask_seed, blocks=blocks)
+        self.config = dict(
+            arch="resnet20",
+            variant=variant,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            width=width,
+            norm=norm,
+            kappa=kappa,
+            conv_mask=conv_mask,
+            mask_seed=mask_seed,
+            blocks=blocks,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.act(self.bn1(self.conv1(x)))
@@ -298,7 +433,9 @@ class ResNet20(ZooModel):
             for j, block in enumerate(getattr(self, f"layer{s}")):
                 p, inner = f"layer{s}.{j}", f"layer{s}.{j}.inner"
                 b.layer(f"{p}.conv1", inner, prev).norm(f"{p}.bn1", inner).act(f"{p}.act1", inner)
-                b.layer(f"{p}.conv2", stream, inner).norm(f"{p}.bn2", stream).act(f"{p}.act2", stream)
+                b.layer(f"{p}.conv2", stream, inner).norm(f"{p}.bn2", stream).act(
+                    f"{p}.act2", stream
+                )
                 if len(block.shortcut):
                     b.layer(f"{p}.shortcut.0", stream, prev).norm(f"{p}.shortcut.1", stream)
                 prev = stream
@@ -313,7 +450,9 @@ def build(arch: str, variant: str = "standard", *, seed: int = 0, **kwargs: Any)
     MLP(...)
     """
     if arch not in ARCHS:
-        raise UserError(f"unknown architecture {arch!r}: the zoo has {', '.join(ARCHS)}; for your own use --arch package.module:callable")
+        raise UserError(
+            f"unknown architecture {arch!r}: the zoo has {', '.join(ARCHS)}; for your own use --arch package.module:callable"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         try:
@@ -322,4 +461,3 @@ def build(arch: str, variant: str = "standard", *, seed: int = 0, **kwargs: Any)
             raise UserError(f"bad arguments for {arch}: {exc}") from exc
     model.config["seed"] = int(seed)
     return model.eval()
-

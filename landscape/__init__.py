@@ -18,13 +18,28 @@ _EXPORTS = {
     "params": ["ParamView", "check_same_family", "fixed_buffers", "state_buffers"],
     "evaluation": ["Evaluation", "evaluate", "reset_batchnorm"],
     "store": ["ResultsStore", "SCHEMA_VERSION"],
-    "interpolation": ["Curve", "MLICurve", "MLIMetrics", "interpolate", "interpolate_splits", "mli", "mli_metrics"],
+    "interpolation": [
+        "Curve",
+        "MLICurve",
+        "MLIMetrics",
+        "interpolate",
+        "interpolate_splits",
+        "mli",
+        "mli_metrics",
+    ],
     "hessian": ["HessianOperator", "hessian_eigenvalues", "hessian_trace", "spectral_density"],
     "lanczos": ["EigenResult", "SpectralDensity", "TraceEstimate"],
     "permutation": ["PermutationSpec", "apply_permutation", "permutation_spec", "validate_spec"],
     "matching": ["Permutation", "activation_matching", "weight_matching"],
     "symmetry": ["SymmetryAudit", "symmetry_audit"],
-    "directions": ["Directions", "directions_from", "hessian_directions", "line_direction", "plane_directions", "random_directions"],
+    "directions": [
+        "Directions",
+        "directions_from",
+        "hessian_directions",
+        "line_direction",
+        "plane_directions",
+        "random_directions",
+    ],
     "surface": ["Surface", "surface"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -46,11 +61,26 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from .data import Batches, as_batches, resolve_device
-    from .directions import Directions, directions_from, hessian_directions, line_direction, plane_directions, random_directions
+    from .directions import (
+        Directions,
+        directions_from,
+        hessian_directions,
+        line_direction,
+        plane_directions,
+        random_directions,
+    )
     from .errors import UserError
     from .evaluation import Evaluation, evaluate, reset_batchnorm
     from .hessian import HessianOperator, hessian_eigenvalues, hessian_trace, spectral_density
-    from .interpolation import Curve, MLICurve, MLIMetrics, interpolate, interpolate_splits, mli, mli_metrics
+    from .interpolation import (
+        Curve,
+        MLICurve,
+        MLIMetrics,
+        interpolate,
+        interpolate_splits,
+        mli,
+        mli_metrics,
+    )
     from .lanczos import EigenResult, SpectralDensity, TraceEstimate
     from .matching import Permutation, activation_matching, weight_matching
     from .params import ParamView, check_same_family, fixed_buffers, state_buffers

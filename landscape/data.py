@@ -8,8 +8,9 @@ products then reuse the same device tensors.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor
@@ -32,7 +33,9 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     except RuntimeError as exc:
         raise UserError(f"unknown device {device!r}: use auto, cpu or cuda[:N]") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} asked for, but CUDA is not available here: use --device cpu")
+        raise UserError(
+            f"device {device!r} asked for, but CUDA is not available here: use --device cpu"
+        )
     return dev
 
 
@@ -70,7 +73,10 @@ class Batches:
             if ys[0].is_floating_point():
                 self.__dict__["_label_range"] = None
             else:
-                self.__dict__["_label_range"] = (min(int(y.min()) for y in ys), max(int(y.max()) for y in ys))
+                self.__dict__["_label_range"] = (
+                    min(int(y.min()) for y in ys),
+                    max(int(y.max()) for y in ys),
+                )
         return self.__dict__["_label_range"]
 
     def cat(self) -> tuple[Tensor, Tensor]:
@@ -91,7 +97,9 @@ class Batches:
 
 def _check_pair(x: Any, y: Any, where: str) -> tuple[Tensor, Tensor]:
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise UserError(f"{where}: expected a pair of tensors (inputs, targets), got {type(x).__name__}, {type(y).__name__}")
+        raise UserError(
+            f"{where}: expected a pair of tensors (inputs, targets), got {type(x).__name__}, {type(y).__name__}"
+        )
     if x.shape[0] != y.shape[0]:
         raise UserError(f"{where}: inputs have {x.shape[0]} samples but targets {y.shape[0]}")
     if x.shape[0] == 0:
@@ -117,7 +125,9 @@ def as_batches(
     if isinstance(data, Batches):
         if dev is None or data.device == dev:
             return data
-        return Batches([(x.to(dev), y.to(dev)) for x, y in data.batches], dev, True, dict(data.description))
+        return Batches(
+            [(x.to(dev), y.to(dev)) for x, y in data.batches], dev, True, dict(data.description)
+        )
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
         x, y = _check_pair(data[0], data[1], "data")
         bs = int(batch_size or DEFAULT_BATCH_SIZE)
@@ -128,7 +138,9 @@ def as_batches(
         try:
             it = iter(data)
         except TypeError as exc:
-            raise UserError(f"data must be an (X, y) pair of tensors, a DataLoader or an iterable of batches, got {type(data).__name__}") from exc
+            raise UserError(
+                f"data must be an (X, y) pair of tensors, a DataLoader or an iterable of batches, got {type(data).__name__}"
+            ) from exc
         pairs = []
         for i, batch in enumerate(it):
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:
@@ -146,7 +158,9 @@ def as_batches(
     return Batches(pairs, dev, resident)
 
 
-def subset(x: Tensor, y: Tensor, n: int | None, seed: int = 0) -> tuple[Tensor, Tensor, Sequence[int] | None]:
+def subset(
+    x: Tensor, y: Tensor, n: int | None, seed: int = 0
+) -> tuple[Tensor, Tensor, Sequence[int] | None]:
     """A seeded random subset of ``n`` samples (all samples when ``n`` is None or too large)."""
     if n is None or n >= x.shape[0]:
         return x, y, None

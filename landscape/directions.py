@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,7 +65,9 @@ class Directions:
 
     def __post_init__(self):
         if self.vectors.dim() != 2:
-            raise UserError(f"directions need a (count, n) tensor, got shape {tuple(self.vectors.shape)}")
+            raise UserError(
+                f"directions need a (count, n) tensor, got shape {tuple(self.vectors.shape)}"
+            )
         if len(self.names) != self.vectors.shape[0]:
             raise UserError(f"{self.vectors.shape[0]} directions but {len(self.names)} axis names")
 
@@ -85,13 +88,17 @@ class Directions:
 
     @cached_property
     def _sha256(self) -> str:
-        return hashlib.sha256(self.vectors.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        return hashlib.sha256(
+            self.vectors.detach().cpu().contiguous().numpy().tobytes()
+        ).hexdigest()
 
     def check(self, view: ParamView) -> None:
         """Raise :class:`UserError` unless these directions are coordinates of ``view``."""
         if self.numel != view.numel or (self.params and tuple(self.params) != tuple(view.names)):
-            raise UserError(f"the directions have {self.numel} coordinates over {len(self.params)} parameters, the model "
-                            f"{view.numel} over {len(view.names)}: make the directions from this model (same architecture)")
+            raise UserError(
+                f"the directions have {self.numel} coordinates over {len(self.params)} parameters, the model "
+                f"{view.numel} over {len(view.names)}: make the directions from this model (same architecture)"
+            )
 
     def unflatten(self, model: nn.Module, index: int = 0) -> dict[str, Tensor]:
         """Direction ``index`` as parameter-shaped tensors (zero at fixed entries)."""
@@ -101,13 +108,22 @@ class Directions:
 
     def settings(self) -> dict[str, Any]:
         """What a results record stores about these directions (the vectors go in a dataset)."""
-        return {"names": list(self.names), "normalization": self.normalization, "seed": self.seed, "source": self.source,
-                "ignore": list(self.ignore), "landmarks": {n: list(c) for n, c in self.landmarks}, "sha256": self.fingerprint()}
+        return {
+            "names": list(self.names),
+            "normalization": self.normalization,
+            "seed": self.seed,
+            "source": self.source,
+            "ignore": list(self.ignore),
+            "landmarks": {n: list(c) for n, c in self.landmarks},
+            "sha256": self.fingerprint(),
+        }
 
 
 # ----------------------------------------------------------------------------- helpers
 def _is_norm(module: nn.Module) -> bool:
-    kinds = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+    kinds = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm) + (
+        (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+    )
     return isinstance(module, kinds) or "norm" in type(module).__name__.lower()
 
 
@@ -136,7 +152,10 @@ def effective_tensors(model: nn.Module) -> dict[str, Tensor]:
         t = p.detach()
         if leaf == "weight" and callable(getattr(module, "effective_weight", None)):
             t = module.effective_weight().detach()
-        elif isinstance(getattr(module, "fixed", None), Tensor) and (mask := fixed_entry_mask(model, name, p)) is not None:
+        elif (
+            isinstance(getattr(module, "fixed", None), Tensor)
+            and (mask := fixed_entry_mask(model, name, p)) is not None
+        ):
             t = torch.where(mask, t, module.fixed)
         out[name] = t
     return out
@@ -158,7 +177,9 @@ def normalize_tensor(d: Tensor, theta: Tensor, method: str) -> Tensor:
     raise UserError(f"unknown normalization {method!r}: use one of {', '.join(NORMALIZATIONS)}")
 
 
-def normalize(model: nn.Module, vector: Tensor, method: str = "filter", ignore: Sequence[str] = ()) -> Tensor:
+def normalize(
+    model: nn.Module, vector: Tensor, method: str = "filter", ignore: Sequence[str] = ()
+) -> Tensor:
     """A coordinate vector of ``ParamView(model)`` normalised per parameter tensor; ignored parameters zeroed."""
     if method not in NORMALIZATIONS:
         raise UserError(f"unknown normalization {method!r}: use one of {', '.join(NORMALIZATIONS)}")
@@ -175,11 +196,15 @@ def normalize(model: nn.Module, vector: Tensor, method: str = "filter", ignore: 
     return view.flatten(out)
 
 
-def _make(model: nn.Module, vectors: Sequence[Tensor], names: Sequence[str], **meta: Any) -> Directions:
+def _make(
+    model: nn.Module, vectors: Sequence[Tensor], names: Sequence[str], **meta: Any
+) -> Directions:
     view = ParamView(model)
     stacked = torch.stack([v.detach().to("cpu", torch.float32) for v in vectors])
     if not torch.isfinite(stacked).all():
-        raise UserError("a direction contains NaN or Inf: check the models or tensors it was made from")
+        raise UserError(
+            "a direction contains NaN or Inf: check the models or tensors it was made from"
+        )
     return Directions(stacked, tuple(names), params=tuple(view.names), **meta)
 
 
@@ -188,8 +213,14 @@ def _axis_names(count: int) -> tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------- sources
-def random_directions(model: nn.Module, *, count: int = 2, normalization: str = "filter",
-                      ignore: Sequence[str] = ("bias", "norm"), seed: int = 0) -> Directions:
+def random_directions(
+    model: nn.Module,
+    *,
+    count: int = 2,
+    normalization: str = "filter",
+    ignore: Sequence[str] = ("bias", "norm"),
+    seed: int = 0,
+) -> Directions:
     """``count`` Gaussian directions ``d ~ N(0, I)`` over the trainable coordinates, normalised.
 
     Draws come from ``torch.Generator().manual_seed(seed)``, one full-shaped tensor per
@@ -205,10 +236,19 @@ def random_directions(model: nn.Module, *, count: int = 2, normalization: str = 
     gen = torch.Generator().manual_seed(int(seed))
     vectors = []
     for _ in range(count):
-        raw = view.flatten([torch.randn(s.shape, generator=gen).to(view.device) for s in view.slots])
+        raw = view.flatten(
+            [torch.randn(s.shape, generator=gen).to(view.device) for s in view.slots]
+        )
         vectors.append(normalize(model, raw, normalization, ignore))
-    return _make(model, vectors, _axis_names(count), normalization=normalization, seed=int(seed), source="random",
-                 ignore=tuple(ignore))
+    return _make(
+        model,
+        vectors,
+        _axis_names(count),
+        normalization=normalization,
+        seed=int(seed),
+        source="random",
+        ignore=tuple(ignore),
+    )
 
 
 def _coords(model: nn.Module) -> Tensor:
@@ -224,7 +264,9 @@ def line_direction(a: nn.Module, b: nn.Module) -> Directions:
     return _make(a, [d], ("x",), source="line", landmarks=(("A", (0.0,)), ("B", (1.0,))))
 
 
-def plane_directions(a: nn.Module, b: nn.Module, c: nn.Module, *, orthogonal: bool = True) -> Directions:
+def plane_directions(
+    a: nn.Module, b: nn.Module, c: nn.Module, *, orthogonal: bool = True
+) -> Directions:
     """The plane through models A, B, C with its origin at A (evaluate the surface with ``model=A``).
 
     With ``u = theta_B - theta_A`` and ``v = theta_C - theta_A``: ``d_x = u`` and, when
@@ -244,31 +286,51 @@ def plane_directions(a: nn.Module, b: nn.Module, c: nn.Module, *, orthogonal: bo
     if not orthogonal:
         if float(v @ v) == 0.0:
             raise UserError("models A and C are identical: they do not span a plane with B")
-        return _make(a, [u, v], ("x", "y"), source="plane", landmarks=(("A", (0.0, 0.0)), ("B", (1.0, 0.0)), ("C", (0.0, 1.0))))
+        return _make(
+            a,
+            [u, v],
+            ("x", "y"),
+            source="plane",
+            landmarks=(("A", (0.0, 0.0)), ("B", (1.0, 0.0)), ("C", (0.0, 1.0))),
+        )
     cx = float(u @ v) / uu
     v_perp = v - cx * u
     nv = float(v_perp.norm())
     if nv <= 1e-9 * max(1.0, float(v.norm())):
         raise UserError("models A, B and C lie on one line: they do not span a plane")
-    nu = uu ** 0.5
+    nu = uu**0.5
     d_y = v_perp * (nu / nv)
-    return _make(a, [u, d_y], ("x", "y"), source="plane",
-                 landmarks=(("A", (0.0, 0.0)), ("B", (1.0, 0.0)), ("C", (cx, nv / nu))))
+    return _make(
+        a,
+        [u, d_y],
+        ("x", "y"),
+        source="plane",
+        landmarks=(("A", (0.0, 0.0)), ("B", (1.0, 0.0)), ("C", (cx, nv / nu))),
+    )
 
 
 def _as_vector(view: ParamView, v: Any, i: int) -> Tensor:
     if isinstance(v, dict):
         missing = [s.name for s in view.slots if s.name not in v]
-        full = {s.name: torch.as_tensor(v[s.name]) if s.name in v else torch.zeros(s.shape) for s in view.slots}
+        full = {
+            s.name: torch.as_tensor(v[s.name]) if s.name in v else torch.zeros(s.shape)
+            for s in view.slots
+        }
         if len(missing) == len(view.slots):
-            raise UserError(f"direction {i}: none of its tensors is named like a parameter of the model")
+            raise UserError(
+                f"direction {i}: none of its tensors is named like a parameter of the model"
+            )
         for s in view.slots:
             if tuple(full[s.name].shape) != tuple(s.shape):
-                raise UserError(f"direction {i}: tensor {s.name} has shape {tuple(full[s.name].shape)}, the parameter {tuple(s.shape)}")
+                raise UserError(
+                    f"direction {i}: tensor {s.name} has shape {tuple(full[s.name].shape)}, the parameter {tuple(s.shape)}"
+                )
         return view.flatten({n: t.to(view.device, torch.float32) for n, t in full.items()})
     t = torch.as_tensor(np.asarray(v) if not isinstance(v, Tensor) else v).reshape(-1)
     if t.numel() != view.numel:
-        raise UserError(f"direction {i} has {t.numel()} entries, the model has {view.numel} trainable coordinates")
+        raise UserError(
+            f"direction {i} has {t.numel()} entries, the model has {view.numel} trainable coordinates"
+        )
     return t.to(view.device, torch.float32)
 
 
@@ -282,8 +344,15 @@ def _rows(vectors: Tensor | np.ndarray, numel: int) -> list[Tensor]:
     return list(arr)
 
 
-def directions_from(model: nn.Module, vectors: Any, *, normalization: str = "none", ignore: Sequence[str] = (),
-                    names: Sequence[str] | None = None, source: str = "user") -> Directions:
+def directions_from(
+    model: nn.Module,
+    vectors: Any,
+    *,
+    normalization: str = "none",
+    ignore: Sequence[str] = (),
+    names: Sequence[str] | None = None,
+    source: str = "user",
+) -> Directions:
     """Directions from user tensors: a ``(count, n)`` tensor or array of coordinates, or a list
     of coordinate vectors or of parameter-shaped dicts ``{name: tensor}`` (missing names are
     zero, fixed entries dropped through the flat view). ``normalization`` and ``ignore`` as in
@@ -298,20 +367,40 @@ def directions_from(model: nn.Module, vectors: Any, *, normalization: str = "non
         raise UserError("no directions given")
     if normalization != "none" or ignore:
         vecs = [normalize(model, v, normalization, ignore) for v in vecs]
-    return _make(model, vecs, tuple(names) if names else _axis_names(len(vecs)), normalization=normalization,
-                 source=source, ignore=tuple(ignore))
+    return _make(
+        model,
+        vecs,
+        tuple(names) if names else _axis_names(len(vecs)),
+        normalization=normalization,
+        source=source,
+        ignore=tuple(ignore),
+    )
 
 
-def hessian_directions(model: nn.Module, eigenvectors: Any, *, count: int = 2, normalization: str = "none",
-                       ignore: Sequence[str] = ()) -> Directions:
+def hessian_directions(
+    model: nn.Module,
+    eigenvectors: Any,
+    *,
+    count: int = 2,
+    normalization: str = "none",
+    ignore: Sequence[str] = (),
+) -> Directions:
     """The first ``count`` Hessian eigenvectors as directions (axes ``v1``, ``v2``, ...).
 
     ``eigenvectors``: a result object with an ``eigenvectors`` attribute, a ``(k, n)``
     tensor of coordinates, or a list of coordinate vectors or parameter-shaped dicts.
     """
     ev = getattr(eigenvectors, "eigenvectors", eigenvectors)
-    ev = (_rows(ev, ParamView(model).numel) if isinstance(ev, (Tensor, np.ndarray)) else list(ev))[:count]
+    ev = (_rows(ev, ParamView(model).numel) if isinstance(ev, (Tensor, np.ndarray)) else list(ev))[
+        :count
+    ]
     if len(ev) < count:
         raise UserError(f"asked for {count} Hessian directions, got {len(ev)} eigenvectors")
-    return directions_from(model, ev, normalization=normalization, ignore=ignore, names=[f"v{i + 1}" for i in range(count)],
-                           source="hessian")
+    return directions_from(
+        model,
+        ev,
+        normalization=normalization,
+        ignore=ignore,
+        names=[f"v{i + 1}" for i in range(count)],
+        source="hessian",
+    )

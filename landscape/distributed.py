@@ -16,7 +16,7 @@ always can; a class defined in a notebook cannot be unpickled on a worker).
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -28,8 +28,10 @@ def _distributed():
     try:
         import distributed  # noqa: F401
     except ImportError as exc:
-        raise UserError("Dask's distributed scheduler is not installed: pip install 'landscape[dask]' "
-                        "(or dask[distributed]) to use --workers / --scheduler") from exc
+        raise UserError(
+            "Dask's distributed scheduler is not installed: pip install 'landscape[dask]' "
+            "(or dask[distributed]) to use --workers / --scheduler"
+        ) from exc
     return distributed
 
 
@@ -38,10 +40,20 @@ class DaskExecutor:
 
     name = "dask"
 
-    def __init__(self, workers: int | None = None, scheduler: str | None = None, *, client=None, retries: int = 3,
-                 threads_per_worker: int = 1, quiet: bool = True):
+    def __init__(
+        self,
+        workers: int | None = None,
+        scheduler: str | None = None,
+        *,
+        client=None,
+        retries: int = 3,
+        threads_per_worker: int = 1,
+        quiet: bool = True,
+    ):
         if client is None and (workers is None) == (scheduler is None):
-            raise UserError("give either --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both")
+            raise UserError(
+                "give either --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both"
+            )
         distributed = _distributed()
         self.retries, self.cluster, self._own_client = int(retries), None, client is None
         self.shortcut_note = ""
@@ -51,24 +63,36 @@ class DaskExecutor:
             try:
                 self.client = distributed.Client(scheduler, timeout="20s")
             except (OSError, TimeoutError) as exc:
-                raise UserError(f"cannot reach the Dask scheduler at {scheduler}: is it running and reachable?") from exc
+                raise UserError(
+                    f"cannot reach the Dask scheduler at {scheduler}: is it running and reachable?"
+                ) from exc
         else:
             if int(workers) < 1:
                 raise UserError(f"--workers must be at least 1, got {workers}")
-            self.cluster = distributed.LocalCluster(n_workers=int(workers), threads_per_worker=int(threads_per_worker),
-                                                    processes=True, dashboard_address=None,
-                                                    silence_logs=logging.ERROR if quiet else logging.WARNING)
+            self.cluster = distributed.LocalCluster(
+                n_workers=int(workers),
+                threads_per_worker=int(threads_per_worker),
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR if quiet else logging.WARNING,
+            )
             self.client = distributed.Client(self.cluster)
 
-    def map(self, spec: GridSpec, chunks: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def map(
+        self, spec: GridSpec, chunks: Sequence[np.ndarray]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Yield ``(indices, loss, accuracy)`` per chunk in the order chunks finish."""
         distributed = _distributed()
         portable = spec.portable()
         self.shortcut_note = "per worker (see the first-layer shortcut conditions)"
         # once per worker, not once per task
         shared = self.client.scatter(portable, broadcast=True, hash=False)
-        futures = [self.client.submit(evaluate_chunk, shared, np.asarray(c), retries=self.retries, pure=False)
-                   for c in chunks]
+        futures = [
+            self.client.submit(
+                evaluate_chunk, shared, np.asarray(c), retries=self.retries, pure=False
+            )
+            for c in chunks
+        ]
         try:
             for fut in distributed.as_completed(futures):
                 yield fut.result()
@@ -90,7 +114,7 @@ class DaskExecutor:
         if self.cluster is not None:
             self.cluster.close()
 
-    def __enter__(self) -> "DaskExecutor":
+    def __enter__(self) -> DaskExecutor:
         return self
 
     def __exit__(self, *exc) -> bool:

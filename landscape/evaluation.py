@@ -13,12 +13,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .data import Data, as_batches
 from .errors import UserError
-
 
 #: BatchNorm handling along a path or grid: running statistics as they are, or re-estimated per point
 BN_MODES = ("eval", "reset")
@@ -54,10 +53,14 @@ def check_targets(outputs: Tensor, label_range: tuple[int, int] | None) -> None:
     if label_range is None:
         return
     if outputs.dim() != 2:
-        raise UserError(f"classification needs model outputs of shape (N, classes), got {tuple(outputs.shape)}")
+        raise UserError(
+            f"classification needs model outputs of shape (N, classes), got {tuple(outputs.shape)}"
+        )
     lo, hi = label_range
     if lo < 0 or hi >= outputs.shape[1]:
-        raise UserError(f"labels range over {lo}..{hi} but the model has {outputs.shape[1]} outputs: check --data against the checkpoint")
+        raise UserError(
+            f"labels range over {lo}..{hi} but the model has {outputs.shape[1]} outputs: check --data against the checkpoint"
+        )
 
 
 def sample_losses(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -67,7 +70,9 @@ def sample_losses(outputs: Tensor, targets: Tensor) -> Tensor:
     once with :func:`check_targets`, as :func:`evaluate` does.
     """
     if targets.is_floating_point():
-        diff = outputs.reshape(outputs.shape[0], -1) - targets.reshape(targets.shape[0], -1).to(outputs.dtype)
+        diff = outputs.reshape(outputs.shape[0], -1) - targets.reshape(targets.shape[0], -1).to(
+            outputs.dtype
+        )
         return (diff * diff).sum(dim=1)
     return F.cross_entropy(outputs, targets, reduction="none")
 
@@ -103,7 +108,9 @@ def evaluate(model: nn.Module, data: Data, *, device=None, check_finite: bool = 
     correct = int(correct) if classify else 0
     loss = total / n
     if check_finite and not math.isfinite(loss):
-        raise UserError("the loss is NaN or Inf on this data: check the checkpoint weights and the data normalisation")
+        raise UserError(
+            "the loss is NaN or Inf on this data: check the checkpoint weights and the data normalisation"
+        )
     return Evaluation(loss, correct / n if classify else float("nan"), n)
 
 

@@ -22,7 +22,7 @@ reproduces the layer's own output at ``theta0`` and at ``theta0 + sum_k d_k``.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,10 @@ from .params import ParamView, is_state_buffer
 def _owns_state(model: nn.Module, prefix: str, module: nn.Module) -> bool:
     if any(p.requires_grad for p in module.parameters(recurse=False)):
         return True
-    return any(is_state_buffer(model, f"{prefix}.{b}" if prefix else b) for b, _ in module.named_buffers(recurse=False))
+    return any(
+        is_state_buffer(model, f"{prefix}.{b}" if prefix else b)
+        for b, _ in module.named_buffers(recurse=False)
+    )
 
 
 def _layer_kind(module: nn.Module) -> str | None:
@@ -57,8 +60,15 @@ class FirstLayerShortcut:
     and unchanged), up to ``cache_bytes``; other inputs are computed plainly.
     """
 
-    def __init__(self, model: nn.Module, view: ParamView, vectors: Tensor, probe: Tensor,
-                 resident: Iterable[Tensor] = (), cache_bytes: int = 2 * 1024**3):
+    def __init__(
+        self,
+        model: nn.Module,
+        view: ParamView,
+        vectors: Tensor,
+        probe: Tensor,
+        resident: Iterable[Tensor] = (),
+        cache_bytes: int = 2 * 1024**3,
+    ):
         self.model, self.view, self.vectors = model, view, vectors
         self.enabled, self.reason = False, ""
         self.module: nn.Module | None = None
@@ -79,10 +89,12 @@ class FirstLayerShortcut:
     def _trace(self, probe: Tensor) -> tuple[list[tuple[str, nn.Module]], dict[str, list[Tensor]]]:
         order, inputs, handles = [], {}, []
         for name, m in self.model.named_modules():
+
             def pre(mod, args, name=name):
                 order.append((name, mod))
                 if args and isinstance(args[0], Tensor):
                     inputs.setdefault(name, []).append(args[0].detach().clone())
+
             handles.append(m.register_forward_pre_hook(pre))
         try:
             with torch.no_grad():
@@ -122,7 +134,9 @@ class FirstLayerShortcut:
                     self.reason = f"the input of the first layer {name} depends on parameters that the directions move"
                     return
                 # the combination must reproduce the layer's own output, at theta0 + sum_k d_k ...
-                if not self._matches(module(x0), self._combine(self._products(x0), [1.0] * self.vectors.shape[0])):
+                if not self._matches(
+                    module(x0), self._combine(self._products(x0), [1.0] * self.vectors.shape[0])
+                ):
                     self.reason = f"the first layer {name} ({type(module).__name__}) is not affine in its weight and bias"
                     return
                 self.view.set_(theta0)
@@ -136,7 +150,9 @@ class FirstLayerShortcut:
 
     @staticmethod
     def _matches(a: Tensor, b: Tensor) -> bool:
-        return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max()) + 1e-7))
+        return a.shape == b.shape and bool(
+            torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max()) + 1e-7)
+        )
 
     def _capture_base(self) -> None:
         eff = effective_tensors(self.model)
@@ -146,8 +162,14 @@ class FirstLayerShortcut:
         self.dw, self.db = [], []
         for k in range(self.vectors.shape[0]):
             full = self.view.unflatten(self.vectors[k])
-            self.dw.append(full.get(f"{self.name}.weight", torch.zeros_like(self.w0)).to(self.w0.dtype))
-            self.db.append(None if self.b0 is None else full.get(f"{self.name}.bias", torch.zeros_like(self.b0)).to(self.b0.dtype))
+            self.dw.append(
+                full.get(f"{self.name}.weight", torch.zeros_like(self.w0)).to(self.w0.dtype)
+            )
+            self.db.append(
+                None
+                if self.b0 is None
+                else full.get(f"{self.name}.bias", torch.zeros_like(self.b0)).to(self.b0.dtype)
+            )
 
     # -- evaluation --------------------------------------------------------------------
     def _apply(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
@@ -156,7 +178,9 @@ class FirstLayerShortcut:
         return self.module._conv_forward(x, w, b)
 
     def _products(self, x: Tensor) -> list[Tensor]:
-        return [self._apply(x, self.w0, self.b0)] + [self._apply(x, w, b) for w, b in zip(self.dw, self.db)]
+        return [self._apply(x, self.w0, self.b0)] + [
+            self._apply(x, w, b) for w, b in zip(self.dw, self.db)
+        ]
 
     @staticmethod
     def _combine(products: list[Tensor], coeffs: list[float]) -> Tensor:

@@ -14,8 +14,8 @@ import copy
 import hashlib
 import math
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,6 @@ from .errors import UserError
 from .evaluation import BN_MODES, evaluate, reset_batchnorm
 from .first_layer import FirstLayerShortcut
 from .params import ParamView
-
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,11 +59,17 @@ class GridSpec:
         if self.bn not in BN_MODES:
             raise UserError(f"unknown BatchNorm mode {self.bn!r}: use eval or reset")
 
-    def portable(self) -> "GridSpec":
+    def portable(self) -> GridSpec:
         """A copy with every tensor on the CPU, for shipping to other processes once."""
         model = copy.deepcopy(self.model).cpu()
         train = as_batches(self.train, device="cpu") if self.train is not None else None
-        return replace(self, model=model, vectors=self.vectors.cpu(), data=as_batches(self.data, device="cpu"), train=train)
+        return replace(
+            self,
+            model=model,
+            vectors=self.vectors.cpu(),
+            data=as_batches(self.data, device="cpu"),
+            train=train,
+        )
 
 
 def batches_fingerprint(b: Batches) -> str:
@@ -101,7 +106,9 @@ class PointEvaluator:
         self.theta0 = self.view.get().clone()
         self.vectors = spec.vectors.to(self.device, self.theta0.dtype)
         self.data = as_batches(spec.data, device=self.device)
-        self.train = as_batches(spec.train, device=self.device) if spec.train is not None else self.data
+        self.train = (
+            as_batches(spec.train, device=self.device) if spec.train is not None else self.data
+        )
         self.coords = [np.asarray(c, dtype=np.float64) for c in spec.coordinates]
         self._buf = torch.empty_like(self.theta0)
         self.lock = threading.Lock()
@@ -114,7 +121,9 @@ class PointEvaluator:
             limit = spec.cache_bytes
             if self.device.type == "cuda":  # leave most of the free memory to the forward passes
                 limit = min(limit, int(0.3 * torch.cuda.mem_get_info(self.device)[0]))
-            self.shortcut = FirstLayerShortcut(self.model, self.view, self.vectors, probe, resident, limit)
+            self.shortcut = FirstLayerShortcut(
+                self.model, self.view, self.vectors, probe, resident, limit
+            )
             self.shortcut.install()
 
     @property
@@ -166,7 +175,9 @@ _WORKER_CACHE: dict[str, PointEvaluator] = {}
 _WORKER_LOCK = threading.Lock()
 
 
-def evaluate_chunk(spec: GridSpec, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def evaluate_chunk(
+    spec: GridSpec, indices: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(indices, loss, accuracy)`` of one chunk; the task every executor runs."""
     with _WORKER_LOCK:
         ev = _WORKER_CACHE.get(spec.token)
@@ -185,7 +196,9 @@ class LocalExecutor:
 
     name = "local"
 
-    def map(self, spec: GridSpec, chunks: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def map(
+        self, spec: GridSpec, chunks: Sequence[np.ndarray]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         ev = PointEvaluator(spec)
         self.shortcut_note = ev.shortcut_note if ev.shortcut_used else f"off: {ev.shortcut_note}"
         try:

@@ -24,8 +24,9 @@ chord between the true endpoints ``L(init)`` and ``L(final)``).
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,6 @@ from .data import Data, as_batches
 from .errors import UserError
 from .evaluation import BN_MODES, evaluate, has_batchnorm, reset_batchnorm
 from .params import ParamView, check_same_family, state_buffers
-
 
 #: recorded with every barrier so a results file states which definition it holds
 BARRIER_DEFINITIONS = {
@@ -104,8 +104,12 @@ class Curve:
         return barrier_mid(self.alphas, self.accuracy, higher_is_worse=False)
 
     def barriers(self) -> dict[str, float]:
-        return {"loss_barrier_max": self.loss_barrier, "loss_barrier_mid": self.loss_barrier_mid,
-                "accuracy_barrier_max": self.accuracy_barrier, "accuracy_barrier_mid": self.accuracy_barrier_mid}
+        return {
+            "loss_barrier_max": self.loss_barrier,
+            "loss_barrier_mid": self.loss_barrier_mid,
+            "accuracy_barrier_max": self.accuracy_barrier,
+            "accuracy_barrier_mid": self.accuracy_barrier_mid,
+        }
 
     def to_frame(self):
         import pandas as pd
@@ -115,7 +119,10 @@ class Curve:
     def _repr_html_(self) -> str:
         b = self.barriers()
         head = ", ".join(f"{k} = {v:.4g}" for k, v in b.items())
-        return f"<p><b>Curve</b> ({len(self.alphas)} points, bn={self.bn}): {head}</p>" + self.to_frame().to_html(index=False, max_rows=30)
+        return (
+            f"<p><b>Curve</b> ({len(self.alphas)} points, bn={self.bn}): {head}</p>"
+            + self.to_frame().to_html(index=False, max_rows=30)
+        )
 
 
 @dataclass(frozen=True)
@@ -165,7 +172,11 @@ class _Line:
         self.theta_a = ParamView(model_a).get().to(self.view.device)
         self.theta_b = ParamView(model_b).get().to(self.view.device)
         sa, sb = state_buffers(model_a), state_buffers(model_b)
-        self.buffers = {n: (sa[n].clone(), sb[n].to(sa[n].device).clone()) for n in sa if sa[n].is_floating_point()}
+        self.buffers = {
+            n: (sa[n].clone(), sb[n].to(sa[n].device).clone())
+            for n in sa
+            if sa[n].is_floating_point()
+        }
         self.work_buffers = dict(self.work.named_buffers())
 
     @torch.no_grad()
@@ -207,8 +218,18 @@ def interpolate(
     which costs one extra forward pass over that data per point. Evaluation data is moved
     to the device once; one working copy of A is made per call, none per point.
     """
-    return interpolate_splits(model_a, model_b, {"data": data}, num_points=num_points, alphas=alphas, bn=bn, train_data=train_data,
-                              device=device, batch_size=batch_size, progress=progress)["data"]
+    return interpolate_splits(
+        model_a,
+        model_b,
+        {"data": data},
+        num_points=num_points,
+        alphas=alphas,
+        bn=bn,
+        train_data=train_data,
+        device=device,
+        batch_size=batch_size,
+        progress=progress,
+    )["data"]
 
 
 def interpolate_splits(
@@ -238,7 +259,11 @@ def interpolate_splits(
     reset = bn == "reset" and has_batchnorm(line.work)
     train_batches = None
     if reset:
-        train_batches = as_batches(train_data if train_data is not None else next(iter(batches.values())), device=dev, batch_size=batch_size)
+        train_batches = as_batches(
+            train_data if train_data is not None else next(iter(batches.values())),
+            device=dev,
+            batch_size=batch_size,
+        )
     losses = {name: np.empty(a.size) for name in batches}
     accs = {name: np.empty(a.size) for name in batches}
     it = a
@@ -253,11 +278,32 @@ def interpolate_splits(
         for name, b in batches.items():
             ev = evaluate(model, b)
             losses[name][i], accs[name][i] = ev.loss, ev.accuracy
-    return {name: Curve(a, losses[name], accs[name], b.num_samples, bn) for name, b in batches.items()}
+    return {
+        name: Curve(a, losses[name], accs[name], b.num_samples, bn) for name, b in batches.items()
+    }
 
 
-def mli(model_init: nn.Module, model_final: nn.Module, data: Data, *, num_points: int = 25, bn: str = "eval", train_data: Data | None = None,
-        device=None, batch_size: int | None = None, tol: float = 0.0) -> MLICurve:
+def mli(
+    model_init: nn.Module,
+    model_final: nn.Module,
+    data: Data,
+    *,
+    num_points: int = 25,
+    bn: str = "eval",
+    train_data: Data | None = None,
+    device=None,
+    batch_size: int | None = None,
+    tol: float = 0.0,
+) -> MLICurve:
     """Monotonic linear interpolation from ``model_init`` to ``model_final`` with the MLI metrics."""
-    curve = interpolate(model_init, model_final, data, num_points=num_points, bn=bn, train_data=train_data, device=device, batch_size=batch_size)
+    curve = interpolate(
+        model_init,
+        model_final,
+        data,
+        num_points=num_points,
+        bn=bn,
+        train_data=train_data,
+        device=device,
+        batch_size=batch_size,
+    )
     return MLICurve(curve, mli_metrics(curve.alphas, curve.loss, tol=tol))

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -41,15 +41,21 @@ def default_max_steps(n: int, k: int, which: str, dtype: torch.dtype = torch.flo
     return int(min(n, max(min(want, BASIS_BYTES // max(1, n * item)), 2 * k + 2)))
 
 
-def _rng_normal(shape: tuple[int, ...], seed: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+def _rng_normal(
+    shape: tuple[int, ...], seed: int, dtype: torch.dtype, device: torch.device
+) -> Tensor:
     # drawn on the CPU in float64, so a seed gives the same vectors on every device and dtype
     g = torch.Generator().manual_seed(int(seed))
     return torch.randn(shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
-def _rng_rademacher(shape: tuple[int, ...], seed: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+def _rng_rademacher(
+    shape: tuple[int, ...], seed: int, dtype: torch.dtype, device: torch.device
+) -> Tensor:
     g = torch.Generator().manual_seed(int(seed))
-    return (torch.randint(0, 2, shape, generator=g, dtype=torch.int8) * 2 - 1).to(device=device, dtype=dtype)
+    return (torch.randint(0, 2, shape, generator=g, dtype=torch.int8) * 2 - 1).to(
+        device=device, dtype=dtype
+    )
 
 
 _NAN = "a Hessian-vector product is NaN or Inf: the loss is not twice differentiable here (check weights and data)"
@@ -99,15 +105,24 @@ class EigenResult:
         return float(sel.min()) if sel.size else float("nan")
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"which": self.which, "eigenvalue": self.eigenvalues, "residual": self.residuals,
-                             "error_bound": self.error_bounds, "converged": self.converged})
+        return pd.DataFrame(
+            {
+                "which": self.which,
+                "eigenvalue": self.eigenvalues,
+                "residual": self.residuals,
+                "error_bound": self.error_bounds,
+                "converged": self.converged,
+            }
+        )
 
 
 def _ritz(alpha: np.ndarray, beta: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     """Eigenpairs of the symmetric tridiagonal ``T_m`` in float64 (ascending), via LAPACK ``dstev``."""
     if m == 1:
         return alpha[:1].copy(), np.ones((1, 1))
-    w, z, info = dstev(np.array(alpha[:m], dtype=np.float64), np.array(beta[: m - 1], dtype=np.float64))
+    w, z, info = dstev(
+        np.array(alpha[:m], dtype=np.float64), np.array(beta[: m - 1], dtype=np.float64)
+    )
     if info != 0:  # pragma: no cover - dstev fails only on non-finite input, which is caught before
         return eigh_tridiagonal(alpha[:m], beta[: m - 1])
     return w, z
@@ -122,7 +137,9 @@ def _wanted(theta: np.ndarray, k: int, which: str) -> tuple[np.ndarray, np.ndarr
         return top, np.array(["largest"] * top.size)
     if which == "smallest":
         return bottom, np.array(["smallest"] * bottom.size)
-    return np.concatenate([top, bottom]), np.array(["largest"] * top.size + ["smallest"] * bottom.size)
+    return np.concatenate([top, bottom]), np.array(
+        ["largest"] * top.size + ["smallest"] * bottom.size
+    )
 
 
 def _bounds(theta: np.ndarray, resid: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -135,7 +152,9 @@ def _bounds(theta: np.ndarray, resid: np.ndarray, idx: np.ndarray) -> np.ndarray
     return np.where(gap > r, np.minimum(r, r * r / np.maximum(gap, 1e-300)), r)
 
 
-def _converged(theta: np.ndarray, resid: np.ndarray, k: int, which: str, tol: float) -> tuple[np.ndarray, ...]:
+def _converged(
+    theta: np.ndarray, resid: np.ndarray, k: int, which: str, tol: float
+) -> tuple[np.ndarray, ...]:
     """Indices, labels and error bounds of the wanted Ritz values, and whether each bound is
     ``<= tol * max(|theta_i|, REL_FLOOR max|theta|)``: the one stopping rule, also reported as ``converged``."""
     idx, labels = _wanted(theta, k, which)
@@ -144,9 +163,19 @@ def _converged(theta: np.ndarray, resid: np.ndarray, k: int, which: str, tol: fl
     return idx, labels, bounds, bounds <= tol * np.maximum(np.abs(theta[idx]), floor)
 
 
-def lanczos_eigen(matvec: MatVec, n: int, *, k: int, which: str = "largest", tol: float = 1e-4, max_steps: int = MAX_STEPS,
-                  seed: int = 0, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                  return_vectors: bool = False) -> EigenResult:
+def lanczos_eigen(
+    matvec: MatVec,
+    n: int,
+    *,
+    k: int,
+    which: str = "largest",
+    tol: float = 1e-4,
+    max_steps: int = MAX_STEPS,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    return_vectors: bool = False,
+) -> EigenResult:
     """Lanczos with full reorthogonalisation, stopping on Ritz residuals.
 
     After step ``m`` (``T_m = S diag(theta) S^T``, next coefficient ``beta_m``) the Ritz
@@ -174,7 +203,9 @@ def lanczos_eigen(matvec: MatVec, n: int, *, k: int, which: str = "largest", tol
         before = float(w.norm())
         w = w - Vj.T @ (Vj @ w)
         b = float(w.norm())
-        if b < 0.7071 * before:  # lost digits to cancellation: orthogonalise once more (DGKS; twice is enough)
+        if (
+            b < 0.7071 * before
+        ):  # lost digits to cancellation: orthogonalise once more (DGKS; twice is enough)
             w = w - Vj.T @ (Vj @ w)
             b = float(w.norm())
         if not (math.isfinite(alpha[j]) and math.isfinite(b)):
@@ -185,7 +216,12 @@ def lanczos_eigen(matvec: MatVec, n: int, *, k: int, which: str = "largest", tol
         scale = max(float(np.max(np.abs(theta))), 1e-300)
         breakdown = b <= 1e-10 * scale
         resid = np.abs(S[-1, :]) * (0.0 if breakdown else b)
-        if m >= need and m < n and (m > need or breakdown) and _converged(theta, resid, k, which, tol)[3].all():
+        if (
+            m >= need
+            and m < n
+            and (m > need or breakdown)
+            and _converged(theta, resid, k, which, tol)[3].all()
+        ):
             break
         if m == steps:
             break
@@ -209,8 +245,16 @@ def lanczos_eigen(matvec: MatVec, n: int, *, k: int, which: str = "largest", tol
         # sign convention: largest-magnitude entry positive, so a seed gives one answer
         pick = vectors.abs().argmax(dim=1)
         vectors = vectors * torch.sign(vectors.gather(1, pick[:, None]))
-    return EigenResult(theta[idx].astype(np.float64), labels, resid[idx], bounds, np.asarray(conv | (m == n), dtype=bool), m, float(tol),
-                       vectors=vectors)
+    return EigenResult(
+        theta[idx].astype(np.float64),
+        labels,
+        resid[idx],
+        bounds,
+        np.asarray(conv | (m == n), dtype=bool),
+        m,
+        float(tol),
+        vectors=vectors,
+    )
 
 
 # ---------------------------------------------------------------------------------------- density
@@ -236,7 +280,9 @@ class SpectralDensity:
     @property
     def trace(self) -> float:
         """SLQ estimate of ``tr H = n * E[sum_j w_j theta_j]``."""
-        return float(self.n * np.nanmean(np.nansum(self.weights * np.nan_to_num(self.nodes), axis=1)))
+        return float(
+            self.n * np.nanmean(np.nansum(self.weights * np.nan_to_num(self.nodes), axis=1))
+        )
 
     def negative_mass(self, rel_zero: float = 1e-4) -> float:
         """Share of eigenvalues below ``-rel_zero * max|theta|`` (estimated fraction of negative eigenvalues)."""
@@ -253,15 +299,27 @@ class SpectralDensity:
         return pd.DataFrame({"eigenvalue": self.grid, "density": self.density})
 
 
-def broadened_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
+def broadened_density(
+    nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float
+) -> np.ndarray:
     """``sum_j w_j N(t; theta_j, sigma^2)`` on ``grid`` (``nodes``/``weights`` flat, NaN nodes ignored)."""
     ok = np.isfinite(nodes) & (weights > 0)
     d = (grid[:, None] - nodes[ok][None, :]) / sigma
     return (np.exp(-0.5 * d * d) @ weights[ok]) / (sigma * np.sqrt(2 * np.pi))
 
 
-def slq(matmat: MatVec, n: int, *, num_runs: int = 10, steps: int = 80, sigma: float | None = None, grid: int | np.ndarray = 1000,
-        seed: int = 0, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> SpectralDensity:
+def slq(
+    matmat: MatVec,
+    n: int,
+    *,
+    num_runs: int = 10,
+    steps: int = 80,
+    sigma: float | None = None,
+    grid: int | np.ndarray = 1000,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> SpectralDensity:
     """Stochastic Lanczos quadrature with Gaussian broadening.
 
     ``num_runs`` Lanczos runs (full reorthogonalisation, run in lock-step so every product
@@ -270,7 +328,9 @@ def slq(matmat: MatVec, n: int, *, num_runs: int = 10, steps: int = 80, sigma: f
     has ``grid`` points from ``min node - 5 sigma`` to ``max node + 5 sigma``.
     """
     if num_runs < 1 or steps < 1:
-        raise UserError(f"spectral density needs num_runs >= 1 and lanczos_steps >= 1, got {num_runs} and {steps}")
+        raise UserError(
+            f"spectral density needs num_runs >= 1 and lanczos_steps >= 1, got {num_runs} and {steps}"
+        )
     if sigma is not None and not sigma > 0:
         raise UserError(f"sigma must be positive, got {sigma}")
     device = torch.device(device)
@@ -297,7 +357,9 @@ def slq(matmat: MatVec, n: int, *, num_runs: int = 10, steps: int = 80, sigma: f
     return SpectralDensity(grid, dens, nodes, weights, float(sigma), int(n))
 
 
-def _lanczos_block(matmat: MatVec, V0: Tensor, steps: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def _lanczos_block(
+    matmat: MatVec, V0: Tensor, steps: int
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """``R`` independent fully reorthogonalised Lanczos runs in lock-step; rows of ``V0`` are unit vectors."""
     R, n = V0.shape
     Q = torch.zeros(steps, R, n, dtype=V0.dtype, device=V0.device)
@@ -321,7 +383,11 @@ def _lanczos_block(matmat: MatVec, V0: Tensor, steps: int) -> tuple[np.ndarray, 
             if alive[r] and nb[r] <= 1e-10 * scale:
                 alive[r], lens[r] = False, j + 1  # invariant subspace: the quadrature is exact
         mask = torch.as_tensor(alive, device=W.device)
-        Q[j + 1] = torch.where(mask[:, None], W / torch.as_tensor(np.where(alive, nb, 1.0), dtype=W.dtype, device=W.device)[:, None], 0)
+        Q[j + 1] = torch.where(
+            mask[:, None],
+            W / torch.as_tensor(np.where(alive, nb, 1.0), dtype=W.dtype, device=W.device)[:, None],
+            0,
+        )
         if not alive.any():
             break
     return alpha, beta, lens
@@ -346,8 +412,17 @@ class TraceEstimate:
     seconds: float = float("nan")
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([{"method": self.method, "trace": self.trace, "stderr": self.stderr, "num_queries": self.num_queries,
-                              "hvps": self.hvps}])
+        return pd.DataFrame(
+            [
+                {
+                    "method": self.method,
+                    "trace": self.trace,
+                    "stderr": self.stderr,
+                    "num_queries": self.num_queries,
+                    "hvps": self.hvps,
+                }
+            ]
+        )
 
 
 def _quad_forms(matmat: MatVec, Z: Tensor) -> np.ndarray:
@@ -360,15 +435,29 @@ def _stderr(x: np.ndarray) -> float:
     return float(np.std(x, ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("nan")
 
 
-def hutchinson(matmat: MatVec, n: int, *, num_queries: int = 60, seed: int = 0, dtype: torch.dtype = torch.float32,
-               device: torch.device | str = "cpu") -> TraceEstimate:
+def hutchinson(
+    matmat: MatVec,
+    n: int,
+    *,
+    num_queries: int = 60,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> TraceEstimate:
     """``tr A ~ mean_i z_i^T A z_i`` over Rademacher ``z_i``; standard error ``std / sqrt(m)``."""
     s = _quad_forms(matmat, _rng_rademacher((num_queries, n), seed, dtype, torch.device(device)))
     return TraceEstimate(float(s.mean()), _stderr(s), "hutchinson", int(num_queries), s)
 
 
-def hutchpp(matmat: MatVec, n: int, *, num_queries: int = 60, seed: int = 0, dtype: torch.dtype = torch.float32,
-            device: torch.device | str = "cpu") -> TraceEstimate:
+def hutchpp(
+    matmat: MatVec,
+    n: int,
+    *,
+    num_queries: int = 60,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> TraceEstimate:
     """Hutch++: ``tr(Q^T A Q) + mean_i g_i^T P A P g_i`` with ``Q = orth(A S)``, ``P = I - QQ^T``.
 
     ``m/3`` queries sketch, ``m/3`` give the exact part, the remaining ``m - 2 m/3``
@@ -385,4 +474,6 @@ def hutchpp(matmat: MatVec, n: int, *, num_queries: int = 60, seed: int = 0, dty
     G = Z[s:].double()
     G = (G - (G @ Q) @ Q.T).to(dtype)
     samples = _quad_forms(matmat, G)
-    return TraceEstimate(exact + float(samples.mean()), _stderr(samples), "hutch++", int(num_queries), samples, exact)
+    return TraceEstimate(
+        exact + float(samples.mean()), _stderr(samples), "hutch++", int(num_queries), samples, exact
+    )

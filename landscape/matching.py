@@ -38,9 +38,17 @@ from torch import Tensor, nn
 
 from .data import Data, as_batches
 from .errors import UserError
-from .spec_tracing import leaf_calls
 from .params import check_same_family, fixed_buffers, fixed_entry_mask
-from .permutation import PermutationSpec, SpecLike, _as_sample, checked_spec, named_tensors, output_change, permute_tensor
+from .permutation import (
+    PermutationSpec,
+    SpecLike,
+    _as_sample,
+    checked_spec,
+    named_tensors,
+    output_change,
+    permute_tensor,
+)
+from .spec_tracing import leaf_calls
 
 FUNCTION_TOL = 1e-5
 
@@ -71,28 +79,57 @@ class Permutation:
     def __getitem__(self, group: str) -> np.ndarray:
         return self.perms[group]
 
-    def inverse(self) -> "Permutation":
+    def inverse(self) -> Permutation:
         """The permutation mapping A onto B."""
         inv = {g: np.argsort(p) for g, p in self.perms.items()}
-        return Permutation(inv, self.spec, self.method, self.objective, self.objective_identity, self.history, self.sweeps, self.converged,
-                           self.restart_objectives, self.function_preserved, self.max_output_change, self.seconds, self.notes)
+        return Permutation(
+            inv,
+            self.spec,
+            self.method,
+            self.objective,
+            self.objective_identity,
+            self.history,
+            self.sweeps,
+            self.converged,
+            self.restart_objectives,
+            self.function_preserved,
+            self.max_output_change,
+            self.seconds,
+            self.notes,
+        )
 
     def to_frame(self) -> pd.DataFrame:
         """One row per group: size and how many units moved."""
-        return pd.DataFrame([{"group": g, "size": len(p), "moved": int((p != np.arange(len(p))).sum())} for g, p in self.perms.items()])
+        return pd.DataFrame(
+            [
+                {"group": g, "size": len(p), "moved": int((p != np.arange(len(p))).sum())}
+                for g, p in self.perms.items()
+            ]
+        )
 
     def summary(self) -> dict[str, Any]:
-        return {"method": self.method, "objective": self.objective, "objective_identity": self.objective_identity, "sweeps": self.sweeps,
-                "converged": self.converged, "function_preserved": self.function_preserved, "max_output_change": self.max_output_change,
-                "seconds": self.seconds}
+        return {
+            "method": self.method,
+            "objective": self.objective,
+            "objective_identity": self.objective_identity,
+            "sweeps": self.sweeps,
+            "converged": self.converged,
+            "function_preserved": self.function_preserved,
+            "max_output_change": self.max_output_change,
+            "seconds": self.seconds,
+        }
 
 
 # ----------------------------------------------------------------------------- helpers
-def _prepare(model_a: nn.Module, model_b: nn.Module, spec: SpecLike | None, sample: Any) -> PermutationSpec:
+def _prepare(
+    model_a: nn.Module, model_b: nn.Module, spec: SpecLike | None, sample: Any
+) -> PermutationSpec:
     check_same_family(model_a, model_b, "model A and model B")
     spec = checked_spec(model_a, spec, sample)
     if not spec.groups:
-        raise UserError("the permutation spec has no groups: nothing to align (pass a spec that names the hidden units)")
+        raise UserError(
+            "the permutation spec has no groups: nothing to align (pass a spec that names the hidden units)"
+        )
     return spec
 
 
@@ -118,27 +155,66 @@ def _objective(A: dict[str, Tensor], B: dict[str, Tensor], moves, P: dict[str, T
     return total
 
 
-def _finish(model_b: nn.Module, spec: PermutationSpec, perms: dict[str, np.ndarray], sample: Any, method: str, objective: float, ident: float,
-            history, sweeps: int, converged: bool, restarts, t0: float, permute_fixed: bool) -> Permutation:
+def _finish(
+    model_b: nn.Module,
+    spec: PermutationSpec,
+    perms: dict[str, np.ndarray],
+    sample: Any,
+    method: str,
+    objective: float,
+    ident: float,
+    history,
+    sweeps: int,
+    converged: bool,
+    restarts,
+    t0: float,
+    permute_fixed: bool,
+) -> Permutation:
     x = _as_sample(model_b, sample)
     change, scale = output_change(model_b, spec, perms, x, permute_fixed=permute_fixed)
     preserved = change <= FUNCTION_TOL * max(1.0, scale)
     notes = ()
     if not preserved:
         asym = bool(fixed_buffers(model_b))
-        why = ("the model is asymmetric (fixed masks/values or FiGLU matrices stay in place), so no permutation of its parameters "
-               "preserves its function; the aligned model is a different network (a baseline only)") if asym else \
-              "the spec does not describe a symmetry of this model"
+        why = (
+            (
+                "the model is asymmetric (fixed masks/values or FiGLU matrices stay in place), so no permutation of its parameters "
+                "preserves its function; the aligned model is a different network (a baseline only)"
+            )
+            if asym
+            else "the spec does not describe a symmetry of this model"
+        )
         notes = (f"permuted B changes the output by {change:.3g}: {why}",)
         warnings.warn(notes[0], stacklevel=3)
-    return Permutation({g: np.asarray(p, dtype=np.int64) for g, p in perms.items()}, spec, method, float(objective), float(ident),
-                       np.asarray(history, dtype=float), int(sweeps), bool(converged), np.asarray(restarts, dtype=float), bool(preserved),
-                       float(change), time.perf_counter() - t0, notes)
+    return Permutation(
+        {g: np.asarray(p, dtype=np.int64) for g, p in perms.items()},
+        spec,
+        method,
+        float(objective),
+        float(ident),
+        np.asarray(history, dtype=float),
+        int(sweeps),
+        bool(converged),
+        np.asarray(restarts, dtype=float),
+        bool(preserved),
+        float(change),
+        time.perf_counter() - t0,
+        notes,
+    )
 
 
 # ----------------------------------------------------------------------------- weight matching
-def weight_matching(model_a: nn.Module, model_b: nn.Module, *, spec: SpecLike | None = None, max_iter: int = 100, seed: int = 0,
-                    restarts: int = 0, sample: Any = None, permute_fixed: bool = False) -> Permutation:
+def weight_matching(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    *,
+    spec: SpecLike | None = None,
+    max_iter: int = 100,
+    seed: int = 0,
+    restarts: int = 0,
+    sample: Any = None,
+    permute_fixed: bool = False,
+) -> Permutation:
     """Permutation of B's hidden units maximising ``J(pi) = sum_t <A_t, pi(B)_t>`` (see the module notes).
 
     ``spec`` defaults to ``permutation_spec(model_a)``; ``max_iter`` bounds the sweeps per
@@ -159,7 +235,9 @@ def weight_matching(model_a: nn.Module, model_b: nn.Module, *, spec: SpecLike | 
     for g, e in spec.groups.items():
         n = spec.sizes[g]
         if not any(t in A for t, _ in e):
-            raise UserError(f"permutation group {g!r} names only fixed buffers: weight matching has nothing to compare for it")
+            raise UserError(
+                f"permutation group {g!r} names only fixed buffers: weight matching has nothing to compare for it"
+            )
         const[g] = torch.zeros(n, n, device=device)
         blocks[g] = []
         for t, ax in e:
@@ -172,26 +250,38 @@ def weight_matching(model_a: nn.Module, model_b: nn.Module, *, spec: SpecLike | 
                 blocks[g].append((t, ax, a))
     rng = np.random.default_rng(seed)
     names = list(spec.groups)
-    neighbours = {g: {g2 for t, _ in e for _, g2 in moves[t] if g2 != g} for g, e in spec.groups.items()}
+    neighbours = {
+        g: {g2 for t, _ in e for _, g2 in moves[t] if g2 != g} for g, e in spec.groups.items()
+    }
     ident = {g: torch.arange(n, device=device) for g, n in spec.sizes.items()}
     j_ident = _objective(A, B, moves, ident)
     best = None
     restart_objs = []
     for r in range(restarts + 1):
-        P = dict(ident) if r == 0 else {g: torch.as_tensor(rng.permutation(n), device=device) for g, n in spec.sizes.items()}
+        P = (
+            dict(ident)
+            if r == 0
+            else {
+                g: torch.as_tensor(rng.permutation(n), device=device) for g, n in spec.sizes.items()
+            }
+        )
         history, converged, sweeps = [], False, 0
         dirty = set(names)
-        for sweeps in range(1, max_iter + 1):
+        for sweeps in range(1, max_iter + 1):  # noqa: B007 (read after the loop)
             progress = False
             for g in rng.permutation(names):
-                if g not in dirty:  # S_g is unchanged since g's last assignment, which therefore stays optimal
+                if (
+                    g not in dirty
+                ):  # S_g is unchanged since g's last assignment, which therefore stays optimal
                     continue
                 dirty.discard(g)
                 n = spec.sizes[g]
                 S = const[g]
                 for t, ax, a in blocks[g]:
                     others = [(ax2, P[g2]) for ax2, g2 in moves[t] if (ax2, g2) != (ax, g)]
-                    S = torch.addmm(S, a, permute_tensor(B[t], others).movedim(ax, 0).reshape(n, -1).T)
+                    S = torch.addmm(
+                        S, a, permute_tensor(B[t], others).movedim(ax, 0).reshape(n, -1).T
+                    )
                 s = S.cpu().numpy().astype(np.float64)
                 _, col = linear_sum_assignment(s, maximize=True)
                 old, new = s[np.arange(n), P[g].cpu().numpy()].sum(), s[np.arange(n), col].sum()
@@ -205,9 +295,29 @@ def weight_matching(model_a: nn.Module, model_b: nn.Module, *, spec: SpecLike | 
                 break
         restart_objs.append(history[-1])
         if best is None or history[-1] > best[0]:
-            best = (history[-1], {g: p.cpu().numpy() for g, p in P.items()}, history, sweeps, converged)
+            best = (
+                history[-1],
+                {g: p.cpu().numpy() for g, p in P.items()},
+                history,
+                sweeps,
+                converged,
+            )
     j, perms, history, sweeps, converged = best
-    return _finish(model_b, spec, perms, sample, "weight", j, j_ident, history, sweeps, converged, restart_objs, t0, permute_fixed)
+    return _finish(
+        model_b,
+        spec,
+        perms,
+        sample,
+        "weight",
+        j,
+        j_ident,
+        history,
+        sweeps,
+        converged,
+        restart_objs,
+        t0,
+        permute_fixed,
+    )
 
 
 # ----------------------------------------------------------------------------- activation matching
@@ -230,8 +340,16 @@ def _standardised(h: Tensor, axis: int, n: int) -> Tensor:
     return z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def activation_matching(model_a: nn.Module, model_b: nn.Module, data: Data, *, spec: SpecLike | None = None, samples: int = 1024,
-                        seed: int = 0, permute_fixed: bool = False) -> Permutation:
+def activation_matching(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Data,
+    *,
+    spec: SpecLike | None = None,
+    samples: int = 1024,
+    seed: int = 0,
+    permute_fixed: bool = False,
+) -> Permutation:
     """Permutation of B's units maximising the summed correlation of hidden activations with A's.
 
     For group ``g``, the activations are the outputs of the leaf modules that produce its
@@ -245,11 +363,17 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, data: Data, *, s
     x = as_batches(data, device=device).sample(samples)
     spec = _prepare(model_a, model_b, spec, x)
     ra, rb = _recorded(model_a, x), _recorded(model_b, x)
-    no_params = {n for n, m in model_a.named_modules() if not any(True for _ in m.parameters(recurse=False))}
+    no_params = {
+        n for n, m in model_a.named_modules() if not any(True for _ in m.parameters(recurse=False))
+    }
     perms: dict[str, np.ndarray] = {}
     for g, entries in spec.groups.items():
         n = spec.sizes[g]
-        producers = {t.rpartition(".")[0] for t, ax in entries if ax == 0 and t.rpartition(".")[2] in ("weight", "bias")}
+        producers = {
+            t.rpartition(".")[0]
+            for t, ax in entries
+            if ax == 0 and t.rpartition(".")[2] in ("weight", "bias")
+        }
         C = torch.zeros(n, n, dtype=torch.float64)
         used, follow = 0, False
         for (name, ha), (_, hb) in zip(ra, rb):
@@ -261,11 +385,15 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, data: Data, *, s
             C += (_standardised(ha, axis, n) @ _standardised(hb, axis, n).T).cpu()
             used += 1
         if not used:
-            raise UserError(f"activation matching: no module output carries the units of group {g!r}; use weight_matching")
+            raise UserError(
+                f"activation matching: no module output carries the units of group {g!r}; use weight_matching"
+            )
         _, col = linear_sum_assignment(C.numpy(), maximize=True)
         perms[g] = col
     A, B = _matched(model_a, spec, device), _matched(model_b, spec, device)
     moves = spec.moves()
     j = _objective(A, B, moves, {g: torch.as_tensor(p, device=device) for g, p in perms.items()})
     j0 = _objective(A, B, moves, {g: torch.arange(n, device=device) for g, n in spec.sizes.items()})
-    return _finish(model_b, spec, perms, x, "activation", j, j0, [j], 1, True, [j], t0, permute_fixed)
+    return _finish(
+        model_b, spec, perms, x, "activation", j, j0, [j], 1, True, [j], t0, permute_fixed
+    )

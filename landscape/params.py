@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from .errors import UserError
 
-Selection = Union[None, str, Sequence[str], Callable[[str], bool]]
+Selection = None | str | Sequence[str] | Callable[[str], bool]
 
 
 def owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -102,13 +102,19 @@ class ParamView:
             slots.append(_Slot(name, p.shape, start, start + n, index))
             start += n
         if not slots:
-            raise UserError("no trainable parameters in the chosen subset: check the parameter selection")
+            raise UserError(
+                "no trainable parameters in the chosen subset: check the parameter selection"
+            )
         self.slots: tuple[_Slot, ...] = tuple(slots)
         self.numel = start
         params = dict(model.named_parameters())
         self._params = [params[s.name] for s in self.slots]
         # built eagerly: filling a cache lazily inside a torch.func transform breaks later calls
-        self._gather = {s.name: self._gather_index(s, p) for s, p in zip(self.slots, self._params) if s.index is not None}
+        self._gather = {
+            s.name: self._gather_index(s, p)
+            for s, p in zip(self.slots, self._params)
+            if s.index is not None
+        }
 
     @property
     def names(self) -> list[str]:
@@ -199,7 +205,9 @@ class ParamView:
 
     def _check(self, theta: Tensor) -> None:
         if theta.shape[-1] != self.numel:
-            raise UserError(f"coordinate vector has {theta.shape[-1]} entries, the model has {self.numel} trainable entries")
+            raise UserError(
+                f"coordinate vector has {theta.shape[-1]} entries, the model has {self.numel} trainable entries"
+            )
 
     def layer_slices(self) -> dict[str, slice]:
         """Coordinate range of every parameter (for per-layer analyses)."""
@@ -209,7 +217,11 @@ class ParamView:
 def is_state_buffer(model: nn.Module, name: str) -> bool:
     """True for BatchNorm running statistics, which are interpolated like parameters."""
     module, leaf = owner(model, name)
-    return isinstance(module, nn.modules.batchnorm._NormBase) and leaf in ("running_mean", "running_var", "num_batches_tracked")
+    return isinstance(module, nn.modules.batchnorm._NormBase) and leaf in (
+        "running_mean",
+        "running_var",
+        "num_batches_tracked",
+    )
 
 
 def state_buffers(model: nn.Module) -> dict[str, Tensor]:
@@ -226,14 +238,20 @@ def check_same_family(a: nn.Module, b: nn.Module, what: str = "the two models") 
     pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
     if pa.keys() != pb.keys():
         diff = sorted(set(pa) ^ set(pb))[:3]
-        raise UserError(f"{what} have different architectures (parameters differ: {', '.join(diff)})")
+        raise UserError(
+            f"{what} have different architectures (parameters differ: {', '.join(diff)})"
+        )
     for n in pa:
         if pa[n].shape != pb[n].shape:
-            raise UserError(f"{what} have different shapes at {n}: {tuple(pa[n].shape)} vs {tuple(pb[n].shape)}")
+            raise UserError(
+                f"{what} have different shapes at {n}: {tuple(pa[n].shape)} vs {tuple(pb[n].shape)}"
+            )
     fa, fb = fixed_buffers(a), fixed_buffers(b)
     if fa.keys() != fb.keys():
         diff = sorted(set(fa) ^ set(fb))[:3]
-        raise UserError(f"{what} have different fixed buffers ({', '.join(diff)}): they are not one network family")
+        raise UserError(
+            f"{what} have different fixed buffers ({', '.join(diff)}): they are not one network family"
+        )
     for n in fa:
         if fa[n].shape != fb[n].shape or not torch.equal(fa[n].cpu(), fb[n].cpu()):
             raise UserError(

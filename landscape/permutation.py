@@ -27,9 +27,10 @@ import json
 import math
 import os
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,19 +59,26 @@ class PermutationSpec:
     notes: tuple[str, ...] = ()
 
     def __post_init__(self):
-        groups = {str(g): tuple((str(t), int(a)) for t, a in entries) for g, entries in self.groups.items()}
+        groups = {
+            str(g): tuple((str(t), int(a)) for t, a in entries)
+            for g, entries in self.groups.items()
+        }
         object.__setattr__(self, "groups", groups)
         object.__setattr__(self, "sizes", {str(g): int(n) for g, n in self.sizes.items()})
         object.__setattr__(self, "notes", tuple(self.notes))
         if set(groups) != set(self.sizes):
-            raise UserError(f"permutation spec: groups {sorted(set(groups) ^ set(self.sizes))[:3]} lack a size or entries")
+            raise UserError(
+                f"permutation spec: groups {sorted(set(groups) ^ set(self.sizes))[:3]} lack a size or entries"
+            )
         seen: dict[Entry, str] = {}
         for g, entries in groups.items():
             if not entries:
                 raise UserError(f"permutation spec: group {g!r} acts on no tensor")
             for e in entries:
                 if e in seen:
-                    raise UserError(f"permutation spec: {e[0]} axis {e[1]} is in two groups ({seen[e]!r} and {g!r}): merge them")
+                    raise UserError(
+                        f"permutation spec: {e[0]} axis {e[1]} is in two groups ({seen[e]!r} and {g!r}): merge them"
+                    )
                 seen[e] = g
 
     # -- views ---------------------------------------------------------------------------
@@ -87,22 +95,40 @@ class PermutationSpec:
         return sum(math.lgamma(n + 1) for n in self.sizes.values()) / math.log(10)
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([{"group": g, "size": self.sizes[g], "tensors": len(e), "log10_order": math.lgamma(self.sizes[g] + 1) / math.log(10),
-                              "acts_on": ", ".join(f"{t}[{a}]" for t, a in e)} for g, e in self.groups.items()])
+        return pd.DataFrame(
+            [
+                {
+                    "group": g,
+                    "size": self.sizes[g],
+                    "tensors": len(e),
+                    "log10_order": math.lgamma(self.sizes[g] + 1) / math.log(10),
+                    "acts_on": ", ".join(f"{t}[{a}]" for t, a in e),
+                }
+                for g, e in self.groups.items()
+            ]
+        )
 
     # -- JSON ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"groups": {g: [[t, a] for t, a in e] for g, e in self.groups.items()}, "sizes": dict(self.sizes),
-                "source": self.source, "notes": list(self.notes)}
+        return {
+            "groups": {g: [[t, a] for t, a in e] for g, e in self.groups.items()},
+            "sizes": dict(self.sizes),
+            "source": self.source,
+            "notes": list(self.notes),
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PermutationSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> PermutationSpec:
         if not isinstance(d, Mapping) or "groups" not in d:
-            raise UserError("permutation spec: expected a JSON object with 'groups' ({group: [[tensor, axis], ...]}) and optionally 'sizes'")
+            raise UserError(
+                "permutation spec: expected a JSON object with 'groups' ({group: [[tensor, axis], ...]}) and optionally 'sizes'"
+            )
         try:
             groups = {g: tuple((t, int(a)) for t, a in e) for g, e in d["groups"].items()}
         except (TypeError, ValueError) as exc:
-            raise UserError(f"permutation spec: groups must map names to lists of [tensor, axis] pairs ({exc})") from exc
+            raise UserError(
+                f"permutation spec: groups must map names to lists of [tensor, axis] pairs ({exc})"
+            ) from exc
         sizes = d.get("sizes") or {g: -1 for g in groups}  # -1: taken from the model by resolve()
         return cls(groups, sizes, str(d.get("source", "user")), tuple(d.get("notes", ())))
 
@@ -113,7 +139,7 @@ class PermutationSpec:
         return text
 
     @classmethod
-    def from_json(cls, text_or_path: str | os.PathLike) -> "PermutationSpec":
+    def from_json(cls, text_or_path: str | os.PathLike) -> PermutationSpec:
         s = str(text_or_path)
         if not s.lstrip().startswith("{"):
             p = Path(s)
@@ -126,7 +152,7 @@ class PermutationSpec:
             raise UserError(f"permutation spec: not valid JSON ({exc})") from exc
 
     # -- checks against a model ----------------------------------------------------------
-    def resolve(self, model: nn.Module) -> "PermutationSpec":
+    def resolve(self, model: nn.Module) -> PermutationSpec:
         """Check names, axes and sizes against ``model`` (sizes of -1 are filled in); static part of validation.
 
         Raises :class:`UserError` naming the tensor for: unknown names, axes out of range,
@@ -139,16 +165,27 @@ class PermutationSpec:
         for g, entries in self.groups.items():
             for t, a in entries:
                 if t not in tensors:
-                    raise UserError(f"permutation spec group {g!r}: the model has no parameter or buffer {t!r}")
+                    raise UserError(
+                        f"permutation spec group {g!r}: the model has no parameter or buffer {t!r}"
+                    )
                 if not -tensors[t].dim() <= a < tensors[t].dim():
-                    raise UserError(f"permutation spec group {g!r}: {t} has {tensors[t].dim()} axes, axis {a} does not exist")
+                    raise UserError(
+                        f"permutation spec group {g!r}: {t} has {tensors[t].dim()} axes, axis {a} does not exist"
+                    )
             if sizes[g] <= 0:
                 sizes[g] = min(tensors[t].shape[a] for t, a in entries)
             for t, a in entries:
                 if tensors[t].shape[a] % sizes[g]:
-                    raise UserError(f"permutation spec group {g!r} ({sizes[g]} units): {t} axis {a} has size {tensors[t].shape[a]}, "
-                                    "not a multiple: the similarity would not be square; fix the spec")
-        spec = PermutationSpec({g: tuple((t, a % tensors[t].dim()) for t, a in e) for g, e in self.groups.items()}, sizes, self.source, self.notes)
+                    raise UserError(
+                        f"permutation spec group {g!r} ({sizes[g]} units): {t} axis {a} has size {tensors[t].shape[a]}, "
+                        "not a multiple: the similarity would not be square; fix the spec"
+                    )
+        spec = PermutationSpec(
+            {g: tuple((t, a % tensors[t].dim()) for t, a in e) for g, e in self.groups.items()},
+            sizes,
+            self.source,
+            self.notes,
+        )
         spec._check_partners(tensors)
         return spec
 
@@ -166,13 +203,20 @@ class PermutationSpec:
                         if u == t:
                             continue
                         same = tensors[u].shape == tensors[t].shape
-                        bias_of = a == 0 and tensors[u].dim() == 1 and tensors[t].dim() >= 2 and tensors[u].shape[0] == tensors[t].shape[0]
+                        bias_of = (
+                            a == 0
+                            and tensors[u].dim() == 1
+                            and tensors[t].dim() >= 2
+                            and tensors[u].shape[0] == tensors[t].shape[0]
+                        )
                         if (same or bias_of) and (a, g) not in moves.get(u, []):
-                            raise UserError(f"permutation spec group {g!r} permutes {t} axis {a} but not {u} axis {a}, which the same layer "
-                                            f"indexes by those units: add [{u!r}, {a}] to group {g!r}")
+                            raise UserError(
+                                f"permutation spec group {g!r} permutes {t} axis {a} but not {u} axis {a}, which the same layer "
+                                f"indexes by those units: add [{u!r}, {a}] to group {g!r}"
+                            )
 
 
-SpecLike = Union[PermutationSpec, Mapping[str, Any], str, os.PathLike]
+SpecLike = PermutationSpec | Mapping[str, Any] | str | os.PathLike
 
 
 def as_spec(spec: SpecLike) -> PermutationSpec:
@@ -183,7 +227,9 @@ def as_spec(spec: SpecLike) -> PermutationSpec:
         return PermutationSpec.from_dict(spec)
     if isinstance(spec, (str, os.PathLike)):
         return PermutationSpec.from_json(spec)
-    raise UserError(f"permutation spec: expected a PermutationSpec, dict, JSON text or file, got {type(spec).__name__}")
+    raise UserError(
+        f"permutation spec: expected a PermutationSpec, dict, JSON text or file, got {type(spec).__name__}"
+    )
 
 
 def named_tensors(model: nn.Module) -> dict[str, Tensor]:
@@ -220,7 +266,7 @@ class SpecBuilder:
         yield from ((pre + n, t) for n, t in m.named_parameters(recurse=recurse))
         yield from ((pre + n, t) for n, t in m.named_buffers(recurse=recurse))
 
-    def layer(self, name: str, out: str | None, inp: str | None) -> "SpecBuilder":
+    def layer(self, name: str, out: str | None, inp: str | None) -> SpecBuilder:
         w = (self.model.get_submodule(name) if name else self.model).weight
         for t, x in self._own(name):
             if x.shape == w.shape:
@@ -230,13 +276,13 @@ class SpecBuilder:
                 self.add(out, t, 0)
         return self
 
-    def norm(self, name: str, group: str | None) -> "SpecBuilder":
+    def norm(self, name: str, group: str | None) -> SpecBuilder:
         for t, x in self._own(name, recurse=True):
             if x.dim() == 1:
                 self.add(group, t, 0)
         return self
 
-    def act(self, name: str, group: str | None) -> "SpecBuilder":
+    def act(self, name: str, group: str | None) -> SpecBuilder:
         for t, x in self._own(name, recurse=True):
             if x.dim() >= 2 and x.shape[0] == x.shape[1] and all(s == 1 for s in x.shape[2:]):
                 self.add(group, t, 0)
@@ -267,7 +313,13 @@ def permute_tensor(t: Tensor, moves: list[tuple[int, Tensor]]) -> Tensor:
     return t
 
 
-def permuted_state(model: nn.Module, spec: PermutationSpec, perms: Mapping[str, Any], *, permute_fixed: bool = False) -> dict[str, Tensor]:
+def permuted_state(
+    model: nn.Module,
+    spec: PermutationSpec,
+    perms: Mapping[str, Any],
+    *,
+    permute_fixed: bool = False,
+) -> dict[str, Tensor]:
     """Parameters and buffers of ``model`` after applying ``perms`` (groups missing from ``perms`` stay put)."""
     tensors = named_tensors(model)
     skip = set() if permute_fixed else set(fixed_buffers(model))
@@ -276,7 +328,9 @@ def permuted_state(model: nn.Module, spec: PermutationSpec, perms: Mapping[str, 
         if g not in spec.sizes:
             raise UserError(f"permutation names group {g!r}, which the spec does not have")
         if p.numel() != spec.sizes[g] or not torch.equal(p.sort().values, torch.arange(p.numel())):
-            raise UserError(f"permutation of group {g!r} is not a permutation of {spec.sizes[g]} units")
+            raise UserError(
+                f"permutation of group {g!r} is not a permutation of {spec.sizes[g]} units"
+            )
     out = dict(tensors)
     for t, mv in spec.moves().items():
         if t in skip:
@@ -287,7 +341,9 @@ def permuted_state(model: nn.Module, spec: PermutationSpec, perms: Mapping[str, 
     return out
 
 
-def apply_permutation(model: nn.Module, perm: Any, *, spec: SpecLike | None = None, permute_fixed: bool = False) -> nn.Module:
+def apply_permutation(
+    model: nn.Module, perm: Any, *, spec: SpecLike | None = None, permute_fixed: bool = False
+) -> nn.Module:
     """A permuted copy of ``model``; ``model`` itself is untouched.
 
     ``perm`` is a :class:`landscape.matching.Permutation` (which carries its spec) or a
@@ -300,7 +356,9 @@ def apply_permutation(model: nn.Module, perm: Any, *, spec: SpecLike | None = No
         spec = getattr(perm, "spec", None)
     spec = as_spec(spec).resolve(model) if spec is not None else permutation_spec(model)
     if not isinstance(perms, Mapping):
-        raise UserError(f"apply_permutation: expected a Permutation or a {{group: indices}} mapping, got {type(perms).__name__}")
+        raise UserError(
+            f"apply_permutation: expected a Permutation or a {{group: indices}} mapping, got {type(perms).__name__}"
+        )
     state = permuted_state(model, spec, perms, permute_fixed=permute_fixed)
     old = named_tensors(model)
     new = copy.deepcopy(model)
@@ -323,7 +381,9 @@ def sample_input(model: nn.Module, n: int = 4, seed: int = 0) -> Tensor:
         if isinstance(m, nn.modules.conv._ConvNd):
             d = len(m.kernel_size)
             return torch.randn(n, m.in_channels, *([8] * d), generator=gen, dtype=dtype).to(device)
-    raise UserError(f"cannot guess an input shape for {type(model).__name__}: pass sample=<a batch of inputs>")
+    raise UserError(
+        f"cannot guess an input shape for {type(model).__name__}: pass sample=<a batch of inputs>"
+    )
 
 
 def _as_sample(model: nn.Module, sample: Any, n: int = 4) -> Tensor:
@@ -345,8 +405,15 @@ def eval_output(model: nn.Module, x: Tensor, state: Mapping[str, Tensor] | None 
 
 
 @torch.no_grad()
-def output_change(model: nn.Module, spec: PermutationSpec, perms: Mapping[str, Any], x: Tensor, *, permute_fixed: bool = True,
-                  reference: Tensor | None = None) -> tuple[float, float]:
+def output_change(
+    model: nn.Module,
+    spec: PermutationSpec,
+    perms: Mapping[str, Any],
+    x: Tensor,
+    *,
+    permute_fixed: bool = True,
+    reference: Tensor | None = None,
+) -> tuple[float, float]:
     """``(max |f_pi(x) - f(x)|, max |f(x)|)`` for the model with ``perms`` applied (eval mode)."""
     ref = eval_output(model, x) if reference is None else reference
     out = eval_output(model, x, permuted_state(model, spec, perms, permute_fixed=permute_fixed))
@@ -358,7 +425,9 @@ def random_perms(spec: PermutationSpec, seed: int = 0) -> dict[str, np.ndarray]:
     return {g: rng.permutation(n) for g, n in spec.sizes.items()}
 
 
-def validate_spec(model: nn.Module, spec: SpecLike, sample: Any = None, *, tol: float = 1e-5, seed: int = 0) -> float:
+def validate_spec(
+    model: nn.Module, spec: SpecLike, sample: Any = None, *, tol: float = 1e-5, seed: int = 0
+) -> float:
     """Check that ``spec`` is a symmetry of ``model``; return the measured output change.
 
     A random permutation of every group is applied (fixed buffers included) and the output
@@ -378,7 +447,9 @@ def validate_spec(model: nn.Module, spec: SpecLike, sample: Any = None, *, tol: 
     raise UserError(locate_error(model, spec, x, ref, tol * scale, seed))
 
 
-def checked_spec(model: nn.Module, spec: SpecLike | None = None, sample: Any = None) -> PermutationSpec:
+def checked_spec(
+    model: nn.Module, spec: SpecLike | None = None, sample: Any = None
+) -> PermutationSpec:
     """``spec`` resolved against ``model`` and validated; ``None``: :func:`permutation_spec` of the model."""
     if spec is None:
         return permutation_spec(model, sample)
@@ -387,7 +458,9 @@ def checked_spec(model: nn.Module, spec: SpecLike | None = None, sample: Any = N
     return spec
 
 
-def permutation_spec(model: nn.Module, sample: Any = None, *, validate: bool = True) -> PermutationSpec:
+def permutation_spec(
+    model: nn.Module, sample: Any = None, *, validate: bool = True
+) -> PermutationSpec:
     """The model's permutation spec: its own ``permutation_spec()`` if it has one, else derived.
 
     Derivation traces the model with ``torch.fx`` (or, when tracing fails, follows the
@@ -413,4 +486,4 @@ def permutation_spec(model: nn.Module, sample: Any = None, *, validate: bool = T
 
 
 #: specs already validated, per model object (a spec depends on the architecture, not on the values)
-_VALIDATED: "weakref.WeakKeyDictionary[nn.Module, PermutationSpec]" = weakref.WeakKeyDictionary()
+_VALIDATED: weakref.WeakKeyDictionary[nn.Module, PermutationSpec] = weakref.WeakKeyDictionary()

@@ -29,20 +29,112 @@ from torch import Tensor, nn
 from .evaluation import eval_mode
 from .permutation import PermutationSpec, SpecBuilder, named_tensors, output_change, random_perms
 
-
-_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Mish,
-                nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-          nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm)
+_ELEMENTWISE = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.Softplus,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+)
+_POOLS = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+)
+_NORMS = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+)
 _LEAVES = (nn.Linear, nn.modules.conv._ConvNd, nn.Flatten) + _NORMS + _ELEMENTWISE + _POOLS
-_ELEMENTWISE_FNS = {torch.relu, F.relu, F.relu6, F.gelu, F.silu, F.elu, F.selu, F.celu, F.leaky_relu, F.softplus, F.mish, F.hardtanh,
-                    F.hardswish, F.hardsigmoid, F.dropout, torch.tanh, torch.sigmoid, F.sigmoid, F.tanh, torch.abs, torch.exp}
-_ELEMENTWISE_METHODS = {"relu", "sigmoid", "tanh", "abs", "exp", "contiguous", "clone", "float", "double", "to", "detach", "relu_"}
-_BINARY = {operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul, torch.add, torch.sub, torch.mul, torch.div}
+_ELEMENTWISE_FNS = {
+    torch.relu,
+    F.relu,
+    F.relu6,
+    F.gelu,
+    F.silu,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.leaky_relu,
+    F.softplus,
+    F.mish,
+    F.hardtanh,
+    F.hardswish,
+    F.hardsigmoid,
+    F.dropout,
+    torch.tanh,
+    torch.sigmoid,
+    F.sigmoid,
+    F.tanh,
+    torch.abs,
+    torch.exp,
+}
+_ELEMENTWISE_METHODS = {
+    "relu",
+    "sigmoid",
+    "tanh",
+    "abs",
+    "exp",
+    "contiguous",
+    "clone",
+    "float",
+    "double",
+    "to",
+    "detach",
+    "relu_",
+}
+_BINARY = {
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.iadd,
+    operator.imul,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+}
 _BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
-_POOL_FNS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
-             F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool2d}
+_POOL_FNS = {
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool2d,
+}
 _REDUCE = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
 
 
@@ -131,7 +223,9 @@ def _flatten(b: _Builder, lab, start: int, end: int, in_shape, where: str):
 
 def _module_rule(b: _Builder, name: str, m: nn.Module, lab, in_shape, out_shape):
     nd = len(in_shape)
-    if isinstance(m, nn.Linear) or (isinstance(m, nn.modules.conv._ConvNd) and not m.transposed and m.groups == 1):
+    if isinstance(m, nn.Linear) or (
+        isinstance(m, nn.modules.conv._ConvNd) and not m.transposed and m.groups == 1
+    ):
         feat = nd - 1 if isinstance(m, nn.Linear) else 1
         inp = None
         if lab is not None:
@@ -147,7 +241,9 @@ def _module_rule(b: _Builder, name: str, m: nn.Module, lab, in_shape, out_shape)
     g, a = lab
     if isinstance(m, _ELEMENTWISE):
         return lab
-    if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)) or (isinstance(m, nn.GroupNorm) and m.num_groups == 1):
+    if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)) or (
+        isinstance(m, nn.GroupNorm) and m.num_groups == 1
+    ):
         if a == 1:
             b.norm(name, g)
             return lab
@@ -155,7 +251,7 @@ def _module_rule(b: _Builder, name: str, m: nn.Module, lab, in_shape, out_shape)
         k = len(m.normalized_shape)
         if a < nd - k:
             return lab
-        for t, x in b._own(name):
+        for t, _x in b._own(name):
             b.add(g, t, a - (nd - k))
         return lab
     elif isinstance(m, _POOLS) and a == 1:
@@ -176,7 +272,9 @@ class _Labeler(fx.Interpreter):
     def run_node(self, n: fx.Node):
         result = super().run_node(n)
         self.shapes[n] = tuple(result.shape) if isinstance(result, Tensor) else None
-        self.labels[n] = self.rule(n, result) if isinstance(result, Tensor) or n.op == "output" else None
+        self.labels[n] = (
+            self.rule(n, result) if isinstance(result, Tensor) or n.op == "output" else None
+        )
         return result
 
     def lab(self, a):
@@ -193,7 +291,14 @@ class _Labeler(fx.Interpreter):
         x = n.args[0] if n.args else None
         lab, in_shape = self.lab(x), self.shapes.get(x) if isinstance(x, fx.Node) else None
         if n.op == "call_module":
-            return _module_rule(b, n.target, self.module.get_submodule(n.target), lab, in_shape or (), tuple(result.shape))
+            return _module_rule(
+                b,
+                n.target,
+                self.module.get_submodule(n.target),
+                lab,
+                in_shape or (),
+                tuple(result.shape),
+            )
         fn = n.target
         if fn in _BINARY or fn in _BINARY_METHODS:
             return self.binary(n, result)
@@ -256,7 +361,9 @@ class _Labeler(fx.Interpreter):
                 s = self.shapes[a]
                 j = ax - (out_nd - len(s))
                 if j >= 0 and s[j] != 1:
-                    self.b.freeze((groups[0], ax), f"{n.name} mixes the units with an unpermuted tensor")
+                    self.b.freeze(
+                        (groups[0], ax), f"{n.name} mixes the units with an unpermuted tensor"
+                    )
                     return None
         for g in groups[1:]:
             self.b.union(groups[0], g)
@@ -272,8 +379,13 @@ class _Tracer(fx.Tracer):
 def leaf_calls(model: nn.Module, x: Tensor) -> list[tuple[str, nn.Module, Tensor, Tensor]]:
     """``(name, module, first input, output)`` of every leaf module, in the order they run (eval mode)."""
     calls: list[tuple[str, nn.Module, Tensor, Tensor]] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: calls.append((n, mod, i[0].detach(), o.detach())))
-             for n, m in model.named_modules() if not any(True for _ in m.children())]
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, i, o, n=n: calls.append((n, mod, i[0].detach(), o.detach()))
+        )
+        for n, m in model.named_modules()
+        if not any(True for _ in m.children())
+    ]
     try:
         with eval_mode(model):
             model(x)
@@ -290,7 +402,9 @@ def _by_order(model: nn.Module, x: Tensor, why: str) -> PermutationSpec:
     for name, m, in_shape, out_shape in calls:
         if lab is not None and in_shape != prev:
             flat = len(in_shape) == 2 and lab[1] == 1 and in_shape[1] == math.prod(prev[1:])
-            pooled = len(in_shape) in (2, len(prev)) and in_shape[1] == prev[1]  # pooling or a global mean over space
+            pooled = (
+                len(in_shape) in (2, len(prev)) and in_shape[1] == prev[1]
+            )  # pooling or a global mean over space
             if not (flat or pooled):
                 b.freeze(lab, f"{name} reads a reshaped value")
                 lab = None
@@ -304,7 +418,9 @@ def derive_spec(model: nn.Module, x: Tensor) -> PermutationSpec:
     """A spec for ``model`` from its fx graph (or module order); see the module notes."""
     try:
         gm = fx.GraphModule(model, _Tracer().trace(model))
-    except Exception as exc:  # fx raises many types for untraceable Python; fall back to module order
+    except (
+        Exception
+    ) as exc:  # fx raises many types for untraceable Python; fall back to module order
         return _by_order(model, x, f"fx tracing failed: {type(exc).__name__}")
     b = _Builder(model)
     with eval_mode(model), torch.no_grad():
@@ -313,7 +429,9 @@ def derive_spec(model: nn.Module, x: Tensor) -> PermutationSpec:
 
 
 # ----------------------------------------------------------------------------- explaining failures
-def locate_error(model: nn.Module, spec: PermutationSpec, x: Tensor, ref: Tensor, tol: float, seed: int) -> str:
+def locate_error(
+    model: nn.Module, spec: PermutationSpec, x: Tensor, ref: Tensor, tol: float, seed: int
+) -> str:
     """One line naming the group and, when a single change repairs it, the tensor that broke the spec."""
     perms = random_perms(spec, seed)
 

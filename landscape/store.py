@@ -24,9 +24,10 @@ import platform
 import shutil
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import h5py
 import numpy as np
@@ -68,7 +69,11 @@ def _encode(value: Any) -> Any:
         return value
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
         return value
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
         return np.asarray(value)
     return "json:" + json.dumps(value, default=str)
 
@@ -120,9 +125,13 @@ def _check_readable(path: Path) -> None:
             if f.attrs.get("package") not in (PACKAGE, b"landscape", None):
                 raise UserError(f"{path}: not a landscape results file")
     except OSError as exc:
-        raise UserError(f"{path}: not a readable HDF5 results file (truncated or corrupt?): delete it or pass another -o") from exc
+        raise UserError(
+            f"{path}: not a readable HDF5 results file (truncated or corrupt?): delete it or pass another -o"
+        ) from exc
     if version > SCHEMA_VERSION:
-        raise UserError(f"{path}: results schema version {version} is newer than this landscape ({SCHEMA_VERSION}): upgrade the package")
+        raise UserError(
+            f"{path}: results schema version {version} is newer than this landscape ({SCHEMA_VERSION}): upgrade the package"
+        )
 
 
 def file_mode(path: Path) -> int:
@@ -173,10 +182,12 @@ class ResultsStore:
             return []
         out: list[str] = []
         with self._open() as f:
+
             def visit(name, obj):
                 if isinstance(obj, h5py.Group) and "complete" in obj.attrs:
                     if complete is None or bool(obj.attrs["complete"]) == complete:
                         out.append(name)
+
             root = f if analysis is None else f.get(analysis)
             if root is not None:
                 root.visititems(visit)
@@ -200,7 +211,9 @@ class ResultsStore:
             for name, obj in g.items():
                 if isinstance(obj, h5py.Dataset):
                     # string datasets come back as str, not bytes
-                    datasets[name] = obj.asstr()[()] if h5py.check_string_dtype(obj.dtype) else obj[()]
+                    datasets[name] = (
+                        obj.asstr()[()] if h5py.check_string_dtype(obj.dtype) else obj[()]
+                    )
                     dattrs[name] = {k: _decode(v) for k, v in obj.attrs.items()}
             return Record(key, {k: _decode(v) for k, v in g.attrs.items()}, datasets, dattrs)
 
@@ -242,7 +255,9 @@ class ResultsStore:
 
     def _transact(self, fn) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix="." + self.path.name + ".", suffix=".tmp", dir=self.path.parent
+        )
         os.close(fd)
         try:
             if self.path.exists():
@@ -255,14 +270,18 @@ class ResultsStore:
                     f.attrs["schema_version"] = SCHEMA_VERSION
                     f.attrs["package"] = PACKAGE
                     f.attrs["package_version"] = package_version()
-                    f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+                    f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(
+                        timespec="seconds"
+                    )
                     f.attrs["commands"] = "json:[]"
                 command = " ".join(sys.argv)
                 commands = _decode(f.attrs.get("commands", "json:[]")) or []
                 if command and (not commands or commands[-1] != command):
                     commands.append(command)
                     f.attrs["commands"] = _encode(commands)
-                f.attrs["modified"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+                f.attrs["modified"] = _dt.datetime.now(_dt.timezone.utc).isoformat(
+                    timespec="seconds"
+                )
                 fn(f)
                 f.flush()
             with open(tmp, "rb") as fh:

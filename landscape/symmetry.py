@@ -61,12 +61,22 @@ class SymmetryAudit:
         return bool(self.all_groups_relative < SYMMETRY_TOL)
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"group": list(self.groups), "size": self.sizes, "log10_order": self.log10_order, "max_change": self.max_change,
-                             "relative_change": self.relative_change, "symmetric": self.symmetric})
+        return pd.DataFrame(
+            {
+                "group": list(self.groups),
+                "size": self.sizes,
+                "log10_order": self.log10_order,
+                "max_change": self.max_change,
+                "relative_change": self.relative_change,
+                "symmetric": self.symmetric,
+            }
+        )
 
     def _repr_html_(self) -> str:
-        head = f"<p>variant {self.variant or '?'}: all groups change the output by {self.all_groups_change:.3g} " \
-               f"(relative {self.all_groups_relative:.3g}); log10 |G| = {self.total_log10_order:.1f}</p>"
+        head = (
+            f"<p>variant {self.variant or '?'}: all groups change the output by {self.all_groups_change:.3g} "
+            f"(relative {self.all_groups_relative:.3g}); log10 |G| = {self.total_log10_order:.1f}</p>"
+        )
         return head + self.to_frame().to_html(index=False)
 
 
@@ -78,8 +88,15 @@ def _perm(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 @torch.no_grad()
-def symmetry_audit(model: nn.Module, data: Data | None = None, *, spec: SpecLike | None = None, trials: int = 3, samples: int = 256,
-                   seed: int = 0) -> SymmetryAudit:
+def symmetry_audit(
+    model: nn.Module,
+    data: Data | None = None,
+    *,
+    spec: SpecLike | None = None,
+    trials: int = 3,
+    samples: int = 256,
+    seed: int = 0,
+) -> SymmetryAudit:
     """Output change of ``model`` under random permutations of each group of its spec.
 
     ``data``: inputs to measure on (the first ``samples``); default random inputs shaped
@@ -99,15 +116,35 @@ def symmetry_audit(model: nn.Module, data: Data | None = None, *, spec: SpecLike
     change = np.zeros(len(names))
     for i, g in enumerate(names):
         for _ in range(trials):
-            d, _ = output_change(model, spec, {g: _perm(spec.sizes[g], rng)}, x, permute_fixed=False, reference=ref)
+            d, _ = output_change(
+                model, spec, {g: _perm(spec.sizes[g], rng)}, x, permute_fixed=False, reference=ref
+            )
             change[i] = max(change[i], d)
     all_change = 0.0
     for _ in range(trials):
-        d, _ = output_change(model, spec, {g: _perm(n, rng) for g, n in spec.sizes.items()}, x, permute_fixed=False, reference=ref)
+        d, _ = output_change(
+            model,
+            spec,
+            {g: _perm(n, rng) for g, n in spec.sizes.items()},
+            x,
+            permute_fixed=False,
+            reference=ref,
+        )
         all_change = max(all_change, d)
     sizes = np.array([spec.sizes[g] for g in names], dtype=np.int64)
     order = np.array([math.lgamma(n + 1) / math.log(10) for n in sizes])
     denom = max(scale, 1e-30)
     variant = (getattr(model, "config", None) or {}).get("variant")
-    return SymmetryAudit(names, sizes, order, change, change / denom, float(all_change), float(all_change / denom), scale, trials,
-                         int(x.shape[0]), variant)
+    return SymmetryAudit(
+        names,
+        sizes,
+        order,
+        change,
+        change / denom,
+        float(all_change),
+        float(all_change / denom),
+        scale,
+        trials,
+        int(x.shape[0]),
+        variant,
+    )

@@ -7,7 +7,8 @@ here, because plotly renders a subset of HTML in labels: ``&lt;script&gt;`` show
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,8 +20,12 @@ from .spec import Figure, Panel, Trace, group_colors
 if TYPE_CHECKING:  # pragma: no cover
     from analysis.results import Results
 
-SPLIT_LABELS = {"test_loss": ("test loss", "loss (nats)"), "test_accuracy": ("test accuracy", "accuracy"),
-                "train_loss": ("train loss", "loss (nats)"), "train_accuracy": ("train accuracy", "accuracy")}
+SPLIT_LABELS = {
+    "test_loss": ("test loss", "loss (nats)"),
+    "test_accuracy": ("test accuracy", "accuracy"),
+    "train_loss": ("train loss", "loss (nats)"),
+    "train_accuracy": ("train accuracy", "accuracy"),
+}
 
 
 def esc(s: object) -> str:
@@ -41,15 +46,28 @@ def _stack(curves: pd.DataFrame, col: str, x: str) -> tuple[np.ndarray, np.ndarr
     return (xs if xs is not None else np.zeros(0)), np.asarray(rows)
 
 
-def _band_traces(name: str, color: str, x: np.ndarray, ys: np.ndarray, legendgroup: str, *, dash: bool = False) -> list[Trace]:
+def _band_traces(
+    name: str, color: str, x: np.ndarray, ys: np.ndarray, legendgroup: str, *, dash: bool = False
+) -> list[Trace]:
     out = []
     if len(ys) > 1:
-        out.append(Trace("band", f"{name} range", x, lo=ys.min(0), hi=ys.max(0), color=color, legend=False, legendgroup=legendgroup))
+        out.append(
+            Trace(
+                "band",
+                f"{name} range",
+                x,
+                lo=ys.min(0),
+                hi=ys.max(0),
+                color=color,
+                legend=False,
+                legendgroup=legendgroup,
+            )
+        )
     out.append(Trace("line", name, x, ys.mean(0), color=color, dash=dash, legendgroup=legendgroup))
     return out
 
 
-def interpolation_figure(res: "Results", colors: dict[str, str]) -> Figure | None:
+def interpolation_figure(res: Results, colors: dict[str, str]) -> Figure | None:
     plain, aligned = res.curves("interpolation"), res.curves("interpolation_aligned")
     if plain.empty and aligned.empty:
         return None
@@ -64,17 +82,26 @@ def interpolation_figure(res: "Results", colors: dict[str, str]) -> Figure | Non
                     continue
                 x, ys = _stack(df[df.group == g], col, "alpha")
                 if len(ys):
-                    p.traces += _band_traces(esc(g) + suffix, colors[g], x, ys, f"{g}{suffix}", dash=dash)
+                    p.traces += _band_traces(
+                        esc(g) + suffix, colors[g], x, ys, f"{g}{suffix}", dash=dash
+                    )
         panels.append(p)
     for p in panels[1:]:
         for t in p.traces:
             t.legend = False
-    return Figure("interpolation", "Linear interpolation between trained networks",
-                  "Loss and accuracy along theta(a) = (1 - a) theta_A + a theta_B for every pair of seeds: line = mean over pairs, "
-                  "band = min to max over pairs; dashed = standard networks after weight matching.", panels, cols=2)
+    return Figure(
+        "interpolation",
+        "Linear interpolation between trained networks",
+        "Loss and accuracy along theta(a) = (1 - a) theta_A + a theta_B for every pair of seeds: line = mean over pairs, "
+        "band = min to max over pairs; dashed = standard networks after weight matching.",
+        panels,
+        cols=2,
+    )
 
 
-def _matrix(res: "Results", analysis: str, group: str, col: str) -> tuple[list[str], np.ndarray] | None:
+def _matrix(
+    res: Results, analysis: str, group: str, col: str
+) -> tuple[list[str], np.ndarray] | None:
     seeds: list[str] = []
     pairs = {}
     for k in res.keys(analysis, group):
@@ -93,7 +120,7 @@ def _matrix(res: "Results", analysis: str, group: str, col: str) -> tuple[list[s
     return seeds, m
 
 
-def barrier_figure(res: "Results", col: str = "test_loss_barrier_max") -> Figure | None:
+def barrier_figure(res: Results, col: str = "test_loss_barrier_max") -> Figure | None:
     panels, values = [], []
     for analysis, suffix in (("interpolation", ""), ("interpolation_aligned", " (aligned)")):
         for g in res.groups(analysis):
@@ -103,19 +130,44 @@ def barrier_figure(res: "Results", col: str = "test_loss_barrier_max") -> Figure
             seeds, m = got
             labels = [esc(s) for s in seeds]
             text = [["" if np.isnan(v) else f"{v:.3g}" for v in row] for row in m]
-            panels.append(Panel(esc(g) + suffix, "seed", "seed", [Trace("heatmap", esc(g) + suffix, np.asarray(labels), np.asarray(labels), z=m, text=text)],
-                                square=True))
+            panels.append(
+                Panel(
+                    esc(g) + suffix,
+                    "seed",
+                    "seed",
+                    [
+                        Trace(
+                            "heatmap",
+                            esc(g) + suffix,
+                            np.asarray(labels),
+                            np.asarray(labels),
+                            z=m,
+                            text=text,
+                        )
+                    ],
+                    square=True,
+                )
+            )
             values.append(m[np.isfinite(m)])
     if not panels:
         return None
     v = np.concatenate(values)
-    what = col.replace("_", " ").replace(" max", " (max over the path)").replace(" mid", " (midpoint)")
-    return Figure("barriers", "Pairwise barrier matrices", f"{what.capitalize()} for every pair of seeds, one colour scale for all groups "
-                  "(diagonal 0: a network with itself).", panels, cols=min(3, len(panels)), zrange=(float(v.min()), float(v.max())),
-                  zlabel="barrier")
+    what = (
+        col.replace("_", " ").replace(" max", " (max over the path)").replace(" mid", " (midpoint)")
+    )
+    return Figure(
+        "barriers",
+        "Pairwise barrier matrices",
+        f"{what.capitalize()} for every pair of seeds, one colour scale for all groups "
+        "(diagonal 0: a network with itself).",
+        panels,
+        cols=min(3, len(panels)),
+        zrange=(float(v.min()), float(v.max())),
+        zlabel="barrier",
+    )
 
 
-def mli_figure(res: "Results", colors: dict[str, str]) -> Figure | None:
+def mli_figure(res: Results, colors: dict[str, str]) -> Figure | None:
     curves = res.curves("mli")
     if curves.empty:
         return None
@@ -124,16 +176,36 @@ def mli_figure(res: "Results", colors: dict[str, str]) -> Figure | None:
         if col not in curves:
             continue
         title, ylabel = SPLIT_LABELS[col]
-        p = Panel(title + " from init to final", "alpha (0: initialisation, 1: trained)", ylabel, ylog=(col == "train_loss"))
+        p = Panel(
+            title + " from init to final",
+            "alpha (0: initialisation, 1: trained)",
+            ylabel,
+            ylog=(col == "train_loss"),
+        )
         for g in res.groups("mli"):
             first = True
-            for rec, df in curves[curves.group == g].groupby("record", sort=False):
-                p.traces.append(Trace("line", esc(g), df.alpha.to_numpy(float), df[col].to_numpy(float), color=colors[g],
-                                      legend=first and not panels, legendgroup=g))
+            for _rec, df in curves[curves.group == g].groupby("record", sort=False):
+                p.traces.append(
+                    Trace(
+                        "line",
+                        esc(g),
+                        df.alpha.to_numpy(float),
+                        df[col].to_numpy(float),
+                        color=colors[g],
+                        legend=first and not panels,
+                        legendgroup=g,
+                    )
+                )
                 first = False
         panels.append(p)
-    return Figure("mli", "Monotonic linear interpolation (init to final)", "Training loss and accuracy along "
-                  "theta(a) = (1 - a) theta_init + a theta_final, one line per seed; a monotonic loss curve has no bump.", panels, cols=2)
+    return Figure(
+        "mli",
+        "Monotonic linear interpolation (init to final)",
+        "Training loss and accuracy along "
+        "theta(a) = (1 - a) theta_init + a theta_final, one line per seed; a monotonic loss curve has no bump.",
+        panels,
+        cols=2,
+    )
 
 
 # -- analyses whose layout is defined by their own modules: read tolerantly ---------------------
@@ -157,7 +229,7 @@ def _axis_name(rec, name: str, i: int, default: str) -> str:
     return str(axes[i]) if i < len(axes) else default
 
 
-def hessian_figures(res: "Results", colors: dict[str, str]) -> list[Figure]:
+def hessian_figures(res: Results, colors: dict[str, str]) -> list[Figure]:
     out = []
     top = Panel("top-k eigenvalues", "k (1 = largest)", "eigenvalue")
     dens = Panel("spectral density", "eigenvalue", "density", ylog=True)
@@ -168,14 +240,33 @@ def hessian_figures(res: "Results", colors: dict[str, str]) -> list[Figure]:
             if np.ndim(rec.datasets.get("eigenvalues")) == 1:
                 tops.append(np.sort(np.asarray(rec.datasets["eigenvalues"], float))[::-1])
             if np.ndim(rec.datasets.get("density")) == 1:
-                densities.append((_coord(rec, "density", 0, len(rec.datasets["density"])), np.asarray(rec.datasets["density"], float)))
+                densities.append(
+                    (
+                        _coord(rec, "density", 0, len(rec.datasets["density"])),
+                        np.asarray(rec.datasets["density"], float),
+                    )
+                )
         if tops:
             n = min(len(t) for t in tops)
             ys = np.asarray([t[:n] for t in tops])
-            top.traces.append(Trace("markers", esc(g), np.arange(1, n + 1, dtype=float), ys.mean(0),
-                                    error=ys.std(0, ddof=1) if len(ys) > 1 else None, color=colors[g], legendgroup=g))
-        if densities:  # every seed has its own grid: put them on the union range (zero outside a seed's grid)
-            lo, hi = min(float(x.min()) for x, _ in densities), max(float(x.max()) for x, _ in densities)
+            top.traces.append(
+                Trace(
+                    "markers",
+                    esc(g),
+                    np.arange(1, n + 1, dtype=float),
+                    ys.mean(0),
+                    error=ys.std(0, ddof=1) if len(ys) > 1 else None,
+                    color=colors[g],
+                    legendgroup=g,
+                )
+            )
+        if (
+            densities
+        ):  # every seed has its own grid: put them on the union range (zero outside a seed's grid)
+            lo, hi = (
+                min(float(x.min()) for x, _ in densities),
+                max(float(x.max()) for x, _ in densities),
+            )
             grid = np.linspace(lo, hi, 400)
             ys = np.asarray([np.interp(grid, x, d, left=0.0, right=0.0) for x, d in densities])
             new = _band_traces(esc(g), colors[g], grid, np.maximum(ys, 1e-8), g)
@@ -184,13 +275,20 @@ def hessian_figures(res: "Results", colors: dict[str, str]) -> list[Figure]:
             dens.traces += new
     panels = [p for p in (top, dens) if p.traces]
     if panels:
-        out.append(Figure("hessian", "Hessian spectra", "Top eigenvalues of the training-loss Hessian (mean ± std over seeds) and the "
-                          "spectral density from stochastic Lanczos quadrature (line = mean, band = range over seeds), groups overlaid.",
-                          panels, cols=len(panels)))
+        out.append(
+            Figure(
+                "hessian",
+                "Hessian spectra",
+                "Top eigenvalues of the training-loss Hessian (mean ± std over seeds) and the "
+                "spectral density from stochastic Lanczos quadrature (line = mean, band = range over seeds), groups overlaid.",
+                panels,
+                cols=len(panels),
+            )
+        )
     return out
 
 
-def _surface_records(res: "Results"):
+def _surface_records(res: Results):
     """(group, record name, Record) of the first complete surface record of every group."""
     out = []
     for g in res.groups("surface"):
@@ -204,69 +302,148 @@ def _surface_value(rec) -> tuple[str, np.ndarray]:
     for d in ("loss", "test_loss", "train_loss"):
         if d in rec.datasets:
             return d, np.asarray(rec.datasets[d], float)
-    d = next(d for d, a in rec.datasets.items() if np.ndim(a) in (1, 2) and np.asarray(a).dtype.kind == "f")
+    d = next(
+        d
+        for d, a in rec.datasets.items()
+        if np.ndim(a) in (1, 2) and np.asarray(a).dtype.kind == "f"
+    )
     return d, np.asarray(rec.datasets[d], float)
 
 
-def surface_figures(res: "Results", colors: dict[str, str]) -> list[Figure]:
+def surface_figures(res: Results, colors: dict[str, str]) -> list[Figure]:
     """2-D records: contours side by side on one colour scale plus a 3-D view; 1-D records: loss profiles overlaid."""
     grids, lines = [], []
     for g, r, rec in _surface_records(res):
         d, z = _surface_value(rec)
         split = rec.attrs.get("split")
         zname = f"{split} {d}" if split and not d.startswith(str(split)) else d
-        if z.ndim == 2:  # z[i, j] at (axis0[i], axis1[j]): axis 0 horizontal, so plotly's z is the transpose
+        if (
+            z.ndim == 2
+        ):  # z[i, j] at (axis0[i], axis1[j]): axis 0 horizontal, so plotly's z is the transpose
             x, y = _coord(rec, d, 0, z.shape[0]), _coord(rec, d, 1, z.shape[1])
-            grids.append((g, r, x, y, z.T, _axis_name(rec, d, 0, "x"), _axis_name(rec, d, 1, "y"), zname))
+            grids.append(
+                (g, r, x, y, z.T, _axis_name(rec, d, 0, "x"), _axis_name(rec, d, 1, "y"), zname)
+            )
         elif z.ndim == 1:
             lines.append((g, r, _coord(rec, d, 0, len(z)), z, _axis_name(rec, d, 0, "x"), zname))
     out = []
     if lines:
         p = Panel("loss along one direction", esc(lines[0][4]), esc(lines[0][5]))
-        p.traces = [Trace("line", f"{esc(g)} ({esc(r)})", x, z, color=colors[g], legendgroup=g) for g, r, x, z, _, _ in lines]
-        out.append(Figure("surfaces-1d", "1-D loss profiles", "The loss along one random filter-normalised direction through each "
-                          "trained network (first seed of each group).", [p], cols=1))
+        p.traces = [
+            Trace("line", f"{esc(g)} ({esc(r)})", x, z, color=colors[g], legendgroup=g)
+            for g, r, x, z, _, _ in lines
+        ]
+        out.append(
+            Figure(
+                "surfaces-1d",
+                "1-D loss profiles",
+                "The loss along one random filter-normalised direction through each "
+                "trained network (first seed of each group).",
+                [p],
+                cols=1,
+            )
+        )
     if not grids:
         return out
     zs = np.concatenate([z[np.isfinite(z)].ravel() for *_, z, _a, _b, _c in grids])
     lo, hi = (float(zs.min()), float(np.quantile(zs, 0.98))) if zs.size else (0.0, 1.0)
-    panels = [Panel(f"{esc(g)} ({esc(r)})", esc(xl), esc(yl), [Trace("contour", esc(g), x, y, z=np.minimum(z, hi))], square=True)
-              for g, r, x, y, z, xl, yl, _ in grids]
+    panels = [
+        Panel(
+            f"{esc(g)} ({esc(r)})",
+            esc(xl),
+            esc(yl),
+            [Trace("contour", esc(g), x, y, z=np.minimum(z, hi))],
+            square=True,
+        )
+        for g, r, x, y, z, xl, yl, _ in grids
+    ]
     zname = grids[0][7].replace("_", " ")
-    out.append(Figure("surfaces", "2-D loss surfaces", f"{zname.capitalize()} on a plane through each trained network (random "
-                      "filter-normalised directions around the first seed, or the plane through three seeds), one colour scale "
-                      "for all groups, clipped at its 98th percentile.", panels, cols=min(3, len(panels)), zrange=(lo, hi), zlabel=zname))
-    out.append(Figure("surface3d", "Interactive 3-D surface", "The same surfaces in 3-D: drag to rotate; click a group in the legend to show it.",
-                      [Panel("", esc(grids[0][5]), esc(grids[0][6]),
-                             [Trace("surface", esc(g), x, y, z=np.minimum(z, hi)) for g, r, x, y, z, *_ in grids])],
-                      cols=1, zrange=(lo, hi), zlabel=zname, three_d=True, height=600))
+    out.append(
+        Figure(
+            "surfaces",
+            "2-D loss surfaces",
+            f"{zname.capitalize()} on a plane through each trained network (random "
+            "filter-normalised directions around the first seed, or the plane through three seeds), one colour scale "
+            "for all groups, clipped at its 98th percentile.",
+            panels,
+            cols=min(3, len(panels)),
+            zrange=(lo, hi),
+            zlabel=zname,
+        )
+    )
+    out.append(
+        Figure(
+            "surface3d",
+            "Interactive 3-D surface",
+            "The same surfaces in 3-D: drag to rotate; click a group in the legend to show it.",
+            [
+                Panel(
+                    "",
+                    esc(grids[0][5]),
+                    esc(grids[0][6]),
+                    [
+                        Trace("surface", esc(g), x, y, z=np.minimum(z, hi))
+                        for g, r, x, y, z, *_ in grids
+                    ],
+                )
+            ],
+            cols=1,
+            zrange=(lo, hi),
+            zlabel=zname,
+            three_d=True,
+            height=600,
+        )
+    )
     return out
 
 
-def symmetry_figure(res: "Results", colors: dict[str, str]) -> Figure | None:
+def symmetry_figure(res: Results, colors: dict[str, str]) -> Figure | None:
     """Relative output change per permutation group of the architecture (max over seeds), one bar group per network group."""
-    p = Panel("output change when permuting one unit group", "permutation group", "relative output change", ylog=True)
+    p = Panel(
+        "output change when permuting one unit group",
+        "permutation group",
+        "relative output change",
+        ylog=True,
+    )
     for g in res.groups("symmetry"):
         vals: dict[str, float] = {}
         for k in res.keys("symmetry", g):
             rec = res.records[k]
-            names, change = rec.datasets.get("group_names"), rec.datasets.get("group_relative_change")
+            names, change = (
+                rec.datasets.get("group_names"),
+                rec.datasets.get("group_relative_change"),
+            )
             if names is None or change is None:
                 continue
             for n, c in zip(names, np.asarray(change, float)):
                 n = str(n)
                 vals[n] = max(vals.get(n, 0.0), float(c))
         if vals:
-            p.traces.append(Trace("bar", esc(g), np.asarray([esc(n) for n in vals]), np.maximum(np.asarray(list(vals.values())), 1e-12),
-                                  color=colors[g], legendgroup=g))
+            p.traces.append(
+                Trace(
+                    "bar",
+                    esc(g),
+                    np.asarray([esc(n) for n in vals]),
+                    np.maximum(np.asarray(list(vals.values())), 1e-12),
+                    color=colors[g],
+                    legendgroup=g,
+                )
+            )
     if not p.traces:
         return None
-    return Figure("symmetry", "Symmetry audit per permutation group", "Max over seeds of max_x |f_pi(x) - f(x)| / max |f(x)| when only "
-                  "this group of hidden units is permuted: about 1e-7 (float rounding) means the permutation is a symmetry; "
-                  "asymmetric networks should be far above.", [p], cols=1, height=420)
+    return Figure(
+        "symmetry",
+        "Symmetry audit per permutation group",
+        "Max over seeds of max_x |f_pi(x) - f(x)| / max |f(x)| when only "
+        "this group of hidden units is permuted: about 1e-7 (float rounding) means the permutation is a symmetry; "
+        "asymmetric networks should be far above.",
+        [p],
+        cols=1,
+        height=420,
+    )
 
 
-def generic_figures(res: "Results", colors: dict[str, str], analysis: str) -> list[Figure]:
+def generic_figures(res: Results, colors: dict[str, str], analysis: str) -> list[Figure]:
     """1-D datasets of an analysis the report has no dedicated view for: one panel per dataset, one line per record."""
     curves = res.curves(analysis)
     if curves.empty:
@@ -278,20 +455,40 @@ def generic_figures(res: "Results", colors: dict[str, str], analysis: str) -> li
         for g in res.groups(analysis):
             for i, (_, df) in enumerate(curves[curves.group == g].groupby("record", sort=False)):
                 if df[col].notna().any():
-                    p.traces.append(Trace("line", esc(g), df[axis].to_numpy(float), df[col].to_numpy(float), color=colors[g],
-                                          legend=(not panels and i == 0), legendgroup=g))
+                    p.traces.append(
+                        Trace(
+                            "line",
+                            esc(g),
+                            df[axis].to_numpy(float),
+                            df[col].to_numpy(float),
+                            color=colors[g],
+                            legend=(not panels and i == 0),
+                            legendgroup=g,
+                        )
+                    )
         if p.traces:
             panels.append(p)
     if not panels:
         return []
-    return [Figure(f"curves-{analysis}", f"{esc(analysis)}: curves", f"Every 1-D dataset of the {esc(analysis)} records, one line per record.",
-                   panels[:6], cols=2)]
+    return [
+        Figure(
+            f"curves-{analysis}",
+            f"{esc(analysis)}: curves",
+            f"Every 1-D dataset of the {esc(analysis)} records, one line per record.",
+            panels[:6],
+            cols=2,
+        )
+    ]
 
 
-def build_figures(res: "Results") -> list[Figure]:
+def build_figures(res: Results) -> list[Figure]:
     """Every figure the results support, in report order."""
     colors = group_colors(res.groups())
-    figs: list[Figure | None] = [interpolation_figure(res, colors), barrier_figure(res), mli_figure(res, colors)]
+    figs: list[Figure | None] = [
+        interpolation_figure(res, colors),
+        barrier_figure(res),
+        mli_figure(res, colors),
+    ]
     figs += hessian_figures(res, colors)
     figs += surface_figures(res, colors)
     figs.append(symmetry_figure(res, colors))

@@ -9,8 +9,9 @@ one ``Plotly.newPlot`` call per figure.
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import plotly.io as pio
@@ -40,61 +41,138 @@ table.data th{background:#f3f5f7}td{font-variant-numeric:tabular-nums}.missing{c
 """
 
 SECTIONS = [  # id, title, explanation
-    ("overview", "Overview", "One row per group: seeds, accuracy of the trained networks, test loss and accuracy barriers (max over the "
-     "linear path, mean ± std over pairs), the same after weight matching for standard groups, share of monotonic MLI curves, "
-     "top Hessian eigenvalue and trace (mean ± std over seeds)."),
-    ("missing", "Missing", "Records that are not complete yet and analyses with no record: rerun the same command to fill them in."),
-    ("interpolation", "Interpolation and barriers", "Loss and accuracy on the straight line between two trained networks of the same group; "
-     "a barrier is the bump above the chord (max over the path) or at the midpoint."),
-    ("barriers", "Pairwise barriers", "Every pair of seeds of a group; low values everywhere mean the group's minima are linearly connected."),
-    ("mli", "Monotonic linear interpolation", "The training loss on the straight line from each network's initialisation to its trained "
-     "weights; delta is the largest increase between consecutive points."),
-    ("hessian", "Hessian spectra", "Curvature of the training loss at each trained network: top eigenvalues (Lanczos), trace (Hutchinson) "
-     "and spectral density (stochastic Lanczos quadrature)."),
-    ("surfaces", "Loss surfaces", "The loss on a 2-D plane through each trained network spanned by two random filter-normalised directions."),
-    ("symmetry", "Symmetry audit", "Which permutation symmetries each network has: a symmetric network keeps its function under the "
-     "permutation, an asymmetric one should not."),
-    ("other", "Other analyses", "Records of analyses this report has no dedicated view for, as tables and curves."),
-    ("provenance", "Provenance", "What produced these numbers: commands, versions, data, settings, checkpoints with SHA-256, time."),
+    (
+        "overview",
+        "Overview",
+        "One row per group: seeds, accuracy of the trained networks, test loss and accuracy barriers (max over the "
+        "linear path, mean ± std over pairs), the same after weight matching for standard groups, share of monotonic MLI curves, "
+        "top Hessian eigenvalue and trace (mean ± std over seeds).",
+    ),
+    (
+        "missing",
+        "Missing",
+        "Records that are not complete yet and analyses with no record: rerun the same command to fill them in.",
+    ),
+    (
+        "interpolation",
+        "Interpolation and barriers",
+        "Loss and accuracy on the straight line between two trained networks of the same group; "
+        "a barrier is the bump above the chord (max over the path) or at the midpoint.",
+    ),
+    (
+        "barriers",
+        "Pairwise barriers",
+        "Every pair of seeds of a group; low values everywhere mean the group's minima are linearly connected.",
+    ),
+    (
+        "mli",
+        "Monotonic linear interpolation",
+        "The training loss on the straight line from each network's initialisation to its trained "
+        "weights; delta is the largest increase between consecutive points.",
+    ),
+    (
+        "hessian",
+        "Hessian spectra",
+        "Curvature of the training loss at each trained network: top eigenvalues (Lanczos), trace (Hutchinson) "
+        "and spectral density (stochastic Lanczos quadrature).",
+    ),
+    (
+        "surfaces",
+        "Loss surfaces",
+        "The loss on a 2-D plane through each trained network spanned by two random filter-normalised directions.",
+    ),
+    (
+        "symmetry",
+        "Symmetry audit",
+        "Which permutation symmetries each network has: a symmetric network keeps its function under the "
+        "permutation, an asymmetric one should not.",
+    ),
+    (
+        "other",
+        "Other analyses",
+        "Records of analyses this report has no dedicated view for, as tables and curves.",
+    ),
+    (
+        "provenance",
+        "Provenance",
+        "What produced these numbers: commands, versions, data, settings, checkpoints with SHA-256, time.",
+    ),
 ]
 EXPLAIN = {s: e for s, _, e in SECTIONS}
-HESSIAN_COLUMNS = ["lambda_max", "lambda_min", "trace", "trace_stderr", "negative_mass", "all_converged", "coordinates", "samples", "loss", "seconds"]
-RUN_HINT = {"interpolation": "landscape interpolate", "interpolation_aligned": "landscape interpolate --align", "mli": "landscape interpolate",
-            "hessian": "landscape hessian", "surface": "landscape surface", "symmetry": "landscape symmetry"}
+HESSIAN_COLUMNS = [
+    "lambda_max",
+    "lambda_min",
+    "trace",
+    "trace_stderr",
+    "negative_mass",
+    "all_converged",
+    "coordinates",
+    "samples",
+    "loss",
+    "seconds",
+]
+RUN_HINT = {
+    "interpolation": "landscape interpolate",
+    "interpolation_aligned": "landscape interpolate --align",
+    "mli": "landscape interpolate",
+    "hessian": "landscape hessian",
+    "surface": "landscape surface",
+    "symmetry": "landscape symmetry",
+}
 
 
 def table_html(df: pd.DataFrame, float_digits: int = 4) -> str:
     if df is None or df.empty:
         return '<p class="note">(no rows)</p>'
-    body = df.to_html(index=False, escape=True, border=0, classes="data", na_rep="-",
-                      float_format=lambda v: f"{v:.{float_digits}g}")
+    body = df.to_html(
+        index=False,
+        escape=True,
+        border=0,
+        classes="data",
+        na_rep="-",
+        float_format=lambda v: f"{v:.{float_digits}g}",
+    )
     return f'<div class="scroll">{body}</div>'
 
 
 def figure_html(fig: Figure) -> str:
     """A figure's div and its ``Plotly.newPlot`` call; plotly.js itself is not included."""
     pfig = to_plotly(fig)
-    div = pio.to_html(pfig, include_plotlyjs=False, full_html=False, config=CONFIG, div_id=f"fig-{fig.name}",
-                      default_height=f"{pfig.layout.height}px", default_width="100%", validate=False)
-    if div.lower().count("</script") != div.lower().count("<script"):  # labels are escaped upstream; never let one close the script
+    div = pio.to_html(
+        pfig,
+        include_plotlyjs=False,
+        full_html=False,
+        config=CONFIG,
+        div_id=f"fig-{fig.name}",
+        default_height=f"{pfig.layout.height}px",
+        default_width="100%",
+        validate=False,
+    )
+    if div.lower().count("</script") != div.lower().count(
+        "<script"
+    ):  # labels are escaped upstream; never let one close the script
         raise ValueError(f"figure {fig.name}: a label would break out of its script")
-    return (f'<figure class="plot" data-figure="{esc(fig.name)}"><h3>{esc(fig.title)}</h3>'
-            f'<p class="explain">{esc(fig.caption)}</p>{div}</figure>')
+    return (
+        f'<figure class="plot" data-figure="{esc(fig.name)}"><h3>{esc(fig.title)}</h3>'
+        f'<p class="explain">{esc(fig.caption)}</p>{div}</figure>'
+    )
 
 
 def _section(sid: str, title: str, body: Iterable[str]) -> str:
     return f'<section id="{sid}"><h2>{esc(title)}</h2><p class="explain">{esc(EXPLAIN[sid])}</p>{"".join(body)}</section>'
 
 
-def _absent(res: "Results", analyses: Iterable[str]) -> str:
+def _absent(res: Results, analyses: Iterable[str]) -> str:
     lines = []
     for a in analyses:
         if not res.keys(a):
-            lines.append(f'<p class="missing">No complete <code>{esc(a)}</code> records in this file (run <code>{esc(RUN_HINT.get(a, "landscape run"))}</code>).</p>')
+            lines.append(
+                f'<p class="missing">No complete <code>{esc(a)}</code> records in this file (run <code>{esc(RUN_HINT.get(a, "landscape run"))}</code>).</p>'
+            )
     return "".join(lines)
 
 
-def sections(res: "Results") -> list[tuple[str, str, str]]:
+def sections(res: Results) -> list[tuple[str, str, str]]:
     """(id, title, html) of every section the results support."""
     figs = {f.name: f for f in build_figures(res)}
     out = []
@@ -116,27 +194,62 @@ def sections(res: "Results") -> list[tuple[str, str, str]]:
         add("barriers", [figure_html(figs["barriers"])])
     mcols = ["delta", "monotonic", "local_convexity", "global_convexity"]
     mli = res.frame("mli")
-    add("mli", ([figure_html(figs["mli"])] if "mli" in figs else [])
-        + ([table_html(group_table(mli, [c for c in mcols if c in mli], res.groups()).rename(columns={"records": "seeds"}))] if not mli.empty else [])
-        + [_absent(res, ["mli"])])
+    add(
+        "mli",
+        ([figure_html(figs["mli"])] if "mli" in figs else [])
+        + (
+            [
+                table_html(
+                    group_table(mli, [c for c in mcols if c in mli], res.groups()).rename(
+                        columns={"records": "seeds"}
+                    )
+                )
+            ]
+            if not mli.empty
+            else []
+        )
+        + [_absent(res, ["mli"])],
+    )
     hess = res.frame("hessian")
-    add("hessian", ([figure_html(figs["hessian"])] if "hessian" in figs else [])
-        + ([table_html(group_table(hess, [c for c in HESSIAN_COLUMNS if c in hess] or None, res.groups()).rename(columns={"records": "seeds"}))]
-           if not hess.empty else [])
-        + [_absent(res, ["hessian"])])
+    add(
+        "hessian",
+        ([figure_html(figs["hessian"])] if "hessian" in figs else [])
+        + (
+            [
+                table_html(
+                    group_table(
+                        hess, [c for c in HESSIAN_COLUMNS if c in hess] or None, res.groups()
+                    ).rename(columns={"records": "seeds"})
+                )
+            ]
+            if not hess.empty
+            else []
+        )
+        + [_absent(res, ["hessian"])],
+    )
     sf = res.frame("surface")
-    add("surfaces", [figure_html(figs[n]) for n in ("surfaces", "surface3d", "surfaces-1d") if n in figs]
-        + ([table_html(group_table(sf, order=res.groups()))] if not sf.empty else []) + [_absent(res, ["surface"])])
+    add(
+        "surfaces",
+        [figure_html(figs[n]) for n in ("surfaces", "surface3d", "surfaces-1d") if n in figs]
+        + ([table_html(group_table(sf, order=res.groups()))] if not sf.empty else [])
+        + [_absent(res, ["surface"])],
+    )
     sym = res.frame("symmetry")
-    add("symmetry", ([table_html(group_table(sym, order=res.groups()))] if not sym.empty else [])
+    add(
+        "symmetry",
+        ([table_html(group_table(sym, order=res.groups()))] if not sym.empty else [])
         + ([figure_html(figs["symmetry"])] if "symmetry" in figs else [])
         + (["<h3>Per network</h3>", table_html(sym)] if not sym.empty else [])
-        + [_absent(res, ["symmetry"])])
+        + [_absent(res, ["symmetry"])],
+    )
     others = [a for a in res.analyses() if a not in KNOWN]
     if others:
         body = []
         for a in others:
-            body += [f"<h3>{esc(a)}</h3>", table_html(group_table(res.frame(a), order=res.groups()))]
+            body += [
+                f"<h3>{esc(a)}</h3>",
+                table_html(group_table(res.frame(a), order=res.groups())),
+            ]
             if f"curves-{a}" in figs:
                 body.append(figure_html(figs[f"curves-{a}"]))
         add("other", body)
@@ -145,22 +258,26 @@ def sections(res: "Results") -> list[tuple[str, str, str]]:
     return out
 
 
-def report_html(res: "Results", title: str | None = None) -> str:
+def report_html(res: Results, title: str | None = None) -> str:
     """The whole page as a string."""
     title = title or f"Loss-landscape report: {Path(res.path).name}"
     secs = sections(res)
     nav = "".join(f'<a href="#{sid}">{esc(t)}</a>' for sid, t, _ in secs)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     groups = ", ".join(res.groups())
-    head = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{CSS}</style>"
-            f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>')
-    header = (f"<header><h1>{esc(title)}</h1><p>results file {esc(res.path)} · groups: {esc(groups)} · "
-              f"{len(res.records)} complete records · rendered {esc(now)}</p></header><nav>{nav}</nav>")
+    head = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style>"
+        f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
+    )
+    header = (
+        f"<header><h1>{esc(title)}</h1><p>results file {esc(res.path)} · groups: {esc(groups)} · "
+        f"{len(res.records)} complete records · rendered {esc(now)}</p></header><nav>{nav}</nav>"
+    )
     return head + header + "<main>" + "".join(h for *_, h in secs) + "</main></body></html>\n"
 
 
-def render_html(results: "Results | str | Path", path: str | Path, title: str | None = None) -> Path:
+def render_html(results: Results | str | Path, path: str | Path, title: str | None = None) -> Path:
     """Write the report of a results file (or a loaded :class:`~analysis.results.Results`) to ``path``."""
     from analysis.results import Results, load
 
@@ -176,12 +293,15 @@ def render_html(results: "Results | str | Path", path: str | Path, title: str | 
 _PLOTLYJS_SENT = False
 
 
-def notebook_html(res: "Results", figures: Iterable[str] = ("interpolation",)) -> str:
+def notebook_html(res: Results, figures: Iterable[str] = ("interpolation",)) -> str:
     """Inline view for Jupyter: the overview table, what is missing, and the main figure(s).
 
     plotly.js is embedded in the first output of a kernel session only (it is 4.8 MB).
     """
-    parts = [f"<h4>{esc(Path(res.path).name)}: {len(res.records)} complete records</h4>", table_html(res.summary())]
+    parts = [
+        f"<h4>{esc(Path(res.path).name)}: {len(res.records)} complete records</h4>",
+        table_html(res.summary()),
+    ]
     missing = res.incomplete()
     if len(missing):
         parts += ["<p><b>Missing</b></p>", table_html(missing)]
@@ -195,7 +315,13 @@ def notebook_html(res: "Results", figures: Iterable[str] = ("interpolation",)) -
 def inline_figure(pfig) -> str:
     """A plotly figure for a notebook cell, embedding plotly.js only the first time."""
     global _PLOTLYJS_SENT
-    out = pio.to_html(pfig, include_plotlyjs=not _PLOTLYJS_SENT, full_html=False, config=CONFIG, default_width="100%",
-                      default_height=f"{pfig.layout.height or 450}px")
+    out = pio.to_html(
+        pfig,
+        include_plotlyjs=not _PLOTLYJS_SENT,
+        full_html=False,
+        config=CONFIG,
+        default_width="100%",
+        default_height=f"{pfig.layout.height or 450}px",
+    )
     _PLOTLYJS_SENT = True
     return out

@@ -30,26 +30,93 @@ def _traces(t: Trace, fig: Figure, show_scale: bool) -> list:
     zr = dict(zmin=fig.zrange[0], zmax=fig.zrange[1]) if fig.zrange else {}
     cbar = dict(title=dict(text=fig.zlabel)) if fig.zlabel else {}
     if t.kind == "line":
-        return [go.Scatter(x=_list(t.x), y=_list(t.y), mode="lines", line=dict(color=t.color, dash="dash" if t.dash else None), **common)]
+        return [
+            go.Scatter(
+                x=_list(t.x),
+                y=_list(t.y),
+                mode="lines",
+                line=dict(color=t.color, dash="dash" if t.dash else None),
+                **common,
+            )
+        ]
     if t.kind == "band":
         x = np.asarray(t.x)
-        return [go.Scatter(x=np.concatenate([x, x[::-1]]).tolist(), y=np.concatenate([t.hi, t.lo[::-1]]).tolist(), fill="toself",
-                           fillcolor=_rgba(t.color, 0.18), line=dict(width=0), hoverinfo="skip", **common)]
+        return [
+            go.Scatter(
+                x=np.concatenate([x, x[::-1]]).tolist(),
+                y=np.concatenate([t.hi, t.lo[::-1]]).tolist(),
+                fill="toself",
+                fillcolor=_rgba(t.color, 0.18),
+                line=dict(width=0),
+                hoverinfo="skip",
+                **common,
+            )
+        ]
     if t.kind == "markers":
-        err = dict(error_y=dict(type="data", array=_list(t.error), visible=True)) if t.error is not None else {}
-        return [go.Scatter(x=_list(t.x), y=_list(t.y), mode="lines+markers", marker=dict(color=t.color), line=dict(color=t.color), **err, **common)]
+        err = (
+            dict(error_y=dict(type="data", array=_list(t.error), visible=True))
+            if t.error is not None
+            else {}
+        )
+        return [
+            go.Scatter(
+                x=_list(t.x),
+                y=_list(t.y),
+                mode="lines+markers",
+                marker=dict(color=t.color),
+                line=dict(color=t.color),
+                **err,
+                **common,
+            )
+        ]
     if t.kind == "bar":
         return [go.Bar(x=_list(t.x), y=_list(t.y), marker=dict(color=t.color), **common)]
     if t.kind == "heatmap":
         extra = dict(text=t.text, texttemplate="%{text}") if t.text is not None else {}
-        return [go.Heatmap(x=_list(t.x), y=_list(t.y), z=_z(t.z), colorscale=COLORSCALE, showscale=show_scale, colorbar=cbar, **zr, **extra,
-                           name=t.name, hovertemplate="%{y} vs %{x}: %{z:.4g}<extra></extra>")]
+        return [
+            go.Heatmap(
+                x=_list(t.x),
+                y=_list(t.y),
+                z=_z(t.z),
+                colorscale=COLORSCALE,
+                showscale=show_scale,
+                colorbar=cbar,
+                **zr,
+                **extra,
+                name=t.name,
+                hovertemplate="%{y} vs %{x}: %{z:.4g}<extra></extra>",
+            )
+        ]
     if t.kind == "contour":
-        return [go.Contour(x=_list(t.x), y=_list(t.y), z=_z(t.z), colorscale=COLORSCALE, showscale=show_scale, colorbar=cbar, ncontours=20,
-                           contours=dict(coloring="heatmap"), name=t.name, **zr)]
+        return [
+            go.Contour(
+                x=_list(t.x),
+                y=_list(t.y),
+                z=_z(t.z),
+                colorscale=COLORSCALE,
+                showscale=show_scale,
+                colorbar=cbar,
+                ncontours=20,
+                contours=dict(coloring="heatmap"),
+                name=t.name,
+                **zr,
+            )
+        ]
     if t.kind == "surface":
-        return [go.Surface(x=_list(t.x), y=_list(t.y), z=_z(t.z), colorscale=COLORSCALE, showscale=show_scale, colorbar=cbar, name=t.name,
-                           showlegend=True, cmin=zr.get("zmin"), cmax=zr.get("zmax"))]
+        return [
+            go.Surface(
+                x=_list(t.x),
+                y=_list(t.y),
+                z=_z(t.z),
+                colorscale=COLORSCALE,
+                showscale=show_scale,
+                colorbar=cbar,
+                name=t.name,
+                showlegend=True,
+                cmin=zr.get("zmin"),
+                cmax=zr.get("zmax"),
+            )
+        ]
     raise ValueError(f"unknown trace kind {t.kind!r}")
 
 
@@ -62,10 +129,17 @@ def to_plotly(fig: Figure) -> go.Figure:
             for tr in _traces(t, fig, show_scale=(i == 0)):
                 tr.visible = True if i == 0 else "legendonly"
                 out.add_trace(tr)
-        out.update_layout(scene=dict(xaxis_title=p.xlabel, yaxis_title=p.ylabel, zaxis_title=fig.zlabel))
+        out.update_layout(
+            scene=dict(xaxis_title=p.xlabel, yaxis_title=p.ylabel, zaxis_title=fig.zlabel)
+        )
     else:
-        out = make_subplots(rows=fig.rows, cols=fig.cols, subplot_titles=[p.title for p in fig.panels],
-                            horizontal_spacing=0.08 if fig.cols < 3 else 0.06, vertical_spacing=0.14)
+        out = make_subplots(
+            rows=fig.rows,
+            cols=fig.cols,
+            subplot_titles=[p.title for p in fig.panels],
+            horizontal_spacing=0.08 if fig.cols < 3 else 0.06,
+            vertical_spacing=0.14,
+        )
         n_scaled = sum(t.kind in ("heatmap", "contour") for p in fig.panels for t in p.traces)
         seen = 0
         for i, p in enumerate(fig.panels):
@@ -76,10 +150,19 @@ def to_plotly(fig: Figure) -> go.Figure:
                 for tr in _traces(t, fig, show_scale=(seen == n_scaled)):
                     out.add_trace(tr, row=row, col=col)
             out.update_xaxes(title_text=p.xlabel, type="log" if p.xlog else None, row=row, col=col)
-            out.update_yaxes(title_text=p.ylabel, type="log" if p.ylog else None, row=row, col=col,
-                             autorange="reversed" if any(t.kind == "heatmap" for t in p.traces) else None)
+            out.update_yaxes(
+                title_text=p.ylabel,
+                type="log" if p.ylog else None,
+                row=row,
+                col=col,
+                autorange="reversed" if any(t.kind == "heatmap" for t in p.traces) else None,
+            )
     height = fig.height or (340 * fig.rows + 60)
-    out.update_layout(template="plotly_white", height=height, margin=dict(l=60, r=30, t=50, b=50),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.04 if fig.rows == 1 else 1.02, x=0),
-                      font=dict(family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif", size=12))
+    out.update_layout(
+        template="plotly_white",
+        height=height,
+        margin=dict(l=60, r=30, t=50, b=50),
+        legend=dict(orientation="h", yanchor="bottom", y=1.04 if fig.rows == 1 else 1.02, x=0),
+        font=dict(family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif", size=12),
+    )
     return out

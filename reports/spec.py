@@ -8,14 +8,26 @@ the static figures always show what the page shows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
 #: one colour per group, in group order (colour-blind friendly, Okabe-Ito then Tableau)
-PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000",
-           "#4E79A7", "#F28E2B", "#59A14F", "#B07AA1")
+PALETTE = (
+    "#0072B2",
+    "#D55E00",
+    "#009E73",
+    "#CC79A7",
+    "#E69F00",
+    "#56B4E9",
+    "#F0E442",
+    "#000000",
+    "#4E79A7",
+    "#F28E2B",
+    "#59A14F",
+    "#B07AA1",
+)
 #: the colour scale of every heatmap, contour and surface
 COLORSCALE = "Viridis"
 

@@ -16,7 +16,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def _label(s: str) -> str:
-    return html.unescape(s)  # figure labels are HTML-escaped for plotly; matplotlib shows plain text
+    return html.unescape(
+        s
+    )  # figure labels are HTML-escaped for plotly; matplotlib shows plain text
 
 
 def _draw(ax, t: Trace, fig: Figure):
@@ -37,7 +39,9 @@ def _draw(ax, t: Trace, fig: Figure):
     elif t.kind == "heatmap":
         z = np.asarray(t.z, float)
         im = ax.imshow(z, cmap=cmap, origin="upper", **norm)
-        ax.set_xticks(range(len(t.x)), [_label(s) for s in t.x], rotation=45, ha="right", fontsize=7)
+        ax.set_xticks(
+            range(len(t.x)), [_label(s) for s in t.x], rotation=45, ha="right", fontsize=7
+        )
         ax.set_yticks(range(len(t.y)), [_label(s) for s in t.y], fontsize=7)
         if t.text is not None and z.shape[0] <= 8:
             for i in range(z.shape[0]):
@@ -46,7 +50,9 @@ def _draw(ax, t: Trace, fig: Figure):
         return im
     elif t.kind == "contour":
         levels = np.linspace(*(fig.zrange or (np.nanmin(t.z), np.nanmax(t.z))), 21)
-        return ax.contourf(t.x, t.y, np.asarray(t.z, float), levels=levels, cmap=cmap, extend="both")
+        return ax.contourf(
+            t.x, t.y, np.asarray(t.z, float), levels=levels, cmap=cmap, extend="both"
+        )
     return None
 
 
@@ -63,11 +69,24 @@ def draw(fig: Figure):
         ax = mfig.add_subplot(projection="3d")
         t = p.traces[0]
         X, Y = np.meshgrid(t.x, t.y)
-        ax.plot_surface(X, Y, np.asarray(t.z, float), cmap=COLORSCALE.lower(), vmin=fig.zrange[0] if fig.zrange else None,
-                        vmax=fig.zrange[1] if fig.zrange else None, linewidth=0)
+        ax.plot_surface(
+            X,
+            Y,
+            np.asarray(t.z, float),
+            cmap=COLORSCALE.lower(),
+            vmin=fig.zrange[0] if fig.zrange else None,
+            vmax=fig.zrange[1] if fig.zrange else None,
+            linewidth=0,
+        )
         ax.set(xlabel=p.xlabel, ylabel=p.ylabel, zlabel=fig.zlabel, title=_label(t.name))
         return mfig
-    mfig, axes = plt.subplots(fig.rows, fig.cols, figsize=(4.2 * fig.cols, 3.4 * fig.rows), squeeze=False, layout="constrained")
+    mfig, axes = plt.subplots(
+        fig.rows,
+        fig.cols,
+        figsize=(4.2 * fig.cols, 3.4 * fig.rows),
+        squeeze=False,
+        layout="constrained",
+    )
     mappable = None
     for i, ax in enumerate(axes.ravel()):
         if i >= len(fig.panels):
@@ -89,7 +108,11 @@ def draw(fig: Figure):
     return mfig
 
 
-def write_static(results: "Results | str | Path", directory: str | Path, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+def write_static(
+    results: Results | str | Path,
+    directory: str | Path,
+    formats: tuple[str, ...] = ("png", "pdf"),
+) -> list[Path]:
     """Write every figure of the report as ``DIR/<name>.<format>``; returns the paths written."""
     import matplotlib.pyplot as plt
 

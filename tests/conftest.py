@@ -60,7 +60,10 @@ def randomise_norms(model, seed: int = 0):
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)) and m.weight is not None:
+            if (
+                isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm))
+                and m.weight is not None
+            ):
                 m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
                 m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
     return model
@@ -72,9 +75,21 @@ def tiny_runs(tmp_path_factory) -> Path:
     from checkpoints.train import TrainSettings, train_group
 
     root = tmp_path_factory.mktemp("tiny_runs")
-    train, test = load_data("digits", "train", samples=300), load_data("digits", "test", samples=120)
-    train_group(root, "mlp", ["standard", "w-asym"], [0, 1], train, test, TrainSettings(epochs=2), arch_kwargs={"width": 16, "depth": 2},
-                progress=False)
+    train, test = (
+        load_data("digits", "train", samples=300),
+        load_data("digits", "test", samples=120),
+    )
+    train_group(
+        root,
+        "mlp",
+        ["standard", "w-asym"],
+        [0, 1],
+        train,
+        test,
+        TrainSettings(epochs=2),
+        arch_kwargs={"width": 16, "depth": 2},
+        progress=False,
+    )
     return root
 
 
@@ -85,7 +100,9 @@ def tiny_study(tiny_runs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_study")
     cfg = out / "study.toml"
     cfg.write_text(TINY_CONFIG)
-    rc = main(["run", str(tiny_runs), "--data", "digits", "-o", str(out), "--config", str(cfg), "-q"])
+    rc = main(
+        ["run", str(tiny_runs), "--data", "digits", "-o", str(out), "--config", str(cfg), "-q"]
+    )
     assert rc == 0
     return out
 
@@ -94,17 +111,33 @@ def _curve(alphas: np.ndarray, bump: float, lo: float, hi: float) -> np.ndarray:
     return lo + (hi - lo) * alphas + bump * 4 * alphas * (1 - alphas)
 
 
-def synthetic_results(path, groups=("standard", "w-asym"), seeds: int = 3, analyses=("interpolation", "interpolation_aligned", "mli", "hessian", "surface", "symmetry"),
-                      incomplete: tuple[str, ...] = (), points: int = 11, rng_seed: int = 0) -> Path:
+def synthetic_results(
+    path,
+    groups=("standard", "w-asym"),
+    seeds: int = 3,
+    analyses=("interpolation", "interpolation_aligned", "mli", "hessian", "surface", "symmetry"),
+    incomplete: tuple[str, ...] = (),
+    points: int = 11,
+    rng_seed: int = 0,
+) -> Path:
     """A results file in the studies' layouts with known numbers: group i has loss barrier ``0.5 / (i + 1)`` (+ pair noise)."""
     from landscape.store import Dataset, ResultsStore
 
     rng = np.random.default_rng(rng_seed)
     store = ResultsStore(path)
     alphas = np.linspace(0, 1, points)
-    base = {"data": {"test": {"spec": "digits", "split": "test", "samples": 360}}, "device": "cpu", "package": "landscape",
-            "package_version": "0.1.0", "torch_version": "2.13.0", "numpy_version": np.__version__, "h5py_version": "3",
-            "python_version": "3.11", "time": "2025-01-01T00:00:00+00:00", "command": "landscape run"}
+    base = {
+        "data": {"test": {"spec": "digits", "split": "test", "samples": 360}},
+        "device": "cpu",
+        "package": "landscape",
+        "package_version": "0.1.0",
+        "torch_version": "2.13.0",
+        "numpy_version": np.__version__,
+        "h5py_version": "3",
+        "python_version": "3.11",
+        "time": "2025-01-01T00:00:00+00:00",
+        "command": "landscape run",
+    }
     for gi, g in enumerate(groups):
         variant = g if g in ("standard", "w-asym", "sigma-asym") else "standard"
         labels = [f"seed{k}" for k in range(seeds)]
@@ -112,9 +145,13 @@ def synthetic_results(path, groups=("standard", "w-asym"), seeds: int = 3, analy
         sha = {s: hashlib.sha256(ck[s].encode()).hexdigest() for s in labels}
         for a, b in itertools.combinations(labels, 2):
             for analysis in ("interpolation", "interpolation_aligned"):
-                if analysis not in analyses or (analysis == "interpolation_aligned" and variant != "standard"):
+                if analysis not in analyses or (
+                    analysis == "interpolation_aligned" and variant != "standard"
+                ):
                     continue
-                bump = (0.5 / (gi + 1) + 0.01 * rng.standard_normal()) * (0.2 if analysis.endswith("aligned") else 1)
+                bump = (0.5 / (gi + 1) + 0.01 * rng.standard_normal()) * (
+                    0.2 if analysis.endswith("aligned") else 1
+                )
                 ds, attrs = {"alphas": Dataset(alphas, ("alpha",), "1", "a")}, {}
                 for split in ("test", "train"):
                     loss = _curve(alphas, bump, 0.3, 0.32)
@@ -122,46 +159,122 @@ def synthetic_results(path, groups=("standard", "w-asym"), seeds: int = 3, analy
                     ds[f"{split}_loss"] = Dataset(loss, ("alpha",), "nats", "loss")
                     ds[f"{split}_accuracy"] = Dataset(acc, ("alpha",), "fraction", "accuracy")
                     chord_l, chord_a = 0.3 + 0.02 * alphas, 0.9 + 0.01 * alphas
-                    attrs.update({f"{split}_loss_barrier_max": float((loss - chord_l).max()), f"{split}_loss_barrier_mid": float(loss[points // 2] - chord_l[points // 2]),
-                                  f"{split}_accuracy_barrier_max": float((chord_a - acc).max()), f"{split}_accuracy_barrier_mid": float(chord_a[points // 2] - acc[points // 2])})
-                attrs.update(base, analysis=analysis, group=g, variant=variant, seeds=[a, b], checkpoints=[ck[a], ck[b]],
-                             checkpoint_sha256=[sha[a], sha[b]], settings={"num_points": points, "bn": "eval"}, bn="eval",
-                             aligned=analysis.endswith("aligned"))
+                    attrs.update(
+                        {
+                            f"{split}_loss_barrier_max": float((loss - chord_l).max()),
+                            f"{split}_loss_barrier_mid": float(
+                                loss[points // 2] - chord_l[points // 2]
+                            ),
+                            f"{split}_accuracy_barrier_max": float((chord_a - acc).max()),
+                            f"{split}_accuracy_barrier_mid": float(
+                                chord_a[points // 2] - acc[points // 2]
+                            ),
+                        }
+                    )
+                attrs.update(
+                    base,
+                    analysis=analysis,
+                    group=g,
+                    variant=variant,
+                    seeds=[a, b],
+                    checkpoints=[ck[a], ck[b]],
+                    checkpoint_sha256=[sha[a], sha[b]],
+                    settings={"num_points": points, "bn": "eval"},
+                    bn="eval",
+                    aligned=analysis.endswith("aligned"),
+                )
                 key = f"{analysis}/{g}/{a}-{b}"
                 store.write(key, ds, attrs, complete=key not in incomplete)
         for s in labels:
-            common = dict(base, group=g, variant=variant, seeds=[s], checkpoints=[ck[s]], checkpoint_sha256=[sha[s]])
+            common = dict(
+                base,
+                group=g,
+                variant=variant,
+                seeds=[s],
+                checkpoints=[ck[s]],
+                checkpoint_sha256=[sha[s]],
+            )
             if "mli" in analyses:
                 loss = 2.3 * (1 - alphas) ** 2 + 0.3 + (0.05 * np.sin(6 * alphas) if gi else 0)
-                store.write(f"mli/{g}/{s}", {"alphas": Dataset(alphas, ("alpha",)), "train_loss": Dataset(loss, ("alpha",), "nats"),
-                                             "train_accuracy": Dataset(1 - loss / 3, ("alpha",), "fraction")},
-                            dict(common, analysis="mli", delta=float(max(0, np.diff(loss).max())), monotonic=bool((np.diff(loss) <= 0).all()),
-                                 local_convexity=0.8, global_convexity=True), complete=f"mli/{g}/{s}" not in incomplete)
+                store.write(
+                    f"mli/{g}/{s}",
+                    {
+                        "alphas": Dataset(alphas, ("alpha",)),
+                        "train_loss": Dataset(loss, ("alpha",), "nats"),
+                        "train_accuracy": Dataset(1 - loss / 3, ("alpha",), "fraction"),
+                    },
+                    dict(
+                        common,
+                        analysis="mli",
+                        delta=float(max(0, np.diff(loss).max())),
+                        monotonic=bool((np.diff(loss) <= 0).all()),
+                        local_convexity=0.8,
+                        global_convexity=True,
+                    ),
+                    complete=f"mli/{g}/{s}" not in incomplete,
+                )
             if "hessian" in analyses:
                 top = np.sort(rng.uniform(1, 10, 5))[::-1] * (gi + 1)
                 grid = np.linspace(-5, 50, 60)
                 grid = grid + rng.uniform(0, 1)  # every seed has its own grid, as with SLQ
-                store.write(f"hessian/{g}/{s}", {"eigenvalues": Dataset(top, ("k",), "1"), "eigenvalue_grid": Dataset(grid, ("eigenvalue",)),
-                                                 "density": Dataset(np.exp(-((grid - 2 * gi) ** 2) / 8) + 1e-6, ("eigenvalue",))},
-                            dict(common, analysis="hessian", lambda_max=float(top[0]), lambda_min=-0.1, trace=float(50 * (gi + 1) + rng.standard_normal())),
-                            complete=f"hessian/{g}/{s}" not in incomplete)
-            if "surface" in analyses and s == "seed0":  # layout of landscape.surface: loss[i, j] at (x[i], y[j])
+                store.write(
+                    f"hessian/{g}/{s}",
+                    {
+                        "eigenvalues": Dataset(top, ("k",), "1"),
+                        "eigenvalue_grid": Dataset(grid, ("eigenvalue",)),
+                        "density": Dataset(
+                            np.exp(-((grid - 2 * gi) ** 2) / 8) + 1e-6, ("eigenvalue",)
+                        ),
+                    },
+                    dict(
+                        common,
+                        analysis="hessian",
+                        lambda_max=float(top[0]),
+                        lambda_min=-0.1,
+                        trace=float(50 * (gi + 1) + rng.standard_normal()),
+                    ),
+                    complete=f"hessian/{g}/{s}" not in incomplete,
+                )
+            if (
+                "surface" in analyses and s == "seed0"
+            ):  # layout of landscape.surface: loss[i, j] at (x[i], y[j])
                 x, y = np.linspace(-1, 1, 7), np.linspace(-1, 1, 5)
                 X, Y = np.meshgrid(x, y, indexing="ij")
-                loss = 0.3 + (gi + 1) * (X ** 2 + 0.5 * Y ** 2)
-                store.write(f"surface/{g}/{s}", {"xcoordinates": Dataset(x, ("x",)), "ycoordinates": Dataset(y, ("y",)),
-                                                 "loss": Dataset(loss, ("x", "y"), "nats"), "accuracy": Dataset(1 - loss / 5, ("x", "y")),
-                                                 "done": Dataset(np.ones_like(loss, dtype=np.uint8), ("x", "y"))},
-                            dict(common, analysis="surface", split="train", origin_loss=0.3), complete=f"surface/{g}/{s}" not in incomplete)
+                loss = 0.3 + (gi + 1) * (X**2 + 0.5 * Y**2)
+                store.write(
+                    f"surface/{g}/{s}",
+                    {
+                        "xcoordinates": Dataset(x, ("x",)),
+                        "ycoordinates": Dataset(y, ("y",)),
+                        "loss": Dataset(loss, ("x", "y"), "nats"),
+                        "accuracy": Dataset(1 - loss / 5, ("x", "y")),
+                        "done": Dataset(np.ones_like(loss, dtype=np.uint8), ("x", "y")),
+                    },
+                    dict(common, analysis="surface", split="train", origin_loss=0.3),
+                    complete=f"surface/{g}/{s}" not in incomplete,
+                )
             if "symmetry" in analyses:  # layout of analysis.alignment.study
                 names = np.array(["fc0", "fc1"], dtype=str)
                 rel = np.array([1e-7, 2e-7]) if variant == "standard" else np.array([0.4, 0.7])
-                store.write(f"symmetry/{g}/{s}", {"group_names": Dataset(names, ("perm_group",)), "group_sizes": Dataset(np.array([16, 16]), ("perm_group",)),
-                                                  "group_relative_change": Dataset(rel, ("perm_group",)),
-                                                  "max_output_change": Dataset(np.array(rel.max() * 3), ()),
-                                                  "relative_output_change": Dataset(np.array(rel.max()), ())},
-                            dict(common, analysis="symmetry", symmetric=variant == "standard", asymmetric_groups=0 if variant == "standard" else 2,
-                                 permutation_groups=2, log10_group_order=26.6), complete=f"symmetry/{g}/{s}" not in incomplete)
+                store.write(
+                    f"symmetry/{g}/{s}",
+                    {
+                        "group_names": Dataset(names, ("perm_group",)),
+                        "group_sizes": Dataset(np.array([16, 16]), ("perm_group",)),
+                        "group_relative_change": Dataset(rel, ("perm_group",)),
+                        "max_output_change": Dataset(np.array(rel.max() * 3), ()),
+                        "relative_output_change": Dataset(np.array(rel.max()), ()),
+                    },
+                    dict(
+                        common,
+                        analysis="symmetry",
+                        symmetric=variant == "standard",
+                        asymmetric_groups=0 if variant == "standard" else 2,
+                        permutation_groups=2,
+                        log10_group_order=26.6,
+                    ),
+                    complete=f"symmetry/{g}/{s}" not in incomplete,
+                )
     return Path(path)
 
 

@@ -13,19 +13,58 @@ from landscape.errors import UserError
 from ..common import print_table
 
 HELP = "align checkpoint B to checkpoint A by permuting B's hidden units (Git Re-Basin weight matching, or activation matching)"
-EXAMPLE = "landscape align runs/standard/seed0/final.pt runs/standard/seed1/final.pt -o B_aligned.pt"
+EXAMPLE = (
+    "landscape align runs/standard/seed0/final.pt runs/standard/seed1/final.pt -o B_aligned.pt"
+)
 
 
 def add_arguments(p) -> None:
     p.add_argument("a", metavar="A", help="reference checkpoint (stays as it is)")
     p.add_argument("b", metavar="B", help="checkpoint to permute onto A")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="aligned checkpoint to write (.pt) with a sidecar FILE.json")
-    p.add_argument("--method", choices=("weight", "activation"), default="weight", help="weight matching or activation matching (default: %(default)s)")
-    p.add_argument("--data", default=None, metavar="SPEC", help="data for activation matching and the function check (default: random inputs)")
-    p.add_argument("--samples", type=int, default=1024, metavar="N", help="inputs for activation matching (default: %(default)s)")
-    p.add_argument("--spec", default=None, metavar="JSON", help="permutation spec as a JSON file (default: the model's own or derived)")
-    p.add_argument("--max-iter", type=int, default=100, help="most sweeps of coordinate descent (default: %(default)s)")
-    p.add_argument("--restarts", type=int, default=0, help="extra starts from random permutations, best kept (default: %(default)s)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="aligned checkpoint to write (.pt) with a sidecar FILE.json",
+    )
+    p.add_argument(
+        "--method",
+        choices=("weight", "activation"),
+        default="weight",
+        help="weight matching or activation matching (default: %(default)s)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="SPEC",
+        help="data for activation matching and the function check (default: random inputs)",
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="inputs for activation matching (default: %(default)s)",
+    )
+    p.add_argument(
+        "--spec",
+        default=None,
+        metavar="JSON",
+        help="permutation spec as a JSON file (default: the model's own or derived)",
+    )
+    p.add_argument(
+        "--max-iter",
+        type=int,
+        default=100,
+        help="most sweeps of coordinate descent (default: %(default)s)",
+    )
+    p.add_argument(
+        "--restarts",
+        type=int,
+        default=0,
+        help="extra starts from random permutations, best kept (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arch", default=None, help="architecture when the checkpoints have no sidecar")
     p.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto (default: %(default)s)")
@@ -47,25 +86,58 @@ def run(args) -> int:
 
         data = load_data(args.data, "train", samples=args.samples).pair
     if args.method == "activation" and data is None:
-        raise UserError("--method activation needs --data (hidden activations are correlated on inputs)")
-    aligned, perm = align_pair(model_a, model_b, method=args.method, data=data, spec=args.spec, max_iter=args.max_iter, seed=args.seed,
-                               restarts=args.restarts, quiet_asymmetric=True)
+        raise UserError(
+            "--method activation needs --data (hidden activations are correlated on inputs)"
+        )
+    aligned, perm = align_pair(
+        model_a,
+        model_b,
+        method=args.method,
+        data=data,
+        spec=args.spec,
+        max_iter=args.max_iter,
+        seed=args.seed,
+        restarts=args.restarts,
+        quiet_asymmetric=True,
+    )
     if not perm.function_preserved:
-        print(f"landscape align: warning: the permutation does not preserve B's function (output change {perm.max_output_change:.3g}): "
-              "the model is asymmetric or the spec is not a symmetry; the aligned checkpoint is a different network (a baseline only)",
-              file=sys.stderr)
+        print(
+            f"landscape align: warning: the permutation does not preserve B's function (output change {perm.max_output_change:.3g}): "
+            "the model is asymmetric or the spec is not a symmetry; the aligned checkpoint is a different network (a baseline only)",
+            file=sys.stderr,
+        )
     side = dict(read_sidecar(b_path))
     if not perm.function_preserved:
         side.pop("metrics", None)  # B's metrics describe B, not a network with a different function
-    side["aligned_to"] = {"path": str(a_path), "sha256": sha256(a_path), "source": str(b_path), "source_sha256": sha256(b_path),
-                          "method": f"{args.method} matching", "objective": perm.objective, "objective_identity": perm.objective_identity,
-                          "sweeps": perm.sweeps, "converged": perm.converged, "function_preserved": perm.function_preserved,
-                          "max_output_change": perm.max_output_change, "seed": args.seed, "restarts": args.restarts}
-    side["alignment_permutation"] = {g: p.tolist() for g, p in perm.perms.items()}  # B's unit placed at each position, per group
+    side["aligned_to"] = {
+        "path": str(a_path),
+        "sha256": sha256(a_path),
+        "source": str(b_path),
+        "source_sha256": sha256(b_path),
+        "method": f"{args.method} matching",
+        "objective": perm.objective,
+        "objective_identity": perm.objective_identity,
+        "sweeps": perm.sweeps,
+        "converged": perm.converged,
+        "function_preserved": perm.function_preserved,
+        "max_output_change": perm.max_output_change,
+        "seed": args.seed,
+        "restarts": args.restarts,
+    }
+    side["alignment_permutation"] = {
+        g: p.tolist() for g, p in perm.perms.items()
+    }  # B's unit placed at each position, per group
     save_checkpoint(aligned, out, sidecar=side)
     moved = perm.to_frame()
-    rows = [("aligned to", str(a_path)), ("method", f"{args.method} matching"), ("objective (identity)", f"{perm.objective_identity:.6g}"),
-            ("objective (aligned)", f"{perm.objective:.6g}"), ("sweeps", perm.sweeps), ("function preserved", perm.function_preserved),
-            ("units moved", f"{int(moved['moved'].sum())} of {int(moved['size'].sum())}"), ("written", str(out))]
+    rows = [
+        ("aligned to", str(a_path)),
+        ("method", f"{args.method} matching"),
+        ("objective (identity)", f"{perm.objective_identity:.6g}"),
+        ("objective (aligned)", f"{perm.objective:.6g}"),
+        ("sweeps", perm.sweeps),
+        ("function preserved", perm.function_preserved),
+        ("units moved", f"{int(moved['moved'].sum())} of {int(moved['size'].sum())}"),
+        ("written", str(out)),
+    ]
     print_table(pd.DataFrame(rows, columns=["field", "value"]).astype(str))
     return 0

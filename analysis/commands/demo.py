@@ -30,19 +30,42 @@ DEMO_CONFIG: dict[str, dict[str, Any]] = {
 
 
 def add_arguments(p) -> None:
-    p.add_argument("-o", "--output", default="out/demo", metavar="OUTDIR", help="output folder (default: %(default)s)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="out/demo",
+        metavar="OUTDIR",
+        help="output folder (default: %(default)s)",
+    )
     p.add_argument("--seeds", type=int, default=4, help="seeds per variant (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=10, help="training epochs (default: %(default)s)")
     p.add_argument("--width", type=int, default=128, help="MLP hidden width (default: %(default)s)")
     p.add_argument("--depth", type=int, default=None, help="MLP hidden layers (default: the zoo's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads (default: torch's choice; 1 is fastest for these tiny models on a busy machine)")
-    p.add_argument("--static", metavar="DIR", help="also write every figure as PNG and PDF into DIR")
-    p.add_argument("--force", action="store_true", help="recompute analysis records that are already complete")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads (default: torch's choice; 1 is fastest for these tiny models on a busy machine)",
+    )
+    p.add_argument(
+        "--static", metavar="DIR", help="also write every figure as PNG and PDF into DIR"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="recompute analysis records that are already complete"
+    )
 
 
-def train_demo(root: str | Path, *, seeds: int = 4, epochs: int = 10, width: int = 128, depth: int | None = None, progress: bool = True):
+def train_demo(
+    root: str | Path,
+    *,
+    seeds: int = 4,
+    epochs: int = 10,
+    width: int = 128,
+    depth: int | None = None,
+    progress: bool = True,
+):
     """Train (or reuse) the demo set under ``root``: ``root/<variant>/seed<k>/{init,final}.pt``."""
     from checkpoints.sources import load_data
     from checkpoints.train import TrainSettings, train_group
@@ -50,8 +73,17 @@ def train_demo(root: str | Path, *, seeds: int = 4, epochs: int = 10, width: int
     if seeds < 2:
         raise UserError(f"--seeds must be at least 2 (barriers need pairs), got {seeds}")
     kw = {"width": width} | ({"depth": depth} if depth else {})
-    return train_group(root, "mlp", VARIANTS, range(seeds), load_data("digits", "train"), load_data("digits", "test"),
-                       TrainSettings(epochs=epochs), arch_kwargs=kw, progress=progress)
+    return train_group(
+        root,
+        "mlp",
+        VARIANTS,
+        range(seeds),
+        load_data("digits", "train"),
+        load_data("digits", "test"),
+        TrainSettings(epochs=epochs),
+        arch_kwargs=kw,
+        progress=progress,
+    )
 
 
 def run(args) -> int:
@@ -64,8 +96,23 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file; -o takes an output folder")
-    train_demo(out / "checkpoints", seeds=args.seeds, epochs=args.epochs, width=args.width, depth=args.depth, progress=not args.quiet)
-    rc = execute([out / "checkpoints"], out, config=DEMO_CONFIG, device=None if args.device == "auto" else args.device, force=args.force,
-                 progress=not args.quiet, static=args.static, source="demo settings")
+    train_demo(
+        out / "checkpoints",
+        seeds=args.seeds,
+        epochs=args.epochs,
+        width=args.width,
+        depth=args.depth,
+        progress=not args.quiet,
+    )
+    rc = execute(
+        [out / "checkpoints"],
+        out,
+        config=DEMO_CONFIG,
+        device=None if args.device == "auto" else args.device,
+        force=args.force,
+        progress=not args.quiet,
+        static=args.static,
+        source="demo settings",
+    )
     print(f"open {(out / 'report.html').resolve()} in a browser (works offline)")
     return rc

@@ -33,10 +33,25 @@ FORMATS = ("loss-landscape",)
 
 
 def add_arguments(p) -> None:
-    p.add_argument("results", metavar="RESULTS", help="results file (.h5) written by landscape surface")
-    p.add_argument("--format", choices=FORMATS, default="loss-landscape", help="output format (default: %(default)s)")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the exported files (created)")
-    p.add_argument("--key", default="surface", help="only records under this prefix (default: %(default)s)")
+    p.add_argument(
+        "results", metavar="RESULTS", help="results file (.h5) written by landscape surface"
+    )
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="loss-landscape",
+        help="output format (default: %(default)s)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="folder for the exported files (created)",
+    )
+    p.add_argument(
+        "--key", default="surface", help="only records under this prefix (default: %(default)s)"
+    )
 
 
 def to_li_layout(values: np.ndarray) -> np.ndarray:
@@ -55,8 +70,15 @@ def from_li_layout(values: np.ndarray, nx: int, ny: int | None) -> np.ndarray:
     return v.reshape(-1).reshape(ny, nx).T.copy()
 
 
-def write_loss_landscape_file(path: str | Path, x: np.ndarray, y: np.ndarray | None, loss: np.ndarray, accuracy: np.ndarray,
-                              split: str = "train", attrs: dict | None = None) -> Path:
+def write_loss_landscape_file(
+    path: str | Path,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    loss: np.ndarray,
+    accuracy: np.ndarray,
+    split: str = "train",
+    attrs: dict | None = None,
+) -> Path:
     """One loss-landscape compatible file; ``loss[i, j]`` is at ``(x[i], y[j])``, ``accuracy`` a fraction."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,8 +88,10 @@ def write_loss_landscape_file(path: str | Path, x: np.ndarray, y: np.ndarray | N
             f["ycoordinates"] = np.asarray(y, dtype=float)
         f[f"{split}_loss"] = to_li_layout(loss)
         f[f"{split}_acc"] = to_li_layout(np.asarray(accuracy, dtype=float) * 100.0)
-        f.attrs["layout"] = ("loss-landscape (Li et al. 2018): arrays declared (len(x), len(y)), filled y-major: "
-                             "flat index j*len(x)+i holds (x[i], y[j]); accuracy in percent")
+        f.attrs["layout"] = (
+            "loss-landscape (Li et al. 2018): arrays declared (len(x), len(y)), filled y-major: "
+            "flat index j*len(x)+i holds (x[i], y[j]); accuracy in percent"
+        )
         for k, v in (attrs or {}).items():
             f.attrs[k] = v
     return path
@@ -109,13 +133,23 @@ def read_loss_landscape_file(path: str | Path) -> LossLandscapeFile:
         if "xcoordinates" not in f:
             raise UserError(f"{path}: no xcoordinates dataset: not a loss-landscape surface file")
         x = np.asarray(f["xcoordinates"][()], dtype=float).reshape(-1)
-        y = np.asarray(f["ycoordinates"][()], dtype=float).reshape(-1) if "ycoordinates" in f else None
+        y = (
+            np.asarray(f["ycoordinates"][()], dtype=float).reshape(-1)
+            if "ycoordinates" in f
+            else None
+        )
         n = len(x) * (len(y) if y is not None else 1)
         values = {}
         for name, obj in f.items():
-            if name in ("xcoordinates", "ycoordinates") or not isinstance(obj, h5py.Dataset) or obj.size != n:
+            if (
+                name in ("xcoordinates", "ycoordinates")
+                or not isinstance(obj, h5py.Dataset)
+                or obj.size != n
+            ):
                 continue
-            v = from_li_layout(np.asarray(obj[()], dtype=float), len(x), None if y is None else len(y))
+            v = from_li_layout(
+                np.asarray(obj[()], dtype=float), len(x), None if y is None else len(y)
+            )
             values[name] = v / 100.0 if name.endswith("_acc") else v
     return LossLandscapeFile(str(path), x, y, values)
 
@@ -132,9 +166,15 @@ def run(args) -> int:
     if not src.exists():
         raise UserError(f"{src}: no such results file")
     store = ResultsStore(src, create=False)
-    records = [r for r in map(store.read, store.keys(args.key.strip("/"))) if "loss" in r.datasets] if args.key else []
+    records = (
+        [r for r in map(store.read, store.keys(args.key.strip("/"))) if "loss" in r.datasets]
+        if args.key
+        else []
+    )
     if not records:
-        raise UserError(f"{src}: no complete surface records under /{args.key.strip('/')}: run landscape surface first")
+        raise UserError(
+            f"{src}: no complete surface records under /{args.key.strip('/')}: run landscape surface first"
+        )
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder: pass a folder to -o")
@@ -146,9 +186,24 @@ def run(args) -> int:
         y = rec[f"{axes[1]}coordinates"] if len(axes) > 1 else None
         split = str(rec.attrs.get("split", "train"))
         name = _safe("__".join(key.split("/")[1:]) or key) + ".h5"
-        write_loss_landscape_file(out / name, x, y, rec["loss"], rec["accuracy"], split,
-                                  {"source": str(src.resolve()), "record": key, "split": split})
-        rows.append({"record": key, "file": str(out / name), "shape": "x".join(str(s) for s in rec["loss"].shape),
-                     "datasets": f"{split}_loss, {split}_acc"})
-    print_table(pd.DataFrame(rows), f"exported {len(rows)} surface(s) in loss-landscape format -> {out}")
+        write_loss_landscape_file(
+            out / name,
+            x,
+            y,
+            rec["loss"],
+            rec["accuracy"],
+            split,
+            {"source": str(src.resolve()), "record": key, "split": split},
+        )
+        rows.append(
+            {
+                "record": key,
+                "file": str(out / name),
+                "shape": "x".join(str(s) for s in rec["loss"].shape),
+                "datasets": f"{split}_loss, {split}_acc",
+            }
+        )
+    print_table(
+        pd.DataFrame(rows), f"exported {len(rows)} surface(s) in loss-landscape format -> {out}"
+    )
     return 0

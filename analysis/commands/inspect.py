@@ -17,7 +17,9 @@ EXAMPLE = "landscape inspect runs/w-asym/seed0/final.pt"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("path", metavar="PATH", help="a checkpoint (.pt, .safetensors) or a results file (.h5)")
+    p.add_argument(
+        "path", metavar="PATH", help="a checkpoint (.pt, .safetensors) or a results file (.h5)"
+    )
     p.add_argument("--arch", default=None, help="architecture when the checkpoint has no sidecar")
 
 
@@ -36,8 +38,14 @@ def run(args) -> int:
     side = read_sidecar(path)
     n_all = sum(p.numel() for p in model.parameters())
     fixed = sum(int((b == 0).sum()) for n, b in model.named_buffers() if n.endswith(".mask"))
-    rows = [("file", str(path)), ("architecture", cfg.get("arch", type(model).__name__)), ("variant", cfg.get("variant", "?")),
-            ("parameters (all entries)", n_all), ("fixed entries (W-Asym)", fixed), ("trainable coordinates", ParamView(model).numel)]
+    rows = [
+        ("file", str(path)),
+        ("architecture", cfg.get("arch", type(model).__name__)),
+        ("variant", cfg.get("variant", "?")),
+        ("parameters (all entries)", n_all),
+        ("fixed entries (W-Asym)", fixed),
+        ("trainable coordinates", ParamView(model).numel),
+    ]
     for k in ("width", "depth", "norm", "activation", "n_fix", "kappa", "mask_seed", "seed"):
         if cfg.get(k) is not None:
             rows.append((k, cfg[k]))

@@ -13,12 +13,31 @@ def add_arguments(p) -> None:
     add_data(p)
     add_output(p)
     g = p.add_argument_group("interpolation")
-    g.add_argument("--points", type=int, default=25, help="points on each curve, alpha in [0, 1] (default: %(default)s)")
-    g.add_argument("--bn", choices=("eval", "reset"), default="eval",
-                   help="BatchNorm statistics: interpolate them (eval) or re-estimate on the train split at every point (reset; one extra pass per point)")
-    g.add_argument("--splits", default="test,train", help="splits to evaluate (default: %(default)s)")
-    g.add_argument("--align", action="store_true", help="also weight-match each standard pair (B onto A) and store aligned curves")
-    g.add_argument("--align-all", action="store_true", help="align asymmetric groups too (a baseline; the permutation changes their function)")
+    g.add_argument(
+        "--points",
+        type=int,
+        default=25,
+        help="points on each curve, alpha in [0, 1] (default: %(default)s)",
+    )
+    g.add_argument(
+        "--bn",
+        choices=("eval", "reset"),
+        default="eval",
+        help="BatchNorm statistics: interpolate them (eval) or re-estimate on the train split at every point (reset; one extra pass per point)",
+    )
+    g.add_argument(
+        "--splits", default="test,train", help="splits to evaluate (default: %(default)s)"
+    )
+    g.add_argument(
+        "--align",
+        action="store_true",
+        help="also weight-match each standard pair (B onto A) and store aligned curves",
+    )
+    g.add_argument(
+        "--align-all",
+        action="store_true",
+        help="align asymmetric groups too (a baseline; the permutation changes their function)",
+    )
     g.add_argument("--no-mli", action="store_true", help="skip the init -> final MLI curves")
 
 
@@ -32,6 +51,15 @@ def run(args) -> int:
     for s in splits:
         if s not in ("train", "test"):
             raise UserError(f"--splits: unknown split {s!r}: use train and/or test")
-    df = study(ctx, num_points=args.points, splits=splits, bn=args.bn, align="all" if args.align_all else args.align, mli=not args.no_mli)
-    print_table(df, f"interpolation barriers ({splits[0]} split, mean ± std over pairs) -> {ctx.store.path}")
+    df = study(
+        ctx,
+        num_points=args.points,
+        splits=splits,
+        bn=args.bn,
+        align="all" if args.align_all else args.align,
+        mli=not args.no_mli,
+    )
+    print_table(
+        df, f"interpolation barriers ({splits[0]} split, mean ± std over pairs) -> {ctx.store.path}"
+    )
     return 0

@@ -13,9 +13,23 @@ EXAMPLE = "landscape report out/study/results.h5 -o report.html --static figures
 
 
 def add_arguments(p) -> None:
-    p.add_argument("results", metavar="RESULTS", help="results file (.h5) written by landscape run / interpolate / hessian / ...")
-    p.add_argument("-o", "--output", default=None, metavar="FILE", help="HTML file (default: report.html beside the results file)")
-    p.add_argument("--static", metavar="DIR", help="also write every figure as PNG and PDF (matplotlib) into DIR")
+    p.add_argument(
+        "results",
+        metavar="RESULTS",
+        help="results file (.h5) written by landscape run / interpolate / hessian / ...",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="HTML file (default: report.html beside the results file)",
+    )
+    p.add_argument(
+        "--static",
+        metavar="DIR",
+        help="also write every figure as PNG and PDF (matplotlib) into DIR",
+    )
     p.add_argument("--title", default=None, help="page title (default: from the results file name)")
 
 

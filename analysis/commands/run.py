@@ -22,8 +22,9 @@ import importlib
 import inspect
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from landscape.errors import UserError
 
@@ -52,11 +53,29 @@ STUDY_KEYS = {"data", "samples", "batch_size", "device", "arch", "analyses"}
 def add_arguments(p) -> None:
     add_roots(p)
     add_data(p, default=None)
-    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder: results.h5, report.html (created; reused on rerun)")
-    p.add_argument("--config", metavar="TOML", help="settings per analysis ([study], [interpolation], [symmetry], [hessian], [surface])")
-    p.add_argument("--analyses", metavar="LIST", help=f"comma-separated subset of {','.join(STUDIES)} (default: all installed)")
-    p.add_argument("--static", metavar="DIR", help="also write every figure as PNG and PDF into DIR")
-    p.add_argument("--force", action="store_true", help="recompute records that are already complete")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUTDIR",
+        help="output folder: results.h5, report.html (created; reused on rerun)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="TOML",
+        help="settings per analysis ([study], [interpolation], [symmetry], [hessian], [surface])",
+    )
+    p.add_argument(
+        "--analyses",
+        metavar="LIST",
+        help=f"comma-separated subset of {','.join(STUDIES)} (default: all installed)",
+    )
+    p.add_argument(
+        "--static", metavar="DIR", help="also write every figure as PNG and PDF into DIR"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="recompute records that are already complete"
+    )
 
 
 def read_config(path: str | Path | None) -> dict[str, dict[str, Any]]:
@@ -74,13 +93,18 @@ def read_config(path: str | Path | None) -> dict[str, dict[str, Any]]:
         raise UserError(f"{path}: not valid TOML ({exc}): fix the file") from exc
     unknown = set(cfg) - set(STUDIES) - {"study"}
     if unknown:
-        raise UserError(f"{path}: unknown table(s) {sorted(unknown)}; expected [study], " + ", ".join(f"[{s}]" for s in STUDIES))
+        raise UserError(
+            f"{path}: unknown table(s) {sorted(unknown)}; expected [study], "
+            + ", ".join(f"[{s}]" for s in STUDIES)
+        )
     for k, v in cfg.items():
         if not isinstance(v, dict):
             raise UserError(f"{path}: {k} must be a table ([{k}]), got a value")
     bad = set(cfg.get("study", {})) - STUDY_KEYS
     if bad:
-        raise UserError(f"{path}: unknown key(s) {sorted(bad)} in [study]; expected {sorted(STUDY_KEYS)}")
+        raise UserError(
+            f"{path}: unknown key(s) {sorted(bad)} in [study]; expected {sorted(STUDY_KEYS)}"
+        )
     return cfg
 
 
@@ -96,21 +120,39 @@ def study_function(analysis: str) -> Callable | None:
     return getattr(mod, "study", None)
 
 
-def study_kwargs(fn: Callable, analysis: str, overrides: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+def study_kwargs(
+    fn: Callable, analysis: str, overrides: Mapping[str, Any], source: str = "config"
+) -> dict[str, Any]:
     """Defaults, fixed arguments and overrides, kept to what ``fn`` accepts; an override it does not take is an error."""
     params = inspect.signature(fn).parameters
     open_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    accepted = {n for n, p in params.items() if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)} - {"ctx"}
+    accepted = {
+        n
+        for n, p in params.items()
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    } - {"ctx"}
     bad = [k for k in overrides if not open_kw and k not in accepted]
     if bad:
-        raise UserError(f"{source}: [{analysis}] has no setting {', '.join(map(repr, bad))}; it accepts {', '.join(sorted(accepted))}")
-    kw = {k: v for k, v in {**DEFAULTS.get(analysis, {}), **STUDIES[analysis][1]}.items() if k in accepted}
+        raise UserError(
+            f"{source}: [{analysis}] has no setting {', '.join(map(repr, bad))}; it accepts {', '.join(sorted(accepted))}"
+        )
+    kw = {
+        k: v
+        for k, v in {**DEFAULTS.get(analysis, {}), **STUDIES[analysis][1]}.items()
+        if k in accepted
+    }
     kw.update(overrides)
     return kw
 
 
-def run_studies(ctx, settings: Mapping[str, Mapping[str, Any]] | None = None, analyses: list[str] | None = None, *,
-                source: str = "config", log=print) -> list[tuple[str, str, float]]:
+def run_studies(
+    ctx,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+    analyses: list[str] | None = None,
+    *,
+    source: str = "config",
+    log=print,
+) -> list[tuple[str, str, float]]:
     """Run the installed studies on ``ctx``; returns ``(analysis, status, seconds)`` rows. A study's bad-input error is reported, not fatal."""
     settings = settings or {}
     rows = []
@@ -134,17 +176,32 @@ def run_studies(ctx, settings: Mapping[str, Mapping[str, Any]] | None = None, an
 def select(analyses: str | list[str] | None) -> list[str]:
     if analyses is None:
         return list(STUDIES)
-    names = [a.strip() for a in analyses.split(",")] if isinstance(analyses, str) else list(analyses)
+    names = (
+        [a.strip() for a in analyses.split(",")] if isinstance(analyses, str) else list(analyses)
+    )
     bad = [a for a in names if a not in STUDIES]
     if bad:
         raise UserError(f"unknown analysis {', '.join(bad)}: choose from {', '.join(STUDIES)}")
     return [a for a in STUDIES if a in names]
 
 
-def execute(roots, outdir: str | Path, *, config: Mapping[str, Mapping[str, Any]] | None = None, data: str | None = None,
-            samples: int | None = None, batch_size: int | None = None, device: str | None = None, arch: str | None = None,
-            analyses: str | list[str] | None = None, force: bool = False, progress: bool = True, static: str | Path | None = None,
-            source: str = "config", quiet: bool = False) -> int:
+def execute(
+    roots,
+    outdir: str | Path,
+    *,
+    config: Mapping[str, Mapping[str, Any]] | None = None,
+    data: str | None = None,
+    samples: int | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    arch: str | None = None,
+    analyses: str | list[str] | None = None,
+    force: bool = False,
+    progress: bool = True,
+    static: str | Path | None = None,
+    source: str = "config",
+    quiet: bool = False,
+) -> int:
     """The body of ``landscape run`` (also used by ``landscape demo``): returns the exit status."""
     import pandas as pd
 
@@ -155,11 +212,21 @@ def execute(roots, outdir: str | Path, *, config: Mapping[str, Mapping[str, Any]
     st = cfg.get("study", {})
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
-        raise UserError(f"{outdir}: is a file; -o takes an output folder (results.h5 and report.html go inside)")
+        raise UserError(
+            f"{outdir}: is a file; -o takes an output folder (results.h5 and report.html go inside)"
+        )
     outdir.mkdir(parents=True, exist_ok=True)
-    ctx = StudyContext.create(roots, data=data or st.get("data", "digits"), output=outdir / "results.h5",
-                              device=device or st.get("device", "auto"), samples=samples if samples is not None else st.get("samples"),
-                              batch_size=batch_size or st.get("batch_size"), arch=arch or st.get("arch"), force=force, progress=progress)
+    ctx = StudyContext.create(
+        roots,
+        data=data or st.get("data", "digits"),
+        output=outdir / "results.h5",
+        device=device or st.get("device", "auto"),
+        samples=samples if samples is not None else st.get("samples"),
+        batch_size=batch_size or st.get("batch_size"),
+        arch=arch or st.get("arch"),
+        force=force,
+        progress=progress,
+    )
     names = select(analyses if analyses is not None else st.get("analyses"))
     rows = run_studies(ctx, cfg, names, source=source)
     from reports import render_html, write_static
@@ -169,7 +236,10 @@ def execute(roots, outdir: str | Path, *, config: Mapping[str, Mapping[str, Any]
     if static:
         write_static(res, static)
     if not quiet:
-        print_table(pd.DataFrame(rows, columns=["analysis", "status", "seconds"]).round({"seconds": 1}), "analyses")
+        print_table(
+            pd.DataFrame(rows, columns=["analysis", "status", "seconds"]).round({"seconds": 1}),
+            "analyses",
+        )
         print_table(res.summary(), f"summary ({outdir / 'results.h5'})")
         print(f"report: {report}")
     return 2 if any(s == "failed" for _, s, _ in rows) else 0
@@ -177,6 +247,18 @@ def execute(roots, outdir: str | Path, *, config: Mapping[str, Mapping[str, Any]
 
 def run(args) -> int:
     cfg = read_config(args.config)
-    return execute(args.roots, args.output, config=cfg, data=args.data, samples=args.samples, batch_size=args.batch_size, device=args.device
-                   if args.device != "auto" else None, arch=args.arch, analyses=args.analyses, force=args.force, progress=not args.quiet,
-                   static=args.static, source=str(args.config or "defaults"))
+    return execute(
+        args.roots,
+        args.output,
+        config=cfg,
+        data=args.data,
+        samples=args.samples,
+        batch_size=args.batch_size,
+        device=args.device if args.device != "auto" else None,
+        arch=args.arch,
+        analyses=args.analyses,
+        force=args.force,
+        progress=not args.quiet,
+        static=args.static,
+        source=str(args.config or "defaults"),
+    )

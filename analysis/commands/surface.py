@@ -15,23 +15,79 @@ def add_arguments(p) -> None:
     add_data(p)
     add_output(p)
     g = p.add_argument_group("surface")
-    g.add_argument("--steps", type=int, default=41, help="grid points per axis (default: %(default)s)")
-    g.add_argument("--span", type=float, default=None,
-                   help="grid from -SPAN to SPAN along each direction (default: 1; with --plane: a square around A, B, C)")
-    g.add_argument("--dims", type=int, choices=(1, 2), default=2, help="1-D line or 2-D plane of random directions (default: %(default)s)")
-    g.add_argument("--plane", default=None, metavar="A,B,C", help="the plane through three seeds of each group (origin A) instead of random directions")
-    g.add_argument("--normalization", choices=("filter", "layer", "weight", "none"), default="filter",
-                   help="direction normalisation (Li et al. 2018; default: %(default)s)")
-    g.add_argument("--direction-seed", type=int, default=0, help="seed of the random directions, the same for every group (default: %(default)s)")
-    g.add_argument("--bn", choices=("eval", "reset"), default="eval",
-                   help="BatchNorm statistics: the model's own (eval) or re-estimated on the train split at every point (reset)")
-    g.add_argument("--split", choices=("train", "test"), default="train", help="data split the loss is measured on (default: %(default)s)")
-    g.add_argument("--radius", type=float, default=None, help="radius of the mean loss rise in the summary (default: half the half-span)")
-    g.add_argument("--chunk-size", type=int, default=None, help="grid points per chunk / task (default: one row of the grid)")
+    g.add_argument(
+        "--steps", type=int, default=41, help="grid points per axis (default: %(default)s)"
+    )
+    g.add_argument(
+        "--span",
+        type=float,
+        default=None,
+        help="grid from -SPAN to SPAN along each direction (default: 1; with --plane: a square around A, B, C)",
+    )
+    g.add_argument(
+        "--dims",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="1-D line or 2-D plane of random directions (default: %(default)s)",
+    )
+    g.add_argument(
+        "--plane",
+        default=None,
+        metavar="A,B,C",
+        help="the plane through three seeds of each group (origin A) instead of random directions",
+    )
+    g.add_argument(
+        "--normalization",
+        choices=("filter", "layer", "weight", "none"),
+        default="filter",
+        help="direction normalisation (Li et al. 2018; default: %(default)s)",
+    )
+    g.add_argument(
+        "--direction-seed",
+        type=int,
+        default=0,
+        help="seed of the random directions, the same for every group (default: %(default)s)",
+    )
+    g.add_argument(
+        "--bn",
+        choices=("eval", "reset"),
+        default="eval",
+        help="BatchNorm statistics: the model's own (eval) or re-estimated on the train split at every point (reset)",
+    )
+    g.add_argument(
+        "--split",
+        choices=("train", "test"),
+        default="train",
+        help="data split the loss is measured on (default: %(default)s)",
+    )
+    g.add_argument(
+        "--radius",
+        type=float,
+        default=None,
+        help="radius of the mean loss rise in the summary (default: half the half-span)",
+    )
+    g.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="grid points per chunk / task (default: one row of the grid)",
+    )
     d = p.add_argument_group("distributed (needs dask[distributed])")
     x = d.add_mutually_exclusive_group()
-    x.add_argument("--workers", type=int, default=None, metavar="N", help="start a local Dask cluster of N worker processes")
-    x.add_argument("--scheduler", default=None, metavar="ADDRESS", help="join the Dask cluster at ADDRESS (tcp://host:8786)")
+    x.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="start a local Dask cluster of N worker processes",
+    )
+    x.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="join the Dask cluster at ADDRESS (tcp://host:8786)",
+    )
 
 
 def run(args) -> int:
@@ -42,8 +98,23 @@ def run(args) -> int:
     if args.span is not None and args.span <= 0:
         raise UserError(f"--span must be positive, got {args.span}")
     ctx = context_from_args(args)
-    df = study(ctx, steps=args.steps, span=args.span, plane=args.plane, workers=args.workers, scheduler=args.scheduler, dims=args.dims,
-               normalization=args.normalization, direction_seed=args.direction_seed, bn=args.bn, split=args.split, radius=args.radius,
-               chunk_size=args.chunk_size)
-    print_table(df, f"loss surfaces ({args.split} split; rise_at_r = mean loss rise at radius r) -> {ctx.store.path}")
+    df = study(
+        ctx,
+        steps=args.steps,
+        span=args.span,
+        plane=args.plane,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        dims=args.dims,
+        normalization=args.normalization,
+        direction_seed=args.direction_seed,
+        bn=args.bn,
+        split=args.split,
+        radius=args.radius,
+        chunk_size=args.chunk_size,
+    )
+    print_table(
+        df,
+        f"loss surfaces ({args.split} split; rise_at_r = mean loss rise at radius r) -> {ctx.store.path}",
+    )
     return 0

@@ -8,8 +8,10 @@ from landscape.errors import UserError
 
 from ..common import add_data, add_output, add_roots, context_from_args, print_table
 
-HELP = ("symmetry audit: output change of each network under random permutations of its hidden units (about 1e-7 for a standard "
-        "network, large for W-Asym and sigma-Asym), and log10 of the size of the symmetry group")
+HELP = (
+    "symmetry audit: output change of each network under random permutations of its hidden units (about 1e-7 for a standard "
+    "network, large for W-Asym and sigma-Asym), and log10 of the size of the symmetry group"
+)
 EXAMPLE = "landscape symmetry runs -o results.h5        # or one checkpoint: landscape symmetry runs/w-asym/seed0/final.pt"
 
 
@@ -18,28 +20,52 @@ def add_arguments(p) -> None:
     add_data(p, default=None)
     add_output(p)
     g = p.add_argument_group("audit")
-    g.add_argument("--trials", type=int, default=3, help="random permutations per group (default: %(default)s)")
-    g.add_argument("--audit-samples", type=int, default=256, metavar="N",
-                   help="inputs the output change is measured on (default: %(default)s; random inputs unless --data is given)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random permutations (default: %(default)s)")
+    g.add_argument(
+        "--trials", type=int, default=3, help="random permutations per group (default: %(default)s)"
+    )
+    g.add_argument(
+        "--audit-samples",
+        type=int,
+        default=256,
+        metavar="N",
+        help="inputs the output change is measured on (default: %(default)s; random inputs unless --data is given)",
+    )
+    g.add_argument(
+        "--seed", type=int, default=0, help="seed of the random permutations (default: %(default)s)"
+    )
 
 
 def run(args) -> int:
     from ..alignment import ANALYSIS, study
 
     if args.trials < 1 or args.audit_samples < 1:
-        raise UserError(f"--trials and --audit-samples must be positive, got {args.trials} and {args.audit_samples}")
+        raise UserError(
+            f"--trials and --audit-samples must be positive, got {args.trials} and {args.audit_samples}"
+        )
     data_given = args.data is not None
     args.data = args.data or "digits"
     ctx = context_from_args(args)
-    df = study(ctx, trials=args.trials, samples=args.audit_samples, seed=args.seed, data="test" if data_given else "random")
+    df = study(
+        ctx,
+        trials=args.trials,
+        samples=args.audit_samples,
+        seed=args.seed,
+        data="test" if data_given else "random",
+    )
     runs = [(g, r) for g, rs in ctx.groups.items() for r in rs]
     if len(runs) == 1:
         g, r = runs[0]
         rec = ctx.store.read(f"{ANALYSIS}/{g}/{r.key}")
         names = [str(n) for n in rec["group_names"]]
-        per = pd.DataFrame({"perm_group": names, "size": rec["group_sizes"], "log10_order": rec["group_log10_order"],
-                            "max_change": rec["group_max_change"], "relative_change": rec["group_relative_change"]})
+        per = pd.DataFrame(
+            {
+                "perm_group": names,
+                "size": rec["group_sizes"],
+                "log10_order": rec["group_log10_order"],
+                "max_change": rec["group_max_change"],
+                "relative_change": rec["group_relative_change"],
+            }
+        )
         print_table(per, f"{r.final}: output change per permutation group")
     print_table(df, f"symmetry audit ({args.output})")
     return 0

@@ -15,19 +15,43 @@ EXAMPLE = "landscape train --arch mlp --variants standard,w-asym,sigma-asym --se
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--arch", default="mlp", help="zoo architecture: mlp, cnn, resnet20 (default: %(default)s)")
-    p.add_argument("--variants", default="standard,w-asym,sigma-asym", help="comma-separated variants (default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=4, help="number of training seeds 0..N-1 (default: %(default)s)")
+    p.add_argument(
+        "--arch", default="mlp", help="zoo architecture: mlp, cnn, resnet20 (default: %(default)s)"
+    )
+    p.add_argument(
+        "--variants",
+        default="standard,w-asym,sigma-asym",
+        help="comma-separated variants (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=4,
+        help="number of training seeds 0..N-1 (default: %(default)s)",
+    )
     p.add_argument("--data", default="digits", help="training data spec (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.03)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--width", type=int, default=None, help="hidden width (mlp) or width multiplier (resnet20)")
+    p.add_argument(
+        "--width", type=int, default=None, help="hidden width (mlp) or width multiplier (resnet20)"
+    )
     p.add_argument("--depth", type=int, default=None, help="hidden layers (mlp)")
-    p.add_argument("--norm", default=None, help="norm layer: layer|batch|none (mlp), group|batch|layer (conv nets)")
-    p.add_argument("--mask-seed", type=int, default=0, help="seed of the asymmetry constants, shared by all seeds of a group")
-    p.add_argument("--samples", type=int, default=None, help="train on a seeded subset of N samples")
+    p.add_argument(
+        "--norm",
+        default=None,
+        help="norm layer: layer|batch|none (mlp), group|batch|layer (conv nets)",
+    )
+    p.add_argument(
+        "--mask-seed",
+        type=int,
+        default=0,
+        help="seed of the asymmetry constants, shared by all seeds of a group",
+    )
+    p.add_argument(
+        "--samples", type=int, default=None, help="train on a seeded subset of N samples"
+    )
     p.add_argument("--out", required=True, metavar="ROOT", help="output checkpoint folder")
 
 
@@ -37,14 +61,34 @@ def run(args) -> int:
     train = load_data(args.data, "train", samples=args.samples)
     test = load_data(args.data, "test")
     kw = {k: getattr(args, k) for k in ("width", "depth", "norm") if getattr(args, k) is not None}
-    settings = TrainSettings(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size)
-    runs = train_group(args.out, args.arch, [v for v in args.variants.split(",") if v], range(args.seeds), train, test, settings,
-                       arch_kwargs=kw, mask_seed=args.mask_seed, progress=not args.quiet)
+    settings = TrainSettings(
+        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size
+    )
+    runs = train_group(
+        args.out,
+        args.arch,
+        [v for v in args.variants.split(",") if v],
+        range(args.seeds),
+        train,
+        test,
+        settings,
+        arch_kwargs=kw,
+        mask_seed=args.mask_seed,
+        progress=not args.quiet,
+    )
     from checkpoints import read_sidecar
 
     rows = []
     for r in runs:
         m = read_sidecar(r.final).get("metrics", {})
-        rows.append({"group": r.group, "seed": r.seed, "train_acc": m.get("train_accuracy"), "test_acc": m.get("test_accuracy"), "test_loss": m.get("test_loss")})
+        rows.append(
+            {
+                "group": r.group,
+                "seed": r.seed,
+                "train_acc": m.get("train_accuracy"),
+                "test_acc": m.get("test_accuracy"),
+                "test_loss": m.get("test_loss"),
+            }
+        )
     print_table(pd.DataFrame(rows), f"trained {len(runs)} models under {args.out}")
     return 0

@@ -19,13 +19,21 @@ def _ckpt(root, group, seed):
 
 
 def test_align_writes_permuted_checkpoint_with_sidecar(tiny_runs, tmp_path, capsys):
-    a, b, out = _ckpt(tiny_runs, "standard", 0), _ckpt(tiny_runs, "standard", 1), tmp_path / "B_aligned.pt"
+    a, b, out = (
+        _ckpt(tiny_runs, "standard", 0),
+        _ckpt(tiny_runs, "standard", 1),
+        tmp_path / "B_aligned.pt",
+    )
     assert main(["align", str(a), str(b), "-o", str(out)]) == 0
     table = capsys.readouterr().out
     assert "function preserved" in table and "True" in table
     side = read_sidecar(out)
     info = side["aligned_to"]
-    assert info["path"] == str(a) and info["sha256"] == sha256(a) and info["source_sha256"] == sha256(b)
+    assert (
+        info["path"] == str(a)
+        and info["sha256"] == sha256(a)
+        and info["source_sha256"] == sha256(b)
+    )
     assert info["method"] == "weight matching" and info["function_preserved"] is True
     model_a, model_b = load_model(a), load_model(b)
     expected = weight_matching(model_a, model_b)
@@ -41,8 +49,29 @@ def test_align_writes_permuted_checkpoint_with_sidecar(tiny_runs, tmp_path, caps
 
 
 def test_align_activation_method(tiny_runs, tmp_path):
-    a, b, out = _ckpt(tiny_runs, "standard", 0), _ckpt(tiny_runs, "standard", 1), tmp_path / "act.pt"
-    assert main(["align", str(a), str(b), "-o", str(out), "--method", "activation", "--data", "digits", "--samples", "200"]) == 0
+    a, b, out = (
+        _ckpt(tiny_runs, "standard", 0),
+        _ckpt(tiny_runs, "standard", 1),
+        tmp_path / "act.pt",
+    )
+    assert (
+        main(
+            [
+                "align",
+                str(a),
+                str(b),
+                "-o",
+                str(out),
+                "--method",
+                "activation",
+                "--data",
+                "digits",
+                "--samples",
+                "200",
+            ]
+        )
+        == 0
+    )
     assert read_sidecar(out)["aligned_to"]["method"] == "activation matching"
 
 
@@ -71,19 +100,64 @@ def test_align_bad_input_exits_2_and_writes_nothing(tiny_runs, tmp_path, capsys)
     spec = load_model(std).permutation_spec().to_dict()
     spec["groups"]["hidden0"] = [e for e in spec["groups"]["hidden0"] if e[0] != "lins.0.bias"]
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    _bad(["align", str(std), str(_ckpt(tiny_runs, "standard", 1)), "-o", str(out), "--spec", str(tmp_path / "spec.json")], out, capsys,
-         "lins.0.bias")
+    _bad(
+        [
+            "align",
+            str(std),
+            str(_ckpt(tiny_runs, "standard", 1)),
+            "-o",
+            str(out),
+            "--spec",
+            str(tmp_path / "spec.json"),
+        ],
+        out,
+        capsys,
+        "lins.0.bias",
+    )
     spec = load_model(std).permutation_spec().to_dict()
-    spec["groups"]["hidden0"].append(["lins.2.weight", 0])  # 10 classes, 16 units: the similarity would not be square
+    spec["groups"]["hidden0"].append(
+        ["lins.2.weight", 0]
+    )  # 10 classes, 16 units: the similarity would not be square
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    _bad(["align", str(std), str(_ckpt(tiny_runs, "standard", 1)), "-o", str(out), "--spec", str(tmp_path / "spec.json")], out, capsys,
-         "not a multiple")
+    _bad(
+        [
+            "align",
+            str(std),
+            str(_ckpt(tiny_runs, "standard", 1)),
+            "-o",
+            str(out),
+            "--spec",
+            str(tmp_path / "spec.json"),
+        ],
+        out,
+        capsys,
+        "not a multiple",
+    )
     spec = load_model(std).permutation_spec().to_dict()
-    spec["groups"]["hidden0"].append(["lins.0.weight", 1])  # 64 inputs in 16 blocks of 4: fits in size, but is no symmetry
+    spec["groups"]["hidden0"].append(
+        ["lins.0.weight", 1]
+    )  # 64 inputs in 16 blocks of 4: fits in size, but is no symmetry
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    _bad(["align", str(std), str(_ckpt(tiny_runs, "standard", 1)), "-o", str(out), "--spec", str(tmp_path / "spec.json")], out, capsys,
-         "tensor lins.0.weight axis 1 breaks it")
-    _bad(["align", str(std), str(std), "-o", str(out), "--method", "activation"], out, capsys, "needs --data")
+    _bad(
+        [
+            "align",
+            str(std),
+            str(_ckpt(tiny_runs, "standard", 1)),
+            "-o",
+            str(out),
+            "--spec",
+            str(tmp_path / "spec.json"),
+        ],
+        out,
+        capsys,
+        "tensor lins.0.weight axis 1 breaks it",
+    )
+    _bad(
+        ["align", str(std), str(std), "-o", str(out), "--method", "activation"],
+        out,
+        capsys,
+        "needs --data",
+    )
     _bad(["align", str(std), str(std), "-o", str(std)], out, capsys, "overwrite")
 
 
@@ -101,13 +175,28 @@ def test_symmetry_cli_writes_records_and_resumes(tiny_runs, tmp_path, capsys):
     assert float(std["relative_output_change"]) < 1e-5 < float(asym["relative_output_change"])
     assert std.dataset_attrs["group_max_change"]["axes"] == ["perm_group"]
     stamp = std.attrs["time"]
-    assert main(["symmetry", str(tiny_runs), "-o", str(res), "-q"]) == 0  # complete records are reused
+    assert (
+        main(["symmetry", str(tiny_runs), "-o", str(res), "-q"]) == 0
+    )  # complete records are reused
     assert ResultsStore(res).read("symmetry/standard/seed0").attrs["time"] == stamp
 
 
 def test_symmetry_cli_single_checkpoint_with_data(tiny_runs, tmp_path, capsys):
     res = tmp_path / "one.h5"
-    assert main(["symmetry", str(_ckpt(tiny_runs, "w-asym", 0)), "--data", "digits", "-o", str(res), "-q"]) == 0
+    assert (
+        main(
+            [
+                "symmetry",
+                str(_ckpt(tiny_runs, "w-asym", 0)),
+                "--data",
+                "digits",
+                "-o",
+                str(res),
+                "-q",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "hidden0" in out and "hidden1" in out  # per-permutation-group table for one network
     assert main(["symmetry", str(tmp_path / "missing"), "-o", str(res)]) == 2

@@ -17,7 +17,7 @@ def _run(capsys, *argv):
 
 
 def _one_line(err):
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 
@@ -51,7 +51,9 @@ def test_truncated_checkpoint_in_a_group(capsys, tiny_runs, tmp_path):
     shutil.copytree(tiny_runs, root)
     f = root / "standard" / "seed1" / "final.pt"
     f.write_bytes(f.read_bytes()[:200])
-    rc, err = _run(capsys, "interpolate", str(root), "--samples", "50", "-o", str(tmp_path / "r.h5"), "-q")
+    rc, err = _run(
+        capsys, "interpolate", str(root), "--samples", "50", "-o", str(tmp_path / "r.h5"), "-q"
+    )
     line = _one_line(err)
     assert rc == 2 and "truncated or corrupt" in line and "seed1/final.pt" in line
 
@@ -60,7 +62,16 @@ def test_group_with_different_masks_is_refused(capsys, tmp_path):
     for seed, mask_seed in ((0, 0), (1, 1)):
         m = zoo.build("mlp", "w-asym", input_dim=64, width=8, seed=seed, mask_seed=mask_seed)
         save_checkpoint(m, tmp_path / "g" / f"seed{seed}.pt")
-    rc, err = _run(capsys, "interpolate", str(tmp_path / "g"), "--samples", "50", "-o", str(tmp_path / "r.h5"), "-q")
+    rc, err = _run(
+        capsys,
+        "interpolate",
+        str(tmp_path / "g"),
+        "--samples",
+        "50",
+        "-o",
+        str(tmp_path / "r.h5"),
+        "-q",
+    )
     assert rc == 2 and "not one network family" in _one_line(err)
     assert not (tmp_path / "r.h5").exists()
 
@@ -68,8 +79,12 @@ def test_group_with_different_masks_is_refused(capsys, tmp_path):
 def test_group_with_different_architectures_is_refused(capsys, tmp_path):
     d = tmp_path / "g"
     for seed, width in ((0, 8), (1, 9)):
-        save_checkpoint(zoo.build("mlp", input_dim=64, width=width, seed=seed), d / f"seed{seed}" / "final.pt")
-    rc, err = _run(capsys, "interpolate", str(d.parent), "--samples", "50", "-o", str(tmp_path / "r.h5"), "-q")
+        save_checkpoint(
+            zoo.build("mlp", input_dim=64, width=width, seed=seed), d / f"seed{seed}" / "final.pt"
+        )
+    rc, err = _run(
+        capsys, "interpolate", str(d.parent), "--samples", "50", "-o", str(tmp_path / "r.h5"), "-q"
+    )
     assert rc == 2 and "different shapes" in _one_line(err)
 
 
@@ -85,10 +100,23 @@ def test_unknown_architecture_and_pickled_code(capsys, tmp_path):
 def test_labels_out_of_range(capsys, tmp_path):
     import numpy as np
 
-    save_checkpoint(zoo.build("mlp", input_dim=4, width=8, num_classes=3, seed=0), tmp_path / "g" / "seed0.pt")
-    save_checkpoint(zoo.build("mlp", input_dim=4, width=8, num_classes=3, seed=1), tmp_path / "g" / "seed1.pt")
+    save_checkpoint(
+        zoo.build("mlp", input_dim=4, width=8, num_classes=3, seed=0), tmp_path / "g" / "seed0.pt"
+    )
+    save_checkpoint(
+        zoo.build("mlp", input_dim=4, width=8, num_classes=3, seed=1), tmp_path / "g" / "seed1.pt"
+    )
     np.savez(tmp_path / "d.npz", X=np.zeros((10, 4), np.float32), y=np.arange(10))
-    rc, err = _run(capsys, "interpolate", str(tmp_path / "g"), "--data", f"npz:{tmp_path / 'd.npz'}", "-o", str(tmp_path / "r.h5"), "-q")
+    rc, err = _run(
+        capsys,
+        "interpolate",
+        str(tmp_path / "g"),
+        "--data",
+        f"npz:{tmp_path / 'd.npz'}",
+        "-o",
+        str(tmp_path / "r.h5"),
+        "-q",
+    )
     assert rc == 2 and "labels range over 0..9 but the model has 3 outputs" in _one_line(err)
 
 

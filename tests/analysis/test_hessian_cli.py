@@ -11,12 +11,37 @@ from checkpoints.sources import load_data
 from landscape import evaluate, hessian_eigenvalues
 from landscape.store import ResultsStore
 
-ARGS = ["--data", "digits", "--samples", "150", "--top-k", "3", "--trace-queries", "12", "--device", "cpu", "-q"]
+ARGS = [
+    "--data",
+    "digits",
+    "--samples",
+    "150",
+    "--top-k",
+    "3",
+    "--trace-queries",
+    "12",
+    "--device",
+    "cpu",
+    "-q",
+]
 
 
 def test_hessian_writes_records_and_prints_the_group_table(tiny_runs, tmp_path, capsys):
     out = tmp_path / "r.h5"
-    rc = main(["hessian", str(tiny_runs), *ARGS, "--density", "--density-runs", "3", "--lanczos-steps", "20", "-o", str(out)])
+    rc = main(
+        [
+            "hessian",
+            str(tiny_runs),
+            *ARGS,
+            "--density",
+            "--density-runs",
+            "3",
+            "--lanczos-steps",
+            "20",
+            "-o",
+            str(out),
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "lambda_max" in text and "neg_mass" in text and "w-asym" in text and "standard" in text
@@ -26,14 +51,33 @@ def test_hessian_writes_records_and_prints_the_group_table(tiny_runs, tmp_path, 
     rec = store.read("hessian/w-asym/seed1")
     a = rec.attrs
     top, bottom = rec["eigenvalues"], rec["smallest"]
-    assert top.shape == bottom.shape == (3,) and np.all(np.diff(top) <= 0) and np.all(np.diff(bottom) >= 0)
-    assert a["lambda_max"] == top[0] and a["lambda_min"] == bottom[0] and a["lambda_min"] < a["lambda_max"]
+    assert (
+        top.shape == bottom.shape == (3,)
+        and np.all(np.diff(top) <= 0)
+        and np.all(np.diff(bottom) >= 0)
+    )
+    assert (
+        a["lambda_max"] == top[0]
+        and a["lambda_min"] == bottom[0]
+        and a["lambda_min"] < a["lambda_max"]
+    )
     assert rec["converged"].all() and rec["smallest_converged"].all() and a["all_converged"]
-    assert np.isfinite(a["trace"]) and a["trace_stderr"] > 0 and rec["trace_samples"].shape == (4,)  # 12 queries: 4 + 4 + 4
+    assert (
+        np.isfinite(a["trace"]) and a["trace_stderr"] > 0 and rec["trace_samples"].shape == (4,)
+    )  # 12 queries: 4 + 4 + 4
     assert np.trapezoid(rec["density"], rec["eigenvalue_grid"]) == pytest.approx(1.0, abs=1e-3)
-    assert rec["slq_nodes"].shape == rec["slq_weights"].shape == (3, 20) and 0 <= a["negative_mass"] <= 1
-    assert rec.dataset_attrs["density"]["axes"] == ["eigenvalue"] and rec.dataset_attrs["slq_nodes"]["axes"] == ["run", "node"]
-    assert a["settings"]["top_k"] == 3 and a["settings"]["split"] == "train" and a["data"]["train"]["size"] == 150
+    assert (
+        rec["slq_nodes"].shape == rec["slq_weights"].shape == (3, 20)
+        and 0 <= a["negative_mass"] <= 1
+    )
+    assert rec.dataset_attrs["density"]["axes"] == ["eigenvalue"] and rec.dataset_attrs[
+        "slq_nodes"
+    ]["axes"] == ["run", "node"]
+    assert (
+        a["settings"]["top_k"] == 3
+        and a["settings"]["split"] == "train"
+        and a["data"]["train"]["size"] == 150
+    )
     assert a["variant"] == "w-asym" and len(a["checkpoint_sha256"][0]) == 64 and a["hvps"] > 0
     # the record is the Hessian of the recorded model on the recorded data
     model = load_model(a["checkpoints"][0])
@@ -43,15 +87,34 @@ def test_hessian_writes_records_and_prints_the_group_table(tiny_runs, tmp_path, 
     assert np.allclose(again.eigenvalues, np.concatenate([top, bottom]), rtol=1e-4)
     # rerunning skips complete records: the file is not rewritten
     mtime = out.stat().st_mtime_ns
-    assert main(["hessian", str(tiny_runs), *ARGS, "--density", "--density-runs", "3", "--lanczos-steps", "20", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "hessian",
+                str(tiny_runs),
+                *ARGS,
+                "--density",
+                "--density-runs",
+                "3",
+                "--lanczos-steps",
+                "20",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert out.stat().st_mtime_ns == mtime
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--params", "nothing.*"], "no trainable parameters"),
-    (["--top-k", "100000"], "k=100000"),
-    (["--top-k", "0"], "--top-k must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--params", "nothing.*"], "no trainable parameters"),
+        (["--top-k", "100000"], "k=100000"),
+        (["--top-k", "0"], "--top-k must be at least 1"),
+    ],
+)
 def test_bad_input_exits_2_and_writes_nothing(tiny_runs, tmp_path, capsys, extra, message):
     out = tmp_path / "bad.h5"
     assert main(["hessian", str(tiny_runs), *ARGS, *extra, "-o", str(out)]) == 2
@@ -63,8 +126,25 @@ def test_bad_input_exits_2_and_writes_nothing(tiny_runs, tmp_path, capsys, extra
 def test_labels_out_of_range_exit_2(tiny_runs, tmp_path, capsys):
     data = tmp_path / "wide.npz"
     rng = np.random.default_rng(0)
-    np.savez(data, X=rng.standard_normal((40, 64)).astype(np.float32), y=rng.integers(0, 20, 40))  # models have 10 outputs
+    np.savez(
+        data, X=rng.standard_normal((40, 64)).astype(np.float32), y=rng.integers(0, 20, 40)
+    )  # models have 10 outputs
     out = tmp_path / "bad.h5"
-    assert main(["hessian", str(tiny_runs), "--data", f"npz:{data}", "--top-k", "2", "-q", "-o", str(out)]) == 2
+    assert (
+        main(
+            [
+                "hessian",
+                str(tiny_runs),
+                "--data",
+                f"npz:{data}",
+                "--top-k",
+                "2",
+                "-q",
+                "-o",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "labels range" in capsys.readouterr().err
     assert not out.exists() or not ResultsStore(out).keys("hessian")

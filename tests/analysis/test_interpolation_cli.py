@@ -12,25 +12,68 @@ from landscape.store import ResultsStore
 
 def test_interpolate_writes_every_curve_and_prints_table(tiny_runs, tmp_path, capsys):
     out = tmp_path / "r.h5"
-    assert main(["interpolate", str(tiny_runs), "--data", "digits", "--samples", "100", "--points", "5", "-o", str(out), "-q"]) == 0
+    assert (
+        main(
+            [
+                "interpolate",
+                str(tiny_runs),
+                "--data",
+                "digits",
+                "--samples",
+                "100",
+                "--points",
+                "5",
+                "-o",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "loss_barrier" in text and "w-asym" in text and "standard" in text
     store = ResultsStore(out)
-    assert store.keys("interpolation") == ["interpolation/standard/seed0-seed1", "interpolation/w-asym/seed0-seed1"]
+    assert store.keys("interpolation") == [
+        "interpolation/standard/seed0-seed1",
+        "interpolation/w-asym/seed0-seed1",
+    ]
     assert len(store.keys("mli")) == 4
     rec = store.read("interpolation/w-asym/seed0-seed1")
     for k in ("alphas", "test_loss", "test_accuracy", "train_loss", "train_accuracy"):
         assert rec[k].shape == (5,)
     a = rec.attrs
-    assert a["test_loss_barrier_max"] == pytest.approx(max(rec["test_loss"] - np.linspace(rec["test_loss"][0], rec["test_loss"][-1], 5)))
-    assert a["data"]["test"]["size"] == 100 and a["settings"]["bn"] == "eval" and len(a["checkpoint_sha256"][0]) == 64
+    assert a["test_loss_barrier_max"] == pytest.approx(
+        max(rec["test_loss"] - np.linspace(rec["test_loss"][0], rec["test_loss"][-1], 5))
+    )
+    assert (
+        a["data"]["test"]["size"] == 100
+        and a["settings"]["bn"] == "eval"
+        and len(a["checkpoint_sha256"][0]) == 64
+    )
     assert a["seeds"] == ["seed0", "seed1"] and a["variant"] == "w-asym" and "torch_version" in a
     assert rec.dataset_attrs["test_loss"]["axes"] == ["alpha"]
     m = store.read("mli/standard/seed0").attrs
     assert set(m) >= {"delta", "monotonic", "local_convexity", "global_convexity"}
     # a rerun skips complete records (same file, same numbers, no rewrite)
     mtime = out.stat().st_mtime_ns
-    assert main(["interpolate", str(tiny_runs), "--data", "digits", "--samples", "100", "--points", "5", "-o", str(out), "-q"]) == 0
+    assert (
+        main(
+            [
+                "interpolate",
+                str(tiny_runs),
+                "--data",
+                "digits",
+                "--samples",
+                "100",
+                "--points",
+                "5",
+                "-o",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert out.stat().st_mtime_ns == mtime
 
 
@@ -39,8 +82,11 @@ def test_killed_study_resumes_to_identical_numbers(tiny_runs, tmp_path):
     ref = tmp_path / "ref.h5"
     assert main(["interpolate", *args, "-o", str(ref)]) == 0
     out = tmp_path / "killed.h5"
-    proc = subprocess.Popen([sys.executable, "-m", "analysis.cli", "interpolate", *args, "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "analysis.cli", "interpolate", *args, "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if out.exists():

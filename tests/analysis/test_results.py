@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def results(tmp_path, write_results):
-    return load(write_results(tmp_path / "r.h5", groups=("standard", "w-asym", "sigma-asym"), seeds=4))
+    return load(
+        write_results(tmp_path / "r.h5", groups=("standard", "w-asym", "sigma-asym"), seeds=4)
+    )
 
 
 def _attrs(path, analysis, group):
@@ -35,16 +37,23 @@ def test_frame_has_one_row_per_complete_record_with_the_stored_values(results):
     sub = df[df.group == "w-asym"].set_index("record")
     assert sorted(sub.index) == sorted(stored)
     for rec, attrs in stored.items():
-        assert sub.loc[rec, "test_loss_barrier_max"] == pytest.approx(float(attrs["test_loss_barrier_max"]))
+        assert sub.loc[rec, "test_loss_barrier_max"] == pytest.approx(
+            float(attrs["test_loss_barrier_max"])
+        )
     assert df.group.tolist()[:6] == ["standard"] * 6  # standard first, whatever the file order
     sym = results.frame("symmetry")
-    assert {"max_output_change", "relative_output_change", "symmetric"} <= set(sym.columns)  # scalar datasets and attrs
+    assert {"max_output_change", "relative_output_change", "symmetric"} <= set(
+        sym.columns
+    )  # scalar datasets and attrs
 
 
 def test_summary_matches_an_independent_computation(results):
     num = results.summary(formatted=False).set_index("group")
     for g in ("standard", "w-asym", "sigma-asym"):
-        vals = [float(a["test_loss_barrier_max"]) for a in _attrs(results.path, "interpolation", g).values()]
+        vals = [
+            float(a["test_loss_barrier_max"])
+            for a in _attrs(results.path, "interpolation", g).values()
+        ]
         assert num.loc[g, "loss barrier_mean"] == pytest.approx(np.mean(vals))
         assert num.loc[g, "loss barrier_std"] == pytest.approx(np.std(vals, ddof=1))
         assert num.loc[g, "loss barrier_n"] == 6
@@ -54,36 +63,71 @@ def test_summary_matches_an_independent_computation(results):
         assert num.loc[g, "lambda_max_mean"] == pytest.approx(np.mean(top))
         assert num.loc[g, "MLI monotonic_mean"] == pytest.approx(np.mean(mono))
     assert num.loc["standard", "aligned loss barrier_n"] == 6
-    assert np.isnan(num.loc["w-asym", "aligned loss barrier_mean"])  # aligned only for standard groups
+    assert np.isnan(
+        num.loc["w-asym", "aligned loss barrier_mean"]
+    )  # aligned only for standard groups
     fmt = results.summary().set_index("group")
-    vals = [float(a["test_loss_barrier_max"]) for a in _attrs(results.path, "interpolation", "standard").values()]
-    assert fmt.loc["standard", "loss barrier"] == f"{np.mean(vals):.4g} ± {np.std(vals, ddof=1):.2g}"
+    vals = [
+        float(a["test_loss_barrier_max"])
+        for a in _attrs(results.path, "interpolation", "standard").values()
+    ]
+    assert (
+        fmt.loc["standard", "loss barrier"] == f"{np.mean(vals):.4g} ± {np.std(vals, ddof=1):.2g}"
+    )
     assert fmt.loc["standard", "seeds"] == 4
-    assert fmt.loc["w-asym", "MLI monotonic"] == "0/4" and fmt.loc["standard", "MLI monotonic"] == "4/4"
+    assert (
+        fmt.loc["w-asym", "MLI monotonic"] == "0/4"
+        and fmt.loc["standard", "MLI monotonic"] == "4/4"
+    )
 
 
 def test_endpoint_accuracy_reads_each_seed_once(results):
     acc = results.endpoint_accuracy("standard")
     assert sorted(acc) == [f"seed{k}" for k in range(4)]
     with h5py.File(results.path, "r") as f:
-        assert acc["seed0"] == pytest.approx(f["interpolation/standard/seed0-seed1/test_accuracy"][0])
-        assert acc["seed3"] == pytest.approx(f["interpolation/standard/seed2-seed3/test_accuracy"][-1])
+        assert acc["seed0"] == pytest.approx(
+            f["interpolation/standard/seed0-seed1/test_accuracy"][0]
+        )
+        assert acc["seed3"] == pytest.approx(
+            f["interpolation/standard/seed2-seed3/test_accuracy"][-1]
+        )
 
 
 def test_curves_long_table(results):
     c = results.curves("interpolation", "standard")
     assert list(c.columns[:3]) == ["group", "record", "alpha"]
-    assert len(c) == 6 * 11 and set(c.record) == {f"seed{a}-seed{b}" for a, b in itertools.combinations(range(4), 2)}
+    assert len(c) == 6 * 11 and set(c.record) == {
+        f"seed{a}-seed{b}" for a, b in itertools.combinations(range(4), 2)
+    }
     with h5py.File(results.path, "r") as f:
-        np.testing.assert_allclose(c[c.record == "seed1-seed3"].test_loss, f["interpolation/standard/seed1-seed3/test_loss"][()])
+        np.testing.assert_allclose(
+            c[c.record == "seed1-seed3"].test_loss,
+            f["interpolation/standard/seed1-seed3/test_loss"][()],
+        )
 
 
 def test_incomplete_records_are_listed_not_used(tmp_path, write_results):
-    res = load(write_results(tmp_path / "p.h5", analyses=("interpolation", "mli"), incomplete=("interpolation/standard/seed0-seed1",)))
+    res = load(
+        write_results(
+            tmp_path / "p.h5",
+            analyses=("interpolation", "mli"),
+            incomplete=("interpolation/standard/seed0-seed1",),
+        )
+    )
     assert len(res.frame("interpolation")[lambda d: d.group == "standard"]) == 2
     miss = res.incomplete()
-    assert {"analysis": "interpolation", "group": "standard", "record": "seed0-seed1", "status": "incomplete"} in miss.to_dict("records")
-    assert set(miss[miss.status == "not run"].analysis) == {"interpolation_aligned", "hessian", "surface", "symmetry"}
+    assert {
+        "analysis": "interpolation",
+        "group": "standard",
+        "record": "seed0-seed1",
+        "status": "incomplete",
+    } in miss.to_dict("records")
+    assert set(miss[miss.status == "not run"].analysis) == {
+        "interpolation_aligned",
+        "hessian",
+        "surface",
+        "symmetry",
+    }
     with pytest.raises(UserError, match="incomplete"):
         res.record("interpolation/standard/seed0-seed1")
     assert "missing:" in res.describe()
@@ -98,7 +142,15 @@ def test_describe_and_inspect(results, capsys):
 
 
 def test_figure_by_name(results):
-    assert {"interpolation", "barriers", "mli", "hessian", "surfaces", "surface3d", "symmetry"} <= set(results.figure_names())
+    assert {
+        "interpolation",
+        "barriers",
+        "mli",
+        "hessian",
+        "surfaces",
+        "surface3d",
+        "symmetry",
+    } <= set(results.figure_names())
     fig = results.figure("barriers")
     assert len(fig.data) == 4  # three groups + the aligned standard group
     with pytest.raises(UserError, match="available"):
@@ -138,9 +190,22 @@ def test_empty_missing_and_foreign_files(tmp_path):
 
 
 def test_reports_and_results_do_not_import_torch():
-    files = sorted((REPO / "reports").glob("*.py")) + [REPO / "analysis" / "results.py", REPO / "analysis" / "commands" / "report.py"]
+    files = sorted((REPO / "reports").glob("*.py")) + [
+        REPO / "analysis" / "results.py",
+        REPO / "analysis" / "commands" / "report.py",
+    ]
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            bad = [n for n in names if n.split(".")[0] in ("torch", "checkpoints") or n.endswith("context")]
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            bad = [
+                n
+                for n in names
+                if n.split(".")[0] in ("torch", "checkpoints") or n.endswith("context")
+            ]
             assert not bad, f"{path.name} imports {bad}"

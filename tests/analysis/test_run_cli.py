@@ -13,19 +13,31 @@ from analysis.results import load
 def _times(path):
     with h5py.File(path, "r") as f:
         out = {}
-        f.visititems(lambda n, o: out.__setitem__(n, o.attrs["time"]) if isinstance(o, h5py.Group) and "complete" in o.attrs else None)
+        f.visititems(
+            lambda n, o: (
+                out.__setitem__(n, o.attrs["time"])
+                if isinstance(o, h5py.Group) and "complete" in o.attrs
+                else None
+            )
+        )
         return out
 
 
 def test_run_writes_every_installed_analysis(tiny_study):
     res = load(tiny_study / "results.h5")
     expected = {"interpolation", "interpolation_aligned", "mli"}
-    for analysis, module in (("symmetry", "alignment"), ("hessian", "hessian"), ("surface", "surfaces")):
+    for analysis, _module in (
+        ("symmetry", "alignment"),
+        ("hessian", "hessian"),
+        ("surface", "surfaces"),
+    ):
         if run.study_function(analysis) is not None:
             expected.add(analysis)
     assert set(res.analyses()) == expected
     assert res.groups() == ["standard", "w-asym"]
-    assert set(res.groups("interpolation_aligned")) == {"standard"}  # aligned barriers for standard groups only
+    assert set(res.groups("interpolation_aligned")) == {
+        "standard"
+    }  # aligned barriers for standard groups only
     pairs = res.frame("interpolation")
     assert len(pairs) == 2 and (pairs.record == "seed0-seed1").all()
     assert len(res.frame("mli")) == 4
@@ -56,7 +68,10 @@ def test_config_errors_are_one_line(tiny_runs, tmp_path, capsys):
     assert main(["run", str(tiny_runs), "-o", str(tmp_path / "o"), "--config", str(bad)]) == 2
     bad.write_text("not = [toml")
     assert main(["run", str(tiny_runs), "-o", str(tmp_path / "o"), "--config", str(bad)]) == 2
-    assert main(["run", str(tiny_runs), "-o", str(tmp_path / "o"), "--analyses", "interpolation,nope"]) == 2
+    assert (
+        main(["run", str(tiny_runs), "-o", str(tmp_path / "o"), "--analyses", "interpolation,nope"])
+        == 2
+    )
     (tmp_path / "file").write_text("x")
     assert main(["run", str(tiny_runs), "-o", str(tmp_path / "file")]) == 2
 
@@ -72,19 +87,48 @@ def test_study_kwargs_keep_what_the_study_accepts():
 def test_selected_analyses_and_static(tiny_runs, tmp_path):
     out = tmp_path / "sel"
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[study]\nsamples = 60\nanalyses = ['interpolation']\n[interpolation]\nnum_points = 3\nalign = false\nmli = false\n")
-    assert main(["run", str(tiny_runs), "-o", str(out), "--config", str(cfg), "--static", str(tmp_path / "fig"), "-q"]) == 0
+    cfg.write_text(
+        "[study]\nsamples = 60\nanalyses = ['interpolation']\n[interpolation]\nnum_points = 3\nalign = false\nmli = false\n"
+    )
+    assert (
+        main(
+            [
+                "run",
+                str(tiny_runs),
+                "-o",
+                str(out),
+                "--config",
+                str(cfg),
+                "--static",
+                str(tmp_path / "fig"),
+                "-q",
+            ]
+        )
+        == 0
+    )
     res = load(out / "results.h5")
     assert res.analyses() == ["interpolation"]
-    assert sorted(p.name for p in (tmp_path / "fig").iterdir())[:2] == ["barriers.pdf", "barriers.png"]
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir())[:2] == [
+        "barriers.pdf",
+        "barriers.png",
+    ]
 
 
 def test_demo_trains_then_runs(tmp_path, monkeypatch, capsys):
-    tiny = {"study": {"data": "digits", "samples": 60, "analyses": ["interpolation"]}, "interpolation": {"num_points": 3}}
+    tiny = {
+        "study": {"data": "digits", "samples": 60, "analyses": ["interpolation"]},
+        "interpolation": {"num_points": 3},
+    }
     monkeypatch.setattr(demo, "DEMO_CONFIG", tiny)
     out = tmp_path / "demo"
-    assert main(["demo", "-o", str(out), "--seeds", "2", "--epochs", "1", "--width", "8", "-q"]) == 0
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["sigma-asym", "standard", "w-asym"]
+    assert (
+        main(["demo", "-o", str(out), "--seeds", "2", "--epochs", "1", "--width", "8", "-q"]) == 0
+    )
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "sigma-asym",
+        "standard",
+        "w-asym",
+    ]
     assert (out / "report.html").is_file()
     res = load(out / "results.h5")
     assert res.groups() == ["standard", "w-asym", "sigma-asym"]

@@ -16,7 +16,21 @@ from landscape.store import ResultsStore
 
 def test_surface_cli_records_summary_rerun_and_export(tiny_runs, tmp_path, capsys):
     out = tmp_path / "r.h5"
-    args = ["surface", str(tiny_runs), "--data", "digits", "--samples", "100", "--steps", "5", "--span", "0.5", "-o", str(out), "-q"]
+    args = [
+        "surface",
+        str(tiny_runs),
+        "--data",
+        "digits",
+        "--samples",
+        "100",
+        "--steps",
+        "5",
+        "--span",
+        "0.5",
+        "-o",
+        str(out),
+        "-q",
+    ]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "min_loss" in text and "centre_loss" in text and "rise_at_r" in text and "w-asym" in text
@@ -26,7 +40,10 @@ def test_surface_cli_records_summary_rerun_and_export(tiny_runs, tmp_path, capsy
     for rec in recs:
         assert rec["loss"].shape == (5, 5) and rec["done"].all() and rec.attrs["split"] == "train"
         assert rec.attrs["axes"] == ["x", "y"] and rec.dataset_attrs["loss"]["axes"] == ["x", "y"]
-        assert rec.attrs["directions"]["seed"] == 0 and rec.attrs["directions"]["normalization"] == "filter"
+        assert (
+            rec.attrs["directions"]["seed"] == 0
+            and rec.attrs["directions"]["normalization"] == "filter"
+        )
         # the centre is the trained network's own train loss on the same samples
         model = load_model(tiny_runs / rec.attrs["group"] / "seed0" / "final.pt")
         train = load_data("digits", "train", samples=100)
@@ -45,9 +62,13 @@ def test_surface_cli_records_summary_rerun_and_export(tiny_runs, tmp_path, capsy
         assert set(h) == {"xcoordinates", "ycoordinates", "train_loss", "train_acc"}
         raw_loss, raw_acc = h["train_loss"][()], h["train_acc"][()]
     loss, acc = recs[1]["loss"], recs[1]["accuracy"]
-    assert np.array_equal(raw_loss, loss.T) and np.allclose(raw_acc, 100 * acc.T)  # square grid: Z[j, i] at (x[i], y[j])
+    assert np.array_equal(raw_loss, loss.T) and np.allclose(
+        raw_acc, 100 * acc.T
+    )  # square grid: Z[j, i] at (x[i], y[j])
     back = read_loss_landscape_file(f)
-    assert np.array_equal(back.values["train_loss"], loss) and np.allclose(back.values["train_acc"], acc)
+    assert np.array_equal(back.values["train_loss"], loss) and np.allclose(
+        back.values["train_acc"], acc
+    )
     assert np.array_equal(back.x, recs[1]["xcoordinates"]) and len(back.to_frame()) == 25
 
 
@@ -68,29 +89,89 @@ def test_loss_landscape_orientation_on_a_non_square_grid(tmp_path):
     assert np.array_equal(back.values["train_loss"], loss) and back.y is not None
     line = write_loss_landscape_file(tmp_path / "l.h5", x, None, x**2, np.ones(4), split="test")
     r = read_loss_landscape_file(line)
-    assert r.y is None and np.array_equal(r.values["test_loss"], x**2) and np.allclose(r.values["test_acc"], 1.0)
+    assert (
+        r.y is None
+        and np.array_equal(r.values["test_loss"], x**2)
+        and np.allclose(r.values["test_acc"], 1.0)
+    )
 
 
 def test_plane_through_three_seeds(tmp_path, capsys):
     root = tmp_path / "runs"
     for s in range(3):
-        save_checkpoint(zoo.build("mlp", "w-asym", input_dim=64, width=12, depth=1, seed=s), root / "w-asym" / f"seed{s}" / "final.pt")
+        save_checkpoint(
+            zoo.build("mlp", "w-asym", input_dim=64, width=12, depth=1, seed=s),
+            root / "w-asym" / f"seed{s}" / "final.pt",
+        )
     out = tmp_path / "r.h5"
-    assert main(["surface", str(root), "--data", "digits", "--samples", "60", "--steps", "7", "--plane", "seed0,seed1,seed2",
-                 "--split", "test", "-o", str(out), "-q"]) == 0
+    assert (
+        main(
+            [
+                "surface",
+                str(root),
+                "--data",
+                "digits",
+                "--samples",
+                "60",
+                "--steps",
+                "7",
+                "--plane",
+                "seed0,seed1,seed2",
+                "--split",
+                "test",
+                "-o",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert "seed0-seed1-seed2" in capsys.readouterr().out
     rec = ResultsStore(out).read("surface/w-asym/seed0-seed1-seed2")
     x = rec["xcoordinates"]
     i0, i1 = int(np.flatnonzero(x == 0.0)[0]), int(np.flatnonzero(x == 1.0)[0])
     test = load_data("digits", "test", samples=60).pair
-    la, lb = (evaluate(load_model(root / "w-asym" / f"seed{s}" / "final.pt"), test).loss for s in (0, 1))
-    assert rec["loss"][i0, i0] == pytest.approx(la, rel=1e-6) and rec["loss"][i1, i0] == pytest.approx(lb, rel=1e-5)
+    la, lb = (
+        evaluate(load_model(root / "w-asym" / f"seed{s}" / "final.pt"), test).loss for s in (0, 1)
+    )
+    assert rec["loss"][i0, i0] == pytest.approx(la, rel=1e-6) and rec["loss"][
+        i1, i0
+    ] == pytest.approx(lb, rel=1e-5)
     assert set(rec.attrs["directions"]["landmarks"]) == {"A", "B", "C"}
-    assert main(["surface", str(root), "--data", "digits", "--plane", "seed0,seed9,seed2", "-o", str(out), "-q"]) == 2
+    assert (
+        main(
+            [
+                "surface",
+                str(root),
+                "--data",
+                "digits",
+                "--plane",
+                "seed0,seed9,seed2",
+                "-o",
+                str(out),
+                "-q",
+            ]
+        )
+        == 2
+    )
     assert "no seed" in capsys.readouterr().err
 
 
 def test_workers_without_dask_is_a_clear_error(tiny_runs, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
-    code = main(["surface", str(tiny_runs), "--samples", "50", "--steps", "3", "--workers", "2", "-o", str(tmp_path / "r.h5"), "-q"])
+    code = main(
+        [
+            "surface",
+            str(tiny_runs),
+            "--samples",
+            "50",
+            "--steps",
+            "3",
+            "--workers",
+            "2",
+            "-o",
+            str(tmp_path / "r.h5"),
+            "-q",
+        ]
+    )
     assert code == 2 and "pip install" in capsys.readouterr().err

@@ -21,8 +21,13 @@ from benchmarks import timing  # noqa: E402
 def test_smoke_suite_writes_markdown_and_csv_with_a_row_per_module(tmp_path):
     out = tmp_path / "bench" / "smoke.md"
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     elapsed = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout + proc.stderr
     md = out.read_text()
@@ -48,23 +53,32 @@ def fake_modules(tmp_path, monkeypatch):
     pkg = tmp_path / "fakebench"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "bench_fail.py").write_text("def run(smoke):\n    raise RuntimeError('boom\\nsecond line')\n")
+    (pkg / "bench_fail.py").write_text(
+        "def run(smoke):\n    raise RuntimeError('boom\\nsecond line')\n"
+    )
     (pkg / "bench_notool.py").write_text("import pyhessian_missing_probe\n")
-    (pkg / "bench_tool.py").write_text("def run(smoke):\n    import rebasin.not_a_module_for_sure\n")
-    (pkg / "bench_slow.py").write_text("import time\ndef run(smoke):\n    time.sleep(5)\n    return []\n")
+    (pkg / "bench_tool.py").write_text(
+        "def run(smoke):\n    import rebasin.not_a_module_for_sure\n"
+    )
+    (pkg / "bench_slow.py").write_text(
+        "import time\ndef run(smoke):\n    time.sleep(5)\n    return []\n"
+    )
     (pkg / "bench_bad.py").write_text("def run(smoke):\n    return {'case': 'x'}\n")
     (pkg / "bench_good.py").write_text(
         "def run(smoke, device='cpu'):\n"
         "    return [{'tool': 'a', 'time_s': 2.0, 'time_min_s': 1.0, 'time_max_s': 3.0, 'ratio': 0.5, 'ratio_of': 'a / b',\n"
         "             'target': 'ratio <= 1', 'met': True, 'note': 'x|y', 'smoke': smoke, 'device': device},\n"
-        "            {'tool': 'b', 'time_s': (4.0, 3.5, 5.0), 'ratio': 2.0, 'target': 'ratio <= 1', 'met': False}]\n")
+        "            {'tool': 'b', 'time_s': (4.0, 3.5, 5.0), 'ratio': 2.0, 'target': 'ratio <= 1', 'met': False}]\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     return "fakebench"
 
 
 def test_failures_are_rows_not_crashes(fake_modules):
     fail = runner.run_module(f"{fake_modules}.bench_fail", smoke=True)
-    assert fail.status == "FAILED" and fail.message.startswith("RuntimeError: boom (bench_fail.py:2)")
+    assert fail.status == "FAILED" and fail.message.startswith(
+        "RuntimeError: boom (bench_fail.py:2)"
+    )
     # a module importing a package that is not a comparison tool is a failure, one that is a tool is skipped
     assert runner.run_module(f"{fake_modules}.bench_notool", smoke=True).status == "FAILED"
     tool = runner.run_module(f"{fake_modules}.bench_tool", smoke=True)
@@ -81,7 +95,9 @@ def test_render_and_csv(fake_modules, tmp_path):
     good = runner.run_module(f"{fake_modules}.bench_good", smoke=True, device="cpu")
     assert good.status == "ok" and good.rows[0]["case"] == "good" and good.rows[0]["smoke"] is True
     fail = runner.run_module(f"{fake_modules}.bench_fail", smoke=True)
-    md = runner.render([good, fail], {"CPU": "test"}, (100.0, 90.0, 110.0), smoke=True, command="x", seconds=1.0)
+    md = runner.render(
+        [good, fail], {"CPU": "test"}, (100.0, 90.0, 110.0), smoke=True, command="x", seconds=1.0
+    )
     lines = md.splitlines()
     row_a = next(ln for ln in lines if ln.startswith("| a |"))
     row_b = next(ln for ln in lines if ln.startswith("| b |"))
@@ -89,13 +105,21 @@ def test_render_and_csv(fake_modules, tmp_path):
     assert "4 (3.5–5)" in row_b and "| MISSED |" in row_b
     assert "- ratio: a / b" in lines and "ratio_of" not in md  # descriptions become a legend
     assert "| fail | FAILED | 0 |" in md and "RuntimeError: boom" in md
-    cells = [ln for ln in lines if ln.startswith("| ") and "| target |" not in ln]  # rows, not headers
-    assert sum("| MISSED |" in ln for ln in cells) == 2 and sum("| met |" in ln for ln in cells) == 2  # case table + targets
+    cells = [
+        ln for ln in lines if ln.startswith("| ") and "| target |" not in ln
+    ]  # rows, not headers
+    assert (
+        sum("| MISSED |" in ln for ln in cells) == 2 and sum("| met |" in ln for ln in cells) == 2
+    )  # case table + targets
     path = tmp_path / "r.csv"
     runner.write_csv(path, [good, fail])
     rows = list(csv.DictReader(open(path)))
     assert [r["status"] for r in rows] == ["ok", "ok", "FAILED"]
-    assert rows[1]["time_s"] == "4.0" and rows[1]["time_s_min"] == "3.5" and rows[1]["time_s_max"] == "5.0"
+    assert (
+        rows[1]["time_s"] == "4.0"
+        and rows[1]["time_s_min"] == "3.5"
+        and rows[1]["time_s_max"] == "5.0"
+    )
 
 
 def test_unknown_module_name_is_refused(tmp_path, capsys):

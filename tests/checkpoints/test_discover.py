@@ -25,10 +25,17 @@ def test_flat_folder_with_one_sidecar(tmp_path):
     for s in (2, 1):
         _save(d / f"model_{s}.pt")
     _save(d / "init_1.pt")
-    write_json_atomic(d / "landscape.json", {"arch": "mlp", "variant": "standard", "kwargs": {"input_dim": 4, "width": 4}})
+    write_json_atomic(
+        d / "landscape.json",
+        {"arch": "mlp", "variant": "standard", "kwargs": {"input_dim": 4, "width": 4}},
+    )
     groups = discover(d)
     runs = groups["mine"]
-    assert [r.seed for r in runs] == ["1", "2"] and runs[0].init.name == "init_1.pt" and runs[1].init is None
+    assert (
+        [r.seed for r in runs] == ["1", "2"]
+        and runs[0].init.name == "init_1.pt"
+        and runs[1].init is None
+    )
     assert runs[0].sidecar["arch"] == "mlp"
 
 

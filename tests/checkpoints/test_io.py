@@ -85,8 +85,14 @@ def _public_forward(sd, x, variant):
         w = sd[f"lins.{i}.weight"]
         x = x @ w.T + sd[f"lins.{i}.bias"]
         if i < 3:
-            x = torch.nn.functional.layer_norm(x, (12,), sd[f"norms.{i}.weight"], sd[f"norms.{i}.bias"])
-            x = x * torch.sigmoid(x @ sd[f"activations.{i}.C"].T) if variant == "sigma-asym" else torch.nn.functional.gelu(x)
+            x = torch.nn.functional.layer_norm(
+                x, (12,), sd[f"norms.{i}.weight"], sd[f"norms.{i}.bias"]
+            )
+            x = (
+                x * torch.sigmoid(x @ sd[f"activations.{i}.C"].T)
+                if variant == "sigma-asym"
+                else torch.nn.functional.gelu(x)
+            )
     return x
 
 
@@ -128,7 +134,9 @@ def test_nan_weights_and_bad_keys(tmp_path):
 
 
 def test_user_architecture_from_file(tmp_path):
-    (tmp_path / "net.py").write_text("import torch\ndef make():\n    return torch.nn.Sequential(torch.nn.Linear(4, 3))\n")
+    (tmp_path / "net.py").write_text(
+        "import torch\ndef make():\n    return torch.nn.Sequential(torch.nn.Linear(4, 3))\n"
+    )
     torch.save(torch.nn.Sequential(torch.nn.Linear(4, 3)).state_dict(), tmp_path / "s.pt")
     m = load_model(tmp_path / "s.pt", arch=f"{tmp_path / 'net.py'}:make")
     assert m(torch.randn(2, 4)).shape == (2, 3)

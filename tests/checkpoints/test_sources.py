@@ -12,7 +12,9 @@ from landscape.errors import UserError
 
 def _write_idx(path, arr, gz):
     codes = {np.dtype(np.uint8): 0x08}
-    head = struct.pack(">BBBB", 0, 0, codes[arr.dtype], arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
+    head = struct.pack(">BBBB", 0, 0, codes[arr.dtype], arr.ndim) + struct.pack(
+        ">" + "I" * arr.ndim, *arr.shape
+    )
     raw = head + arr.tobytes()
     if gz:
         path = path.with_name(path.name + ".gz")
@@ -100,13 +102,21 @@ def test_module_callable(tmp_path, monkeypatch):
     (tmp_path / "mydata.py").write_text(
         "import torch\nclass D(torch.utils.data.Dataset):\n    def __len__(self): return 6\n"
         "    def __getitem__(self, i): return torch.full((2,), float(i)), i % 2\n"
-        "def make(split='test'):\n    return D()\n")
+        "def make(split='test'):\n    return D()\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     ds = load_data("mydata:make")
     assert ds.X.shape == (6, 2) and ds.y.tolist() == [0, 1, 0, 1, 0, 1]
 
 
-@pytest.mark.parametrize("spec,msg", [("nope", "unknown data spec"), ("mnist:", "name the folder"), ("npz:/no/such.npz", "no such file")])
+@pytest.mark.parametrize(
+    "spec,msg",
+    [
+        ("nope", "unknown data spec"),
+        ("mnist:", "name the folder"),
+        ("npz:/no/such.npz", "no such file"),
+    ],
+)
 def test_bad_specs(spec, msg):
     with pytest.raises(UserError, match=msg):
         load_data(spec)

@@ -6,24 +6,37 @@ import torch
 
 from checkpoints import zoo
 from checkpoints.asym import AsymConv2d, AsymLinear, FiGLU
-from checkpoints.train import TrainSettings, train_model
 from checkpoints.sources import DataSet
+from checkpoints.train import TrainSettings, train_model
 from landscape.errors import UserError
 
 
 def _data(n=96, shape=(1, 8, 8), classes=10, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return DataSet(torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g))
+    return DataSet(
+        torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)
+    )
 
 
-@pytest.mark.parametrize("arch,kw", [("mlp", dict(input_dim=64, width=32)), ("cnn", dict(channels=(8, 8))),
-                                     ("resnet20", dict(in_channels=1, width=1))])
+@pytest.mark.parametrize(
+    "arch,kw",
+    [
+        ("mlp", dict(input_dim=64, width=32)),
+        ("cnn", dict(channels=(8, 8))),
+        ("resnet20", dict(in_channels=1, width=1)),
+    ],
+)
 def test_fixed_entries_survive_adamw_with_weight_decay(arch, kw):
     model = zoo.build(arch, "w-asym", seed=3, **kw)
     layers = [m for m in model.modules() if isinstance(m, (AsymLinear, AsymConv2d))]
     assert layers, "W-Asym model without asymmetric layers"
     before = [(m.effective_weight().detach().clone(), m.mask.clone()) for m in layers]
-    train_model(model, _data(), TrainSettings(epochs=3, lr=1e-2, weight_decay=0.5, batch_size=16), progress=False)
+    train_model(
+        model,
+        _data(),
+        TrainSettings(epochs=3, lr=1e-2, weight_decay=0.5, batch_size=16),
+        progress=False,
+    )
     moved = 0
     for m, (w0, mask) in zip(layers, before):
         w1 = m.effective_weight().detach()
@@ -80,8 +93,16 @@ def test_masks_identical_across_processes(variant):
     import os
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    outs = [subprocess.run([sys.executable, "-c", _SNIPPET.format(root=root, v=variant)], capture_output=True, text=True, check=True,
-                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)]
+    outs = [
+        subprocess.run(
+            [sys.executable, "-c", _SNIPPET.format(root=root, v=variant)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+        ).stdout
+        for seed in (1, 2)
+    ]
     assert outs[0] == outs[1]
     assert ("mask" if variant == "w-asym" else "C") in outs[0]
 
@@ -89,7 +110,9 @@ def test_masks_identical_across_processes(variant):
 def test_mask_seed_is_shared_across_training_seeds():
     a = zoo.build("mlp", "w-asym", input_dim=16, width=8, seed=0)
     b = zoo.build("mlp", "w-asym", input_dim=16, width=8, seed=1)
-    assert torch.equal(a.lins[1].mask, b.lins[1].mask) and torch.equal(a.lins[1].fixed, b.lins[1].fixed)
+    assert torch.equal(a.lins[1].mask, b.lins[1].mask) and torch.equal(
+        a.lins[1].fixed, b.lins[1].fixed
+    )
     assert not torch.equal(a.lins[1].weight * a.lins[1].mask, b.lins[1].weight * b.lins[1].mask)
     c = zoo.build("mlp", "w-asym", input_dim=16, width=8, seed=0, mask_seed=1)
     assert not torch.equal(a.lins[1].mask, c.lins[1].mask)
@@ -106,7 +129,9 @@ def _permute_hidden(model, layer, perm):
         nxt.weight.copy_(nxt.weight[:, perm])
 
 
-@pytest.mark.parametrize("variant,changes", [("standard", False), ("w-asym", True), ("sigma-asym", True)])
+@pytest.mark.parametrize(
+    "variant,changes", [("standard", False), ("w-asym", True), ("sigma-asym", True)]
+)
 def test_hidden_permutation_preserves_only_standard(variant, changes):
     model = zoo.build("mlp", variant, input_dim=16, width=12, seed=2)
     x = torch.randn(32, 16)

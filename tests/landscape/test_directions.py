@@ -6,7 +6,13 @@ from torch import nn
 
 from checkpoints.asym import AsymLinear
 from landscape import UserError
-from landscape.directions import directions_from, hessian_directions, line_direction, plane_directions, random_directions
+from landscape.directions import (
+    directions_from,
+    hessian_directions,
+    line_direction,
+    plane_directions,
+    random_directions,
+)
 from landscape.params import ParamView
 
 
@@ -35,7 +41,9 @@ def test_filter_normalisation_matches_definition():
     z = draws(m, 3)
     for name in ("0.weight", "2.weight"):
         w = dict(m.named_parameters())[name].detach()
-        expect = torch.stack([z[name][i] * w[i].norm() / (z[name][i].norm() + 1e-10) for i in range(w.shape[0])])
+        expect = torch.stack(
+            [z[name][i] * w[i].norm() / (z[name][i].norm() + 1e-10) for i in range(w.shape[0])]
+        )
         torch.testing.assert_close(got[name], expect)
         torch.testing.assert_close(got[name].norm(dim=1), w.norm(dim=1))
     # biases and norm parameters are zero by default
@@ -79,14 +87,20 @@ def test_wasym_direction_zero_on_fixed_entries_and_normalised_on_effective_weigh
 
 def test_same_seed_same_draws_across_architecture_variants():
     std = nn.Sequential(nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 2))
-    asym = nn.Sequential(AsymLinear(6, 3, n_fix=2, kappa=1.0, mask_seed=0, layer_index=0), nn.ReLU(), nn.Linear(3, 2))
+    asym = nn.Sequential(
+        AsymLinear(6, 3, n_fix=2, kappa=1.0, mask_seed=0, layer_index=0), nn.ReLU(), nn.Linear(3, 2)
+    )
     a = random_directions(std, seed=7, normalization="none", ignore=()).unflatten(std, 1)
     b = random_directions(asym, seed=7, normalization="none", ignore=()).unflatten(asym, 1)
     keep = asym[0].mask != 0
     torch.testing.assert_close(a["0.weight"][keep], b["0.weight"][keep])
     torch.testing.assert_close(a["2.weight"], b["2.weight"])
-    assert not torch.equal(random_directions(std, seed=8).vectors, random_directions(std, seed=7).vectors)
-    assert torch.equal(random_directions(std, seed=7).vectors, random_directions(std, seed=7).vectors)
+    assert not torch.equal(
+        random_directions(std, seed=8).vectors, random_directions(std, seed=7).vectors
+    )
+    assert torch.equal(
+        random_directions(std, seed=7).vectors, random_directions(std, seed=7).vectors
+    )
 
 
 def _shifted(m: nn.Module, seed: int) -> nn.Module:

@@ -21,9 +21,13 @@ from landscape.distributed import DaskExecutor, make_executor  # noqa: E402
 
 def problem():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    model = nn.Sequential(
+        nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
+    )
     g = torch.Generator().manual_seed(1)
-    data = as_batches((torch.randn(120, 10, generator=g), torch.randint(0, 3, (120,), generator=g)), batch_size=50)
+    data = as_batches(
+        (torch.randn(120, 10, generator=g), torch.randint(0, 3, (120,), generator=g)), batch_size=50
+    )
     return model, data, random_directions(model, seed=0)
 
 
@@ -42,7 +46,17 @@ def reference():
 def test_two_workers_give_the_single_process_grid(cluster, reference, tmp_path):
     model, data, d = problem()
     assert len(cluster.pids()) == 2
-    s = surface(model, data, d, steps=9, chunk_size=7, executor=cluster, store=tmp_path / "r.h5", key="surface/g/seed0", progress=False)
+    s = surface(
+        model,
+        data,
+        d,
+        steps=9,
+        chunk_size=7,
+        executor=cluster,
+        store=tmp_path / "r.h5",
+        key="surface/g/seed0",
+        progress=False,
+    )
     assert s.evaluated == 81
     assert np.array_equal(s.loss, reference.loss) and np.array_equal(s.accuracy, reference.accuracy)
     rec = ResultsStore(tmp_path / "r.h5").read("surface/g/seed0")
@@ -59,7 +73,9 @@ def test_killed_worker_chunks_are_retried(cluster, reference):
             os.kill(pid, signal.SIGKILL)
             killed.append((pid, done))
 
-    s = surface(model, data, d, steps=9, chunk_size=3, executor=cluster, callback=kill_one, progress=False)
+    s = surface(
+        model, data, d, steps=9, chunk_size=3, executor=cluster, callback=kill_one, progress=False
+    )
     assert killed and killed[0][1] < 81  # killed mid-run
     assert s.evaluated == 81
     assert np.array_equal(s.loss, reference.loss) and np.array_equal(s.accuracy, reference.accuracy)

@@ -11,11 +11,19 @@ from torch import nn
 from torch.func import functional_call
 
 from checkpoints import zoo
-from landscape import HessianOperator, UserError, hessian_eigenvalues, hessian_trace, spectral_density
+from landscape import (
+    HessianOperator,
+    UserError,
+    hessian_eigenvalues,
+    hessian_trace,
+    spectral_density,
+)
 from landscape.lanczos import broadened_density, hutchinson, hutchpp
 
 
-def dense_hessian(model: nn.Module, X: torch.Tensor, y: torch.Tensor, select=None, func: bool = True) -> torch.Tensor:
+def dense_hessian(
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor, select=None, func: bool = True
+) -> torch.Tensor:
     """Dense Hessian of the mean cross-entropy, over every trainable entry, then restricted to
     the entries a W-Asym mask leaves trainable (independent of ParamView and the operator).
 
@@ -23,7 +31,11 @@ def dense_hessian(model: nn.Module, X: torch.Tensor, y: torch.Tensor, select=Non
     returns a wrong, non-symmetric matrix through an affine ``nn.LayerNorm``.
     """
     model.eval()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and (select is None or n.startswith(select))]
+    named = [
+        (n, p)
+        for n, p in model.named_parameters()
+        if p.requires_grad and (select is None or n.startswith(select))
+    ]
     shapes = [p.shape for _, p in named]
     flat = torch.cat([p.detach().reshape(-1) for _, p in named])
 
@@ -34,12 +46,18 @@ def dense_hessian(model: nn.Module, X: torch.Tensor, y: torch.Tensor, select=Non
             i += s.numel()
         return F.cross_entropy(functional_call(model, parts, (X,), strict=False), y)
 
-    H = torch.func.hessian(loss)(flat) if func else torch.autograd.functional.hessian(loss, flat, vectorize=True)
+    H = (
+        torch.func.hessian(loss)(flat)
+        if func
+        else torch.autograd.functional.hessian(loss, flat, vectorize=True)
+    )
     buffers = dict(model.named_buffers())
     keep = []
     for n, p in named:
         mask = buffers.get(n[: -len("weight")] + "mask") if n.endswith("weight") else None
-        keep.append((mask != 0).reshape(-1) if mask is not None else torch.ones(p.numel(), dtype=torch.bool))
+        keep.append(
+            (mask != 0).reshape(-1) if mask is not None else torch.ones(p.numel(), dtype=torch.bool)
+        )
     keep = torch.cat(keep)
     return H[keep][:, keep]
 
@@ -53,14 +71,18 @@ def tiny_mlp():
 
 def tiny_wasym():
     torch.manual_seed(2)
-    model = zoo.build("mlp", "w-asym", input_dim=16, width=16, depth=2, num_classes=4, seed=0).double()
+    model = zoo.build(
+        "mlp", "w-asym", input_dim=16, width=16, depth=2, num_classes=4, seed=0
+    ).double()
     X, y = torch.randn(160, 16, dtype=torch.float64), torch.randint(0, 4, (160,))
     return model, X, y, False  # LayerNorm: see dense_hessian
 
 
 def tiny_cnn_bn():
     torch.manual_seed(3)
-    model = zoo.build("cnn", "standard", in_channels=1, num_classes=3, channels=(4, 6), norm="batch", seed=0).double()
+    model = zoo.build(
+        "cnn", "standard", in_channels=1, num_classes=3, channels=(4, 6), norm="batch", seed=0
+    ).double()
     X, y = torch.randn(96, 1, 6, 6, dtype=torch.float64), torch.randint(0, 3, (96,))
     model.train()
     with torch.no_grad():
@@ -90,8 +112,14 @@ def test_top_and_bottom_eigenvalues_match_the_dense_hessian(name):
     assert list(res.which) == ["largest"] * 5 + ["smallest"] * 5
     assert np.all(np.abs(res.eigenvalues[:5] - top) <= 1e-4 * np.abs(top))
     assert np.all(np.abs(res.eigenvalues[5:] - bottom) <= 1e-4 * np.abs(bottom))
-    assert bottom[0] < 0 and res.lambda_min == pytest.approx(bottom[0], rel=1e-4) and res.lambda_max == pytest.approx(top[0], rel=1e-4)
-    assert res.all_converged and res.steps < len(ev)  # stopped on residuals, not by exhausting the space
+    assert (
+        bottom[0] < 0
+        and res.lambda_min == pytest.approx(bottom[0], rel=1e-4)
+        and res.lambda_max == pytest.approx(top[0], rel=1e-4)
+    )
+    assert res.all_converged and res.steps < len(
+        ev
+    )  # stopped on residuals, not by exhausting the space
     assert res.hvps == res.steps and np.all(res.residuals >= res.error_bounds)
     assert not model.training
 
@@ -102,7 +130,9 @@ def test_float32_defaults_reach_1e4_on_the_top_five():
     m32.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
     res = hessian_eigenvalues(m32, (X.float(), y))
     top = ev[::-1][:5]
-    assert res.eigenvalues.dtype == np.float64 and np.all(np.abs(res.eigenvalues - top) <= 1e-4 * np.abs(top))
+    assert res.eigenvalues.dtype == np.float64 and np.all(
+        np.abs(res.eigenvalues - top) <= 1e-4 * np.abs(top)
+    )
 
 
 def test_eigenvectors_are_parameter_shaped_and_skip_fixed_entries():
@@ -116,7 +146,9 @@ def test_eigenvectors_are_parameter_shaped_and_skip_fixed_entries():
     for lam, r, vec, flat in zip(res.eigenvalues, res.residuals, res.eigenvectors, res.vectors):
         assert set(vec) == set(params) and all(vec[n].shape == params[n].shape for n in vec)
         for i, lin in enumerate(model.lins):
-            assert torch.all(vec[f"lins.{i}.weight"][lin.mask == 0] == 0)  # fixed entries get no direction
+            assert torch.all(
+                vec[f"lins.{i}.weight"][lin.mask == 0] == 0
+            )  # fixed entries get no direction
         assert float(flat.norm()) == pytest.approx(1.0, abs=1e-10)
         # the reported residual is the true ||H y - theta y|| (full reorthogonalisation keeps the relation exact)
         assert float((H @ flat - lam * flat).norm()) == pytest.approx(r, rel=1e-3, abs=1e-9)
@@ -175,7 +207,11 @@ def test_hutchpp_is_exact_on_a_low_rank_operator_and_hutchinson_is_not():
     matmat = lambda V: V @ A  # noqa: E731
     pp = hutchpp(matmat, 300, num_queries=30, seed=0, dtype=torch.float64)
     hu = hutchinson(matmat, 300, num_queries=30, seed=0, dtype=torch.float64)
-    assert pp.trace == pytest.approx(78.0, abs=1e-9) and pp.stderr < 1e-9 and pp.exact_part == pytest.approx(78.0)
+    assert (
+        pp.trace == pytest.approx(78.0, abs=1e-9)
+        and pp.stderr < 1e-9
+        and pp.exact_part == pytest.approx(78.0)
+    )
     assert hu.stderr > 1 and abs(hu.trace - 78.0) <= 4 * hu.stderr
 
 
@@ -189,7 +225,9 @@ def test_spectral_density_matches_the_broadened_true_spectrum():
     l1 = np.trapezoid(np.abs(res.density - truth), res.grid)
     assert l1 < 0.15, l1
     # a density of a shifted spectrum is far: the check can fail
-    wrong = broadened_density(ev + 10 * res.sigma, np.full(ev.size, 1.0 / ev.size), res.grid, res.sigma)
+    wrong = broadened_density(
+        ev + 10 * res.sigma, np.full(ev.size, 1.0 / ev.size), res.grid, res.sigma
+    )
     assert np.trapezoid(np.abs(wrong - truth), res.grid) > 5 * l1
     assert res.negative_mass() == pytest.approx(np.mean(ev < -1e-4 * np.abs(ev).max()), abs=0.1)
 
@@ -203,7 +241,10 @@ def test_scipy_linear_operator_and_determinism():
     b = hessian_eigenvalues(op, k=4, seed=3)
     assert np.array_equal(a.eigenvalues, b.eigenvalues) and a.steps == b.steps
     frame = a.to_frame()
-    assert list(frame.columns) == ["which", "eigenvalue", "residual", "error_bound", "converged"] and len(frame) == 4
+    assert (
+        list(frame.columns) == ["which", "eigenvalue", "residual", "error_bound", "converged"]
+        and len(frame) == 4
+    )
 
 
 def test_model_is_left_as_found():
@@ -212,7 +253,9 @@ def test_model_is_left_as_found():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     hessian_eigenvalues(model, (X, y), k=2)
     assert model.training
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN statistics untouched
+    assert all(
+        torch.equal(before[k], v) for k, v in model.state_dict().items()
+    )  # BN statistics untouched
     model.eval()
 
 

@@ -53,7 +53,9 @@ def test_symmetric_pair_has_the_hand_computed_barrier():
     x = torch.linspace(-2, 3, 17, dtype=torch.float64).reshape(-1, 1)
     curve = interpolate(net(1.0), net(-1.0), (x, x.clone()), num_points=21)
     m2 = float((x**2).mean())
-    assert np.allclose(curve.loss, ((1 - 2 * curve.alphas) ** 2 - 1) ** 2 * m2, rtol=1e-10, atol=1e-14)
+    assert np.allclose(
+        curve.loss, ((1 - 2 * curve.alphas) ** 2 - 1) ** 2 * m2, rtol=1e-10, atol=1e-14
+    )
     assert curve.loss_barrier == pytest.approx(m2, rel=1e-10)
     assert curve.loss_barrier_mid == pytest.approx(m2, rel=1e-10)
     assert np.isnan(curve.accuracy).all()  # regression targets have no accuracy
@@ -87,7 +89,9 @@ def _manual_bn_reset_eval(model, theta_model, xtr, xte, yte):
         with torch.no_grad():
             norm.running_mean.copy_(z.mean(0))
             norm.running_var.copy_(z.var(0, unbiased=True))
-        zn = (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + norm.eps) * norm.weight + norm.bias
+        zn = (z - z.mean(0)) / torch.sqrt(
+            z.var(0, unbiased=False) + norm.eps
+        ) * norm.weight + norm.bias
         h = torch.nn.functional.gelu(zn)
     return evaluate(m, (xte, yte)).loss
 
@@ -99,7 +103,9 @@ def test_bn_reset_matches_manual_reestimation():
     xtr, xte = torch.randn(64, 6, generator=g), torch.randn(32, 6, generator=g)
     yte = torch.randint(0, 10, (32,), generator=g)
     ytr = torch.randint(0, 10, (64,), generator=g)
-    curve = interpolate(a, b, (xte, yte), num_points=3, bn="reset", train_data=(xtr, ytr), batch_size=1000)
+    curve = interpolate(
+        a, b, (xte, yte), num_points=3, bn="reset", train_data=(xtr, ytr), batch_size=1000
+    )
     mid = copy.deepcopy(a)
     with torch.no_grad():
         for pm, pa, pb in zip(mid.parameters(), a.parameters(), b.parameters()):
@@ -109,13 +115,31 @@ def test_bn_reset_matches_manual_reestimation():
     assert abs(plain.loss[1] - curve.loss[1]) > 1e-4  # the reset really changed the statistics
 
 
-@pytest.mark.parametrize("curve,expected", [
-    ([3.0, 2.9, 2.8, 1.0, 0.5], dict(delta=0.0, monotonic=True, local_convexity=2 / 3, global_convexity=False)),
-    ([3.0, 2.0, 2.5, 1.0, 0.5], dict(delta=0.5, monotonic=False, local_convexity=2 / 3, global_convexity=False)),
-    ([3.0, 2.0, 1.5, 1.0, 0.5], dict(delta=0.0, monotonic=True, local_convexity=1.0, global_convexity=True)),
-    ([3.0, 1.0, 0.5, 0.3, 0.2], dict(delta=0.0, monotonic=True, local_convexity=1.0, global_convexity=True)),
-    ([3.0, 3.5, 3.6, 2.0, 0.2], dict(delta=0.5, monotonic=False, local_convexity=0.0, global_convexity=False)),
-])
+@pytest.mark.parametrize(
+    "curve,expected",
+    [
+        (
+            [3.0, 2.9, 2.8, 1.0, 0.5],
+            dict(delta=0.0, monotonic=True, local_convexity=2 / 3, global_convexity=False),
+        ),
+        (
+            [3.0, 2.0, 2.5, 1.0, 0.5],
+            dict(delta=0.5, monotonic=False, local_convexity=2 / 3, global_convexity=False),
+        ),
+        (
+            [3.0, 2.0, 1.5, 1.0, 0.5],
+            dict(delta=0.0, monotonic=True, local_convexity=1.0, global_convexity=True),
+        ),
+        (
+            [3.0, 1.0, 0.5, 0.3, 0.2],
+            dict(delta=0.0, monotonic=True, local_convexity=1.0, global_convexity=True),
+        ),
+        (
+            [3.0, 3.5, 3.6, 2.0, 0.2],
+            dict(delta=0.5, monotonic=False, local_convexity=0.0, global_convexity=False),
+        ),
+    ],
+)
 def test_mli_metrics_on_constructed_curves(curve, expected):
     m = mli_metrics(np.linspace(0, 1, len(curve)), curve)
     assert m.delta == pytest.approx(expected["delta"])
@@ -139,12 +163,19 @@ def test_mismatched_masks_are_refused():
 
 
 def test_data_forms_agree():
-    a, b = zoo.build("mlp", input_dim=6, width=8, seed=0), zoo.build("mlp", input_dim=6, width=8, seed=1)
+    a, b = (
+        zoo.build("mlp", input_dim=6, width=8, seed=0),
+        zoo.build("mlp", input_dim=6, width=8, seed=1),
+    )
     x, y = torch.randn(20, 6), torch.randint(0, 10, (20,))
     ref = interpolate(a, b, (x, y), num_points=5)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=6)
     assert np.allclose(interpolate(a, b, loader, num_points=5).loss, ref.loss, rtol=1e-5)
-    assert np.allclose(interpolate(a, b, [(x[:13], y[:13]), (x[13:], y[13:])], num_points=5).loss, ref.loss, rtol=1e-5)
+    assert np.allclose(
+        interpolate(a, b, [(x[:13], y[:13]), (x[13:], y[13:])], num_points=5).loss,
+        ref.loss,
+        rtol=1e-5,
+    )
 
 
 def test_several_splits_in_one_pass_equal_separate_curves():
@@ -156,7 +187,11 @@ def test_several_splits_in_one_pass_equal_separate_curves():
     tr = (torch.randn(40, 6, generator=g), torch.randint(0, 10, (40,), generator=g))
     te = (torch.randn(20, 6, generator=g), torch.randint(0, 10, (20,), generator=g))
     for bn in ("eval", "reset"):
-        both = interpolate_splits(a, b, {"test": te, "train": tr}, num_points=5, bn=bn, train_data=tr)
+        both = interpolate_splits(
+            a, b, {"test": te, "train": tr}, num_points=5, bn=bn, train_data=tr
+        )
         for name, d in (("test", te), ("train", tr)):
             one = interpolate(a, b, d, num_points=5, bn=bn, train_data=tr)
-            assert np.array_equal(both[name].loss, one.loss) and np.array_equal(both[name].accuracy, one.accuracy)
+            assert np.array_equal(both[name].loss, one.loss) and np.array_equal(
+                both[name].accuracy, one.accuracy
+            )

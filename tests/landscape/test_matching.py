@@ -7,17 +7,23 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import randomise_norms
 from torch import nn
 
 from checkpoints.sources import load_data
 from checkpoints.train import TrainSettings, train_model
 from checkpoints.zoo import build
-from landscape import (ParamView, UserError, activation_matching, apply_permutation, check_same_family, evaluate, permutation_spec,
-                       weight_matching)
-from conftest import randomise_norms
+from landscape import (
+    ParamView,
+    UserError,
+    activation_matching,
+    apply_permutation,
+    check_same_family,
+    evaluate,
+    permutation_spec,
+    weight_matching,
+)
 from landscape.permutation import random_perms
-
-
 
 
 def _assert_same_tensors(a: nn.Module, b: nn.Module) -> None:
@@ -47,12 +53,16 @@ def test_planted_permutation_of_trained_mlp_is_recovered_exactly(trained_mlp):
     assert not torch.equal(a.lins[0].weight, b.lins[0].weight)
     result = weight_matching(a, b)
     for g, p in planted.items():
-        np.testing.assert_array_equal(result.perms[g], np.argsort(p))  # B[i] = A[p[i]], so pi = p^-1
+        np.testing.assert_array_equal(
+            result.perms[g], np.argsort(p)
+        )  # B[i] = A[p[i]], so pi = p^-1
     _assert_same_tensors(a, apply_permutation(b, result))
     assert result.function_preserved and result.max_output_change < 1e-5
     assert result.converged and np.all(np.diff(result.history) >= -1e-9)
     names = list(spec.moves())
-    assert result.objective == pytest.approx(_inner(a, a, names), rel=1e-5)  # aligned B equals A: J = |A|^2
+    assert result.objective == pytest.approx(
+        _inner(a, a, names), rel=1e-5
+    )  # aligned B equals A: J = |A|^2
     assert result.objective_identity == pytest.approx(_inner(a, b, names), rel=1e-5)
 
 
@@ -67,14 +77,19 @@ def test_planted_permutation_of_resnet20_is_recovered_exactly(norm):
 
 
 def test_matching_two_seeds_improves_objective_and_keeps_function():
-    a, b = build("mlp", seed=0, input_dim=30, width=16, depth=3), build("mlp", seed=1, input_dim=30, width=16, depth=3)
+    a, b = (
+        build("mlp", seed=0, input_dim=30, width=16, depth=3),
+        build("mlp", seed=1, input_dim=30, width=16, depth=3),
+    )
     randomise_norms(a, 1), randomise_norms(b, 2)
     result = weight_matching(a, b, restarts=2, seed=4)
     aligned = apply_permutation(b, result)
     names = list(result.spec.moves())
     assert result.objective == pytest.approx(_inner(a, aligned, names), rel=1e-5)
     assert result.objective > result.objective_identity
-    assert len(result.restart_objectives) == 3 and result.objective == pytest.approx(result.restart_objectives.max())
+    assert len(result.restart_objectives) == 3 and result.objective == pytest.approx(
+        result.restart_objectives.max()
+    )
     x = torch.randn(16, 30)
     with torch.no_grad():
         assert torch.allclose(aligned(x), b(x), atol=1e-5)
@@ -93,12 +108,17 @@ def test_activation_matching_recovers_planted_permutation(trained_mlp):
 
 
 def test_weight_matching_on_w_asym_warns_and_keeps_the_family():
-    a, b = build("mlp", "w-asym", seed=0, input_dim=20, width=12, depth=2), build("mlp", "w-asym", seed=1, input_dim=20, width=12, depth=2)
+    a, b = (
+        build("mlp", "w-asym", seed=0, input_dim=20, width=12, depth=2),
+        build("mlp", "w-asym", seed=1, input_dim=20, width=12, depth=2),
+    )
     with pytest.warns(UserWarning, match="asymmetric"):
         result = weight_matching(a, b)
     assert not result.function_preserved and result.max_output_change > 1e-3
     aligned = apply_permutation(b, result)
-    check_same_family(a, aligned)  # masks and fixed values stay: the aligned model can be interpolated with A
+    check_same_family(
+        a, aligned
+    )  # masks and fixed values stay: the aligned model can be interpolated with A
 
 
 def test_bad_inputs_are_refused():
@@ -108,10 +128,19 @@ def test_bad_inputs_are_refused():
     with pytest.raises(UserError, match="different architectures"):
         weight_matching(a, build("mlp", input_dim=20, width=12, depth=3))
     with pytest.raises(UserError, match="fixed buffer"):
-        weight_matching(build("mlp", "w-asym", input_dim=20, width=12, depth=2, mask_seed=0),
-                        build("mlp", "w-asym", input_dim=20, width=12, depth=2, mask_seed=1))
+        weight_matching(
+            build("mlp", "w-asym", input_dim=20, width=12, depth=2, mask_seed=0),
+            build("mlp", "w-asym", input_dim=20, width=12, depth=2, mask_seed=1),
+        )
     with pytest.raises(UserError, match="not a multiple"):
-        weight_matching(a, copy.deepcopy(a), spec={"groups": {"g": [["lins.0.weight", 0], ["lins.0.weight", 1]]}, "sizes": {"g": 12}})
+        weight_matching(
+            a,
+            copy.deepcopy(a),
+            spec={
+                "groups": {"g": [["lins.0.weight", 0], ["lins.0.weight", 1]]},
+                "sizes": {"g": 12},
+            },
+        )
     with pytest.raises(UserError, match="max_iter"):
         weight_matching(a, copy.deepcopy(a), max_iter=0)
 
@@ -133,5 +162,7 @@ def test_aligned_barrier_of_standard_pair_is_lower(tiny_runs, capsys):
     aligned, la2, lb2 = _midpoint_barrier(a, apply_permutation(b, weight_matching(a, b)), data)
     assert (la2, lb2) == pytest.approx((la, lb), abs=1e-6)  # alignment keeps B's loss
     with capsys.disabled():
-        print(f"\n  midpoint test-loss barrier, standard MLP pair on digits: unaligned {plain:.4f}, weight-matched {aligned:.4f}")
+        print(
+            f"\n  midpoint test-loss barrier, standard MLP pair on digits: unaligned {plain:.4f}, weight-matched {aligned:.4f}"
+        )
     assert aligned < plain

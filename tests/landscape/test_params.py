@@ -1,6 +1,6 @@
+import pytest
 import torch
 from torch import nn
-import pytest
 
 from checkpoints import zoo
 from landscape.errors import UserError
@@ -10,8 +10,10 @@ from landscape.params import ParamView, check_same_family, fixed_buffers, state_
 def test_masked_entries_are_not_coordinates():
     m = zoo.build("mlp", "w-asym", input_dim=16, width=8)
     view = ParamView(m)
-    trainable = sum(int(p.numel()) for n, p in m.named_parameters() if "lins" not in n or n.endswith("bias"))
-    trainable += sum(int(l.mask.sum()) for l in m.lins)
+    trainable = sum(
+        int(p.numel()) for n, p in m.named_parameters() if "lins" not in n or n.endswith("bias")
+    )
+    trainable += sum(int(lin.mask.sum()) for lin in m.lins)
     assert view.numel == trainable
 
 
@@ -44,8 +46,12 @@ def test_functional_matches_set_and_is_differentiable():
 def test_selection_by_pattern():
     m = zoo.build("mlp", input_dim=16, width=8)
     assert ParamView(m, "lins.0").names == ["lins.0.weight", "lins.0.bias"]
-    assert ParamView(m, "*.bias").numel == sum(p.numel() for n, p in m.named_parameters() if n.endswith(".bias"))
-    assert ParamView(m, "re:^norms").names == [f"norms.{i}.{k}" for i in range(3) for k in ("weight", "bias")]
+    assert ParamView(m, "*.bias").numel == sum(
+        p.numel() for n, p in m.named_parameters() if n.endswith(".bias")
+    )
+    assert ParamView(m, "re:^norms").names == [
+        f"norms.{i}.{k}" for i in range(3) for k in ("weight", "bias")
+    ]
     with pytest.raises(UserError, match="no trainable parameters"):
         ParamView(m, "nothing.here")
 
@@ -59,4 +65,6 @@ def test_buffer_kinds_and_family_check():
     with pytest.raises(UserError, match="not one network family"):
         check_same_family(a, b)
     with pytest.raises(UserError, match="different shapes"):
-        check_same_family(zoo.build("mlp", input_dim=16, width=8), zoo.build("mlp", input_dim=16, width=9))
+        check_same_family(
+            zoo.build("mlp", input_dim=16, width=8), zoo.build("mlp", input_dim=16, width=9)
+        )

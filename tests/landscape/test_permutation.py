@@ -7,19 +7,22 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import randomise_norms
 from torch import nn
 
 from checkpoints.zoo import build
 from landscape import PermutationSpec, UserError, apply_permutation, permutation_spec, validate_spec
-from conftest import randomise_norms
 from landscape.permutation import random_perms, sample_input
 from landscape.spec_tracing import derive_spec
 
-
-ZOO = [("mlp", dict(input_dim=20, width=12, depth=2)), ("mlp", dict(input_dim=20, width=12, depth=2, norm="batch")),
-       ("cnn", dict(channels=(6, 8))), ("resnet20", dict(norm="group")), ("resnet20", dict(norm="batch")), ("resnet20", dict(norm="layer"))]
-
-
+ZOO = [
+    ("mlp", dict(input_dim=20, width=12, depth=2)),
+    ("mlp", dict(input_dim=20, width=12, depth=2, norm="batch")),
+    ("cnn", dict(channels=(6, 8))),
+    ("resnet20", dict(norm="group")),
+    ("resnet20", dict(norm="batch")),
+    ("resnet20", dict(norm="layer")),
+]
 
 
 def _out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +50,9 @@ def test_zoo_specs_are_symmetries_of_the_standard_architecture(arch, kw, variant
     if variant == "standard":
         assert change < tol
         params = dict(kept.named_parameters())
-        assert all(not torch.equal(p, params[n]) for n, p in model.named_parameters() if p.dim() >= 2)  # every weight really moved
+        assert all(
+            not torch.equal(p, params[n]) for n, p in model.named_parameters() if p.dim() >= 2
+        )  # every weight really moved
     else:
         assert change > 1e-3 * max(1.0, float(ref.abs().max()))
         for n, b in model.named_buffers():
@@ -62,7 +67,10 @@ def test_resnet_spec_shares_one_permutation_per_residual_stream():
     for block in range(3):  # every block adding into stage 2 is indexed by the same group
         assert stage2[f"layer2.{block}.conv2.weight"] == 0
         assert stage2[f"layer2.{block}.bn2.running_mean"] == 0
-    assert ("layer2.0.shortcut.0.weight", 0) in spec.groups["stage2"] and ("layer2.0.shortcut.0.weight", 1) in spec.groups["stage1"]
+    assert ("layer2.0.shortcut.0.weight", 0) in spec.groups["stage2"] and (
+        "layer2.0.shortcut.0.weight",
+        1,
+    ) in spec.groups["stage1"]
     assert ("linear.weight", 1) in spec.groups["stage3"]
     assert len(spec.groups) == 3 + 9  # three streams, nine block interiors
     # one stream and three block interiors per stage, of 16, 32 and 64 channels
@@ -71,21 +79,43 @@ def test_resnet_spec_shares_one_permutation_per_residual_stream():
 
 
 def test_derived_spec_equals_declared_spec_on_zoo_models():
-    for arch, kw in [("mlp", dict(input_dim=20, width=12, depth=3)), ("resnet20", dict(norm="layer")), ("cnn", {})]:
+    for arch, kw in [
+        ("mlp", dict(input_dim=20, width=12, depth=3)),
+        ("resnet20", dict(norm="layer")),
+        ("cnn", {}),
+    ]:
         for variant in ("standard", "w-asym"):
             model = build(arch, variant, **kw)
             derived = derive_spec(model, sample_input(model))
-            assert _groups(derived) == _groups(model.permutation_spec()), (arch, variant, derived.notes)
+            assert _groups(derived) == _groups(model.permutation_spec()), (
+                arch,
+                variant,
+                derived.notes,
+            )
 
 
 def test_automatic_spec_sequential_mlp():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 12), nn.LayerNorm(12), nn.GELU(), nn.Dropout(0.1),
-                          nn.Linear(12, 5))
+    model = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(20, 16),
+        nn.ReLU(),
+        nn.Linear(16, 12),
+        nn.LayerNorm(12),
+        nn.GELU(),
+        nn.Dropout(0.1),
+        nn.Linear(12, 5),
+    )
     spec = permutation_spec(model)
     assert spec.source == "derived"
-    assert _groups(spec) == sorted([sorted([("1.weight", 0), ("1.bias", 0), ("3.weight", 1)]),
-                                    sorted([("3.weight", 0), ("3.bias", 0), ("4.weight", 0), ("4.bias", 0), ("7.weight", 1)])])
+    assert _groups(spec) == sorted(
+        [
+            sorted([("1.weight", 0), ("1.bias", 0), ("3.weight", 1)]),
+            sorted(
+                [("3.weight", 0), ("3.bias", 0), ("4.weight", 0), ("4.bias", 0), ("7.weight", 1)]
+            ),
+        ]
+    )
     assert spec.sizes == {"1": 16, "3": 12}
     x = torch.randn(9, 20)
     permuted = apply_permutation(model, random_perms(spec, 1))
@@ -95,8 +125,19 @@ def test_automatic_spec_sequential_mlp():
 
 def test_automatic_spec_sequential_cnn_with_flatten_into_linear():
     torch.manual_seed(0)
-    model = randomise_norms(nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
-                                        nn.Conv2d(6, 5, 3, padding=1), nn.GroupNorm(1, 5), nn.SiLU(), nn.Flatten(), nn.Linear(5 * 4 * 4, 3)))
+    model = randomise_norms(
+        nn.Sequential(
+            nn.Conv2d(2, 6, 3, padding=1),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 5, 3, padding=1),
+            nn.GroupNorm(1, 5),
+            nn.SiLU(),
+            nn.Flatten(),
+            nn.Linear(5 * 4 * 4, 3),
+        )
+    )
     x = torch.randn(4, 2, 8, 8)
     spec = permutation_spec(model, x)
     assert spec.sizes == {"0": 6, "4": 5}
@@ -162,9 +203,13 @@ def test_spec_missing_a_consumer_names_the_tensor():
 def test_spec_with_a_tensor_that_does_not_belong_names_it():
     model = build("mlp", input_dim=20, width=12, depth=2, norm="none")
     groups = _mlp_spec(model)
-    groups["hidden0"].append(("lins.1.weight", 0))  # lins.1's outputs are hidden1's units, not hidden0's
+    groups["hidden0"].append(
+        ("lins.1.weight", 0)
+    )  # lins.1's outputs are hidden1's units, not hidden0's
     groups["hidden0"].append(("lins.1.bias", 0))
-    groups["hidden1"] = [e for e in groups["hidden1"] if e not in (("lins.1.weight", 0), ("lins.1.bias", 0))]
+    groups["hidden1"] = [
+        e for e in groups["hidden1"] if e not in (("lins.1.weight", 0), ("lins.1.bias", 0))
+    ]
     with pytest.raises(UserError, match=r"lins\.1\.(weight|bias)"):
         validate_spec(model, {"groups": groups})
 
@@ -174,7 +219,10 @@ def test_spec_errors_for_unknown_tensors_and_non_square_groups():
     with pytest.raises(UserError, match="no parameter or buffer 'lins.9.weight'"):
         validate_spec(model, {"groups": {"g": [["lins.9.weight", 0]]}})
     with pytest.raises(UserError, match=r"lins\.0\.weight axis 1 has size 20.*not a multiple"):
-        validate_spec(model, {"groups": {"g": [["lins.0.weight", 1], ["lins.1.weight", 1]]}, "sizes": {"g": 12}})
+        validate_spec(
+            model,
+            {"groups": {"g": [["lins.0.weight", 1], ["lins.1.weight", 1]]}, "sizes": {"g": 12}},
+        )
     with pytest.raises(UserError, match="two groups"):
         PermutationSpec({"a": [("x", 0)], "b": [("x", 0)]}, {"a": 2, "b": 2})
 

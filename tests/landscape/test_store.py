@@ -8,21 +8,37 @@ from landscape.store import SCHEMA_VERSION, Dataset, ResultsStore
 
 def test_records_are_self_describing(tmp_path):
     s = ResultsStore(tmp_path / "r.h5")
-    s.write("interpolation/g/seed0-seed1", {"alphas": Dataset(np.linspace(0, 1, 5), ("alpha",), "1", "coefficient")},
-            {"settings": {"bn": "eval"}, "seeds": ["seed0", "seed1"], "x": 1.5})
+    s.write(
+        "interpolation/g/seed0-seed1",
+        {"alphas": Dataset(np.linspace(0, 1, 5), ("alpha",), "1", "coefficient")},
+        {"settings": {"bn": "eval"}, "seeds": ["seed0", "seed1"], "x": 1.5},
+    )
     rec = s.read("interpolation/g/seed0-seed1")
-    assert rec.complete and rec.attrs["settings"] == {"bn": "eval"} and rec.attrs["seeds"] == ["seed0", "seed1"]
-    assert rec.dataset_attrs["alphas"]["axes"] == ["alpha"] and rec.dataset_attrs["alphas"]["units"] == "1"
+    assert (
+        rec.complete
+        and rec.attrs["settings"] == {"bn": "eval"}
+        and rec.attrs["seeds"] == ["seed0", "seed1"]
+    )
+    assert (
+        rec.dataset_attrs["alphas"]["axes"] == ["alpha"]
+        and rec.dataset_attrs["alphas"]["units"] == "1"
+    )
     with h5py.File(tmp_path / "r.h5") as f:  # readable without our code
         assert f.attrs["schema_version"] == SCHEMA_VERSION and f.attrs["package"] == "landscape"
         assert f["interpolation/g/seed0-seed1/alphas"].attrs["description"] == "coefficient"
-    assert s.keys() == ["interpolation/g/seed0-seed1"] and s.keys("interpolation") == ["interpolation/g/seed0-seed1"]
+    assert s.keys() == ["interpolation/g/seed0-seed1"] and s.keys("interpolation") == [
+        "interpolation/g/seed0-seed1"
+    ]
 
 
 def test_incomplete_records_are_not_complete(tmp_path):
     s = ResultsStore(tmp_path / "r.h5")
     s.write("surface/g/seed0", {"loss": np.zeros(3)}, complete=False)
-    assert not s.has("surface/g/seed0") and s.keys() == [] and s.keys(complete=False) == ["surface/g/seed0"]
+    assert (
+        not s.has("surface/g/seed0")
+        and s.keys() == []
+        and s.keys(complete=False) == ["surface/g/seed0"]
+    )
 
 
 def test_newer_schema_and_corrupt_files_are_refused(tmp_path):

@@ -35,10 +35,17 @@ def cnn(variant="standard", seed=0):
 def data_for(model, n=48, seed=0):
     g = torch.Generator().manual_seed(seed)
     shape = (n, 12) if model.config["arch"] == "mlp" else (n, 1, 6, 6)
-    return as_batches((torch.randn(*shape, generator=g), torch.randint(0, 4, (n,), generator=g)), batch_size=20)
+    return as_batches(
+        (torch.randn(*shape, generator=g), torch.randint(0, 4, (n,), generator=g)), batch_size=20
+    )
 
 
-MODELS = {"mlp": lambda: mlp(), "mlp-wasym": lambda: mlp("w-asym"), "cnn-bn": lambda: cnn(), "cnn-wasym": lambda: cnn("w-asym")}
+MODELS = {
+    "mlp": lambda: mlp(),
+    "mlp-wasym": lambda: mlp("w-asym"),
+    "cnn-bn": lambda: cnn(),
+    "cnn-wasym": lambda: cnn("w-asym"),
+}
 
 
 def moved(model, d, coeffs):
@@ -58,7 +65,14 @@ def test_centre_equals_model_loss(name):
     data = data_for(model)
     own = evaluate(model, data)
     for count, steps in ((2, 5), (1, 7)):
-        s = surface(model, data, random_directions(model, count=count, seed=1), steps=steps, span=0.5, progress=False)
+        s = surface(
+            model,
+            data,
+            random_directions(model, count=count, seed=1),
+            steps=steps,
+            span=0.5,
+            progress=False,
+        )
         centre = tuple(len(c) // 2 for c in s.coordinates)
         assert all(c[len(c) // 2] == 0.0 for c in s.coordinates)
         assert s.loss[centre] == own.loss and s.accuracy[centre] == own.accuracy
@@ -106,7 +120,10 @@ class Scaled(nn.Module):
         return self.body(x * self.scale)
 
 
-@pytest.mark.parametrize("model", [nn.Sequential(nn.LayerNorm(12), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4)), Scaled()])
+@pytest.mark.parametrize(
+    "model",
+    [nn.Sequential(nn.LayerNorm(12), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4)), Scaled()],
+)
 def test_shortcut_falls_back_where_it_does_not_apply(model):
     torch.manual_seed(0)
     data = as_batches((torch.randn(30, 12), torch.randint(0, 4, (30,))))
@@ -125,7 +142,11 @@ def test_batchnorm_reset_at_every_point():
     ref_model = moved(model, d, (0.5, -0.5))
     reset_batchnorm(ref_model, train)
     np.testing.assert_allclose(s.loss[2, 0], evaluate(ref_model, data).loss, rtol=1e-5)
-    assert not np.isclose(s.loss[2, 0], surface(model, data, d, steps=3, span=0.5, progress=False).loss[2, 0], rtol=1e-4)
+    assert not np.isclose(
+        s.loss[2, 0],
+        surface(model, data, d, steps=3, span=0.5, progress=False).loss[2, 0],
+        rtol=1e-4,
+    )
 
 
 def test_plane_passes_through_a_b_c():
@@ -165,12 +186,45 @@ def test_resume_refuses_other_settings_and_restarts_when_asked(tmp_path):
     model = mlp()
     data = data_for(model)
     out = tmp_path / "r.h5"
-    s = surface(model, data, random_directions(model, seed=0), steps=3, store=out, key="surface/g/seed0", progress=False)
-    again = surface(model, data, random_directions(model, seed=0), steps=3, store=out, key="surface/g/seed0", progress=False)
+    s = surface(
+        model,
+        data,
+        random_directions(model, seed=0),
+        steps=3,
+        store=out,
+        key="surface/g/seed0",
+        progress=False,
+    )
+    again = surface(
+        model,
+        data,
+        random_directions(model, seed=0),
+        steps=3,
+        store=out,
+        key="surface/g/seed0",
+        progress=False,
+    )
     assert again.evaluated == 0 and np.array_equal(again.loss, s.loss)
     with pytest.raises(UserError, match="another model, directions"):
-        surface(model, data, random_directions(model, seed=1), steps=3, store=out, key="surface/g/seed0", progress=False)
-    fresh = surface(model, data, random_directions(model, seed=1), steps=3, store=out, key="surface/g/seed0", progress=False, resume=False)
+        surface(
+            model,
+            data,
+            random_directions(model, seed=1),
+            steps=3,
+            store=out,
+            key="surface/g/seed0",
+            progress=False,
+        )
+    fresh = surface(
+        model,
+        data,
+        random_directions(model, seed=1),
+        steps=3,
+        store=out,
+        key="surface/g/seed0",
+        progress=False,
+        resume=False,
+    )
     assert fresh.evaluated == 9
 
 
@@ -196,7 +250,9 @@ def test_kill_and_resume_gives_identical_grid(tmp_path):
     script = tmp_path / "grid.py"
     script.write_text(SCRIPT)
     out = tmp_path / "killed.h5"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")  # the same thread count as this process
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"
+    )  # the same thread count as this process
     proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env)
     done_before, deadline = 0, time.time() + 120
     try:
@@ -219,10 +275,23 @@ def test_kill_and_resume_gives_identical_grid(tmp_path):
     ns: dict = {}
     exec(SCRIPT, ns)
     m, data, d = ns["setup"]()
-    resumed = surface(m, data, d, steps=7, chunk_size=3, store=out, key="surface/g/seed0", progress=False)
+    resumed = surface(
+        m, data, d, steps=7, chunk_size=3, store=out, key="surface/g/seed0", progress=False
+    )
     assert resumed.evaluated == 49 - done_before
-    whole = surface(m, data, d, steps=7, chunk_size=3, store=tmp_path / "whole.h5", key="surface/g/seed0", progress=False)
-    assert np.array_equal(resumed.loss, whole.loss) and np.array_equal(resumed.accuracy, whole.accuracy)
+    whole = surface(
+        m,
+        data,
+        d,
+        steps=7,
+        chunk_size=3,
+        store=tmp_path / "whole.h5",
+        key="surface/g/seed0",
+        progress=False,
+    )
+    assert np.array_equal(resumed.loss, whole.loss) and np.array_equal(
+        resumed.accuracy, whole.accuracy
+    )
     rec = ResultsStore(out).read("surface/g/seed0")
     assert rec.complete and rec["done"].all() and np.array_equal(rec["loss"], whole.loss)
     assert rec["directions"].shape == (2, d.numel)

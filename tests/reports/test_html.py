@@ -32,7 +32,9 @@ def test_self_contained_and_plotly_once(full):
     assert html.count(PLOTLY_HEAD) == 1
     assert len(html.encode()) < 10_000_000
     # no element loads anything from a URL: every src/href is a fragment or absent
-    page = html.replace(get_plotlyjs(), "")  # plotly.js itself mentions URLs it never loads here (maps, CDN notes)
+    page = html.replace(
+        get_plotlyjs(), ""
+    )  # plotly.js itself mentions URLs it never loads here (maps, CDN notes)
     assert not re.findall(r"""(?:src|href|url)\s*[=(]\s*["']?(?!#)[a-z]+:""", page, flags=re.I)
     assert "https://" not in page and "http://" not in page
     scripts = re.findall(r"<script\b", html, flags=re.I)
@@ -41,19 +43,44 @@ def test_self_contained_and_plotly_once(full):
 
 def test_every_section_and_figure(full):
     res, html, _ = full
-    for sid in ("overview", "interpolation", "barriers", "mli", "hessian", "surfaces", "symmetry", "provenance"):
+    for sid in (
+        "overview",
+        "interpolation",
+        "barriers",
+        "mli",
+        "hessian",
+        "surfaces",
+        "symmetry",
+        "provenance",
+    ):
         assert f'<section id="{sid}">' in html
-    for name in ("interpolation", "barriers", "mli", "hessian", "surfaces", "surface3d", "symmetry"):
+    for name in (
+        "interpolation",
+        "barriers",
+        "mli",
+        "hessian",
+        "surfaces",
+        "surface3d",
+        "symmetry",
+    ):
         assert f'id="fig-{name}"' in html
     assert 'id="missing"' not in html
     # overview numbers are the file's numbers
     s = res.summary().set_index("group")
-    assert s.loc["w-asym", "loss barrier"] in html and s.loc["standard", "aligned loss barrier"] in html
+    assert (
+        s.loc["w-asym", "loss barrier"] in html
+        and s.loc["standard", "aligned loss barrier"] in html
+    )
     # provenance: checkpoint hashes and the data description
     sha = hashlib.sha256(b"/ckpt/standard/seed0/final.pt").hexdigest()
     assert "/ckpt/standard/seed0/final.pt" in html and "digits" in html
-    row = re.search(r"<td>standard</td>\s*<td>/ckpt/standard/seed0/final.pt</td>\s*<td>(\w+)</td>\s*<td>(\d+)</td>", html)
-    assert row and row.group(1) == sha and int(row.group(2)) == 3 + 3 + 4  # plain and aligned pairs; MLI, Hessian, surface, symmetry
+    row = re.search(
+        r"<td>standard</td>\s*<td>/ckpt/standard/seed0/final.pt</td>\s*<td>(\w+)</td>\s*<td>(\d+)</td>",
+        html,
+    )
+    assert (
+        row and row.group(1) == sha and int(row.group(2)) == 3 + 3 + 4
+    )  # plain and aligned pairs; MLI, Hessian, surface, symmetry
 
 
 def test_group_colours_are_consistent_across_figures(full):
@@ -76,16 +103,31 @@ def test_user_strings_are_escaped(tmp_path, write_results):
     assert evil not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     # every occurrence is escaped: as HTML text, or as JSON inside a figure's script
-    assert html.count("alert(1)") == html.count("&lt;script&gt;alert(1)") + html.count("\\u003cscript\\u003ealert(1)")
+    assert html.count("alert(1)") == html.count("&lt;script&gt;alert(1)") + html.count(
+        "\\u003cscript\\u003ealert(1)"
+    )
 
 
 def test_partial_study_renders_what_is_complete_and_lists_the_rest(tmp_path, write_results):
-    p = write_results(tmp_path / "p.h5", analyses=("interpolation", "hessian"), incomplete=("hessian/w-asym/seed1",))
+    p = write_results(
+        tmp_path / "p.h5",
+        analyses=("interpolation", "hessian"),
+        incomplete=("hessian/w-asym/seed1",),
+    )
     html = render_html(load(p), tmp_path / "p.html").read_text()
-    assert 'id="fig-interpolation"' in html and 'id="fig-hessian"' in html and 'id="fig-surfaces"' not in html
-    missing = html[html.index('<section id="missing">'):]
+    assert (
+        'id="fig-interpolation"' in html
+        and 'id="fig-hessian"' in html
+        and 'id="fig-surfaces"' not in html
+    )
+    missing = html[html.index('<section id="missing">') :]
     missing = missing[: missing.index("</section>")]
-    assert "seed1" in missing and "incomplete" in missing and "surface" in missing and "not run" in missing
+    assert (
+        "seed1" in missing
+        and "incomplete" in missing
+        and "surface" in missing
+        and "not run" in missing
+    )
     assert "No complete <code>surface</code> records" in html
 
 
@@ -109,7 +151,21 @@ def test_static_figures(full, tmp_path):
 def test_report_cli(full, tmp_path, capsys):
     res, _, d = full
     out = tmp_path / "cli.html"
-    assert main(["report", str(res.path), "-o", str(out), "--static", str(tmp_path / "fig"), "--title", "My <study>"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(res.path),
+                "-o",
+                str(out),
+                "--static",
+                str(tmp_path / "fig"),
+                "--title",
+                "My <study>",
+            ]
+        )
+        == 0
+    )
     text = out.read_text()
     assert "<title>My &lt;study&gt;</title>" in text
     assert (tmp_path / "fig" / "interpolation.pdf").is_file()
@@ -125,7 +181,13 @@ def test_barrier_matrix_values(full):
     df = res.frame("interpolation").set_index(["group", "record"])
     seeds = list(t.x)
     i, j = seeds.index("seed1"), seeds.index("seed3")
-    assert t.z[i, j] == t.z[j, i] == pytest.approx(df.loc[("standard", "seed1-seed3"), "test_loss_barrier_max"])
+    assert (
+        t.z[i, j]
+        == t.z[j, i]
+        == pytest.approx(df.loc[("standard", "seed1-seed3"), "test_loss_barrier_max"])
+    )
     assert np.all(np.diag(t.z) == 0)
     lo, hi = fig.zrange
-    assert lo <= np.nanmin(t.z) and hi == pytest.approx(max(np.nanmax(p.traces[0].z) for p in fig.panels))
+    assert lo <= np.nanmin(t.z) and hi == pytest.approx(
+        max(np.nanmax(p.traces[0].z) for p in fig.panels)
+    )
