@@ -53,20 +53,23 @@ def sidecar_paths(path: Path) -> list[Path]:
     ]
 
 
+def find_sidecar(path: str | os.PathLike) -> Path | None:
+    """The sidecar file that describes checkpoint ``path``, or None."""
+    return next((p for p in sidecar_paths(Path(path)) if p.is_file()), None)
+
+
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     """The sidecar that describes checkpoint ``path`` (empty dict when there is none)."""
-    for p in sidecar_paths(Path(path)):
-        if p.is_file():
-            try:
-                data = json.loads(p.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise UserError(
-                    f"{p}: sidecar is not valid JSON ({exc}): fix or delete it"
-                ) from exc
-            if not isinstance(data, dict):
-                raise UserError(f"{p}: sidecar must hold a JSON object")
-            return data
-    return {}
+    p = find_sidecar(path)
+    if p is None:
+        return {}
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{p}: sidecar is not valid JSON ({exc}): fix or delete it") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: sidecar must hold a JSON object")
+    return data
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -260,18 +263,55 @@ def import_callable(spec: str) -> Callable[..., nn.Module]:
     return fn
 
 
-def model_config(path: str | os.PathLike, embedded: dict[str, Any]) -> dict[str, Any]:
-    side = read_sidecar(path)
+def model_config(path: str | os.PathLike, embedded: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The architecture config that the files describe, and the file it came from.
+
+    The embedded config wins over the sidecar key by key; the sidecar's ``kwargs`` object is
+    merged in. Types are checked here so that a bad sidecar is named in its error.
+    """
+    side_path = find_sidecar(path)
+    side = read_sidecar(path) if side_path else {}
     cfg = dict(embedded)
+    source = str(path)
     for k in ("arch", "variant", "kwargs"):
         if k in side and k not in cfg:
             cfg[k] = side[k]
-    if isinstance(cfg.get("kwargs"), dict):
+            source = str(side_path)
+    for k in ("arch", "variant"):
+        if k in cfg and not isinstance(cfg[k], str):
+            raise UserError(f"{source}: {k!r} must be a string, got {cfg[k]!r}: fix the file")
+    if "kwargs" in cfg:
+        if not isinstance(cfg["kwargs"], dict):
+            raise UserError(
+                f"{source}: 'kwargs' must be a JSON object of constructor arguments, "
+                f'e.g. {{"width": 16}}, got {cfg["kwargs"]!r}'
+            )
         cfg = {**cfg.pop("kwargs"), **cfg}
-    return cfg
+    return cfg, source
+
+
+def _zoo_name(arch: str, source: str) -> str:
+    """A file may name only a zoo architecture: never code to import (the trust model)."""
+    if arch in zoo.ARCHS:
+        return arch
+    if ":" in arch:
+        raise UserError(
+            f"{source}: names the architecture {arch!r}, which is code to import; a checkpoint or "
+            f"sidecar may only name a zoo model ({', '.join(zoo.ARCHS)}): if you trust that code, "
+            f"pass --arch {arch} (arch= in Python)"
+        )
+    raise UserError(
+        f"{source}: unknown architecture {arch!r}: the zoo has {', '.join(zoo.ARCHS)}; "
+        "fix the file or pass --arch"
+    )
 
 
 def build_from_config(cfg: dict[str, Any], path: Path | str = "?") -> nn.Module:
+    """A zoo model from a config that a file holds (checkpoint or sidecar).
+
+    Only zoo names are honoured: a ``module:callable`` named by a file is refused, because
+    loading a file must never decide what code runs.
+    """
     cfg = dict(cfg)
     arch = cfg.pop("arch", None)
     cfg.pop("seed", None)
@@ -279,13 +319,19 @@ def build_from_config(cfg: dict[str, Any], path: Path | str = "?") -> nn.Module:
         raise UserError(
             f"{path}: cannot tell the architecture (no sidecar, no embedded config, unknown key layout): pass --arch"
         )
-    if ":" in str(arch):
-        kw = {k: v for k, v in cfg.items() if k != "variant"}
-        try:
-            return import_callable(arch)(**kw)
-        except TypeError as exc:
-            raise UserError(f"{path}: cannot build {arch} with {kw}: {exc}") from exc
-    return zoo.build(arch, **cfg)
+    arch = _zoo_name(str(arch), str(path))
+    try:
+        return zoo.build(arch, **cfg)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from exc
+
+
+def build_user_model(arch: str, kwargs: dict[str, Any], path: Path | str = "?") -> nn.Module:
+    """The user's own ``module:callable`` / ``file.py:callable``, named by the user (CLI or Python)."""
+    try:
+        return import_callable(arch)(**kwargs)
+    except TypeError as exc:
+        raise UserError(f"{path}: cannot build {arch} with {kwargs}: {exc}") from exc
 
 
 def load_state(model: nn.Module, sd: dict[str, Tensor], path: Path | str) -> None:
@@ -328,20 +374,25 @@ def load_model(
     """
     path = Path(path)
     sd, embedded = read_checkpoint(path)
-    cfg = model_config(path, embedded)
-    if arch is not None:
-        cfg = {**{k: v for k, v in cfg.items() if ":" not in str(arch)}, "arch": arch}
-    cfg.update(kwargs)
-    if "arch" not in cfg:
-        found = infer_public_layout(sd)
-        if found is None:
-            raise UserError(
-                f"{path}: cannot tell the architecture (no sidecar, no embedded config, unknown key layout): pass --arch"
-            )
-        cfg, sd = found
-    elif any(k.endswith(".normal_mask") for k in sd):
-        sd = infer_public_layout(sd)[1]
-    model = build_from_config(cfg, path)
+    public = any(k.endswith(".normal_mask") for k in sd)  # the paper's public W-Asym layout
+    if arch is not None and ":" in arch:
+        # the caller's own code: only the caller's keywords, never the file's
+        model = build_user_model(arch, {k: v for k, v in kwargs.items() if k != "variant"}, path)
+    else:
+        cfg, source = model_config(path, embedded)
+        if arch is not None:
+            cfg["arch"], source = arch, str(path)
+        cfg.update(kwargs)
+        if "arch" not in cfg:
+            found = infer_public_layout(sd)
+            if found is None:
+                raise UserError(
+                    f"{path}: cannot tell the architecture (no sidecar, no embedded config, unknown key layout): pass --arch"
+                )
+            cfg, sd = found
+        elif public:
+            sd = infer_public_layout(sd)[1]
+        model = build_from_config(cfg, source)
     load_state(model, sd, path)
     model.checkpoint_path = str(path)
     if device is not None:

@@ -250,6 +250,25 @@ def _module_source(spec: str, split: str) -> tuple[Tensor, Tensor]:
     )
 
 
+#: data-spec kinds that read files; any other ``a:b`` spec names a Python callable
+FILE_KINDS = (
+    "digits",
+    "mnist",
+    "fashion-mnist",
+    "fashion_mnist",
+    "fashionmnist",
+    "cifar10",
+    "npz",
+    "pt",
+)
+
+
+def names_code(spec: str) -> bool:
+    """True when a data spec is ``module:callable`` (code to import), not a file reader."""
+    kind, sep, _ = spec.partition(":")
+    return bool(sep) and kind.lower() not in FILE_KINDS
+
+
 def load_data(
     spec: str, split: str = "test", *, samples: int | None = None, seed: int = 0
 ) -> DataSet:
@@ -290,7 +309,7 @@ def load_data(
     elif kind in ("npz", "pt"):
         X, Y = _array_file(kind, Path(arg), split)
         source, norm = f"{kind} file {arg}", None
-    elif ":" in spec and kind not in ("npz", "pt"):
+    elif names_code(spec):
         X, Y = _module_source(spec, split)
         source, norm = f"callable {spec}", None
     else:

@@ -105,7 +105,26 @@ def read_config(path: str | Path | None) -> dict[str, dict[str, Any]]:
         raise UserError(
             f"{path}: unknown key(s) {sorted(bad)} in [study]; expected {sorted(STUDY_KEYS)}"
         )
+    _refuse_code(cfg.get("study", {}), path)
     return cfg
+
+
+def _refuse_code(study: Mapping[str, Any], path: Path) -> None:
+    """A config file names data and models, never code: ``module:callable`` only on the command line."""
+    from checkpoints.sources import names_code
+    from checkpoints.zoo import ARCHS
+
+    arch, data = study.get("arch"), study.get("data")
+    if isinstance(arch, str) and arch not in ARCHS:
+        raise UserError(
+            f"{path}: [study] arch = {arch!r} is not a zoo model ({', '.join(ARCHS)}); a config "
+            f"file cannot name code to run: if you trust it, pass --arch {arch} on the command line"
+        )
+    if isinstance(data, str) and names_code(data):
+        raise UserError(
+            f"{path}: [study] data = {data!r} names code to run; a config file cannot: "
+            f"if you trust it, pass --data {data} on the command line"
+        )
 
 
 def study_function(analysis: str) -> Callable | None:
