@@ -90,7 +90,7 @@ def analyse(
         "lambda_max": eig.lambda_max,
         "lambda_min": eig.lambda_min,
         "all_converged": eig.all_converged,
-        "lanczos_steps_used": eig.steps,
+        "lanczos_steps_used": eig.lanczos_steps,
         "coordinates": op.n,
         "samples": op.num_samples,
         "loss": op.loss,
@@ -100,14 +100,14 @@ def analyse(
         "negative_abs_ratio": math.nan,
     }
     if trace:
-        tr = hessian_trace(op, method=trace_method, num_queries=num_queries, seed=seed)
+        tr = hessian_trace(op, estimator=trace_method, num_queries=num_queries, seed=seed)
         ds["trace_samples"] = Dataset(
             tr.samples,
             ("query",),
             UNITS,
-            f"{tr.method} terms z^T A z (deflated operator for hutch++)",
+            f"{tr.estimator} terms z^T A z (deflated operator for hutch++)",
         )
-        attrs.update(trace=tr.trace, trace_stderr=tr.stderr, trace_method=tr.method)
+        attrs.update(trace=tr.trace, trace_stderr=tr.stderr, trace_method=tr.estimator)
     if density:
         d = spectral_density(
             op, num_runs=num_runs, lanczos_steps=lanczos_steps, sigma=sigma, seed=seed

@@ -280,7 +280,7 @@ def _hvp_methods(model, X, y, smoke: bool, device: str) -> list[dict]:
             model, (X, y), device=device, cache=False
         ),
         "forward-over-reverse (jvp of grad)": HessianOperator(
-            model, (X, y), device=device, method="forward-over-reverse"
+            model, (X, y), device=device, hvp="forward-over-reverse"
         ),
     }
     g = torch.Generator().manual_seed(0)
@@ -289,7 +289,7 @@ def _hvp_methods(model, X, y, smoke: bool, device: str) -> list[dict]:
     fns = {}
     for name, op in ops.items():
         fns[name] = lambda op=op: op.matvec(v)
-        fns[name + ", block of 8 (per vector)"] = lambda op=op: op.matmat(V)
+        fns[name + ", block of 8 (per vector)"] = lambda op=op: op.matmat(V.T)
     times = measure_interleaved(fns, repeats=3 if smoke else 15, warmup=1)
     rows = []
     for name, ts in times.items():

@@ -152,10 +152,13 @@ def _dense_cases(smoke: bool, device: str) -> list[dict]:
 
     tools = {
         "landscape hutch++": lambda c, s: _lt(
-            hessian_trace(model, (X, y), method="hutch++", num_queries=q, seed=s, device=device), c
+            hessian_trace(model, (X, y), estimator="hutch++", num_queries=q, seed=s, device=device),
+            c,
         ),
         "landscape hutchinson": lambda c, s: _lt(
-            hessian_trace(model, (X, y), method="hutchinson", num_queries=q, seed=s, device=device),
+            hessian_trace(
+                model, (X, y), estimator="hutchinson", num_queries=q, seed=s, device=device
+            ),
             c,
         ),
         "hessian-eigenthings hutch++": lambda c, s: _ht(
@@ -300,7 +303,7 @@ def _resnet(smoke: bool, device: str) -> list[dict]:
     def ours():
         r = hessian_eigenvalues(model, (X, y), k=k, device=device)
         counts["landscape"].n += r.hvps
-        res["steps"] = r.steps
+        res["steps"] = r.lanczos_steps
         return r.eigenvalues
 
     he_name, it = "hessian-eigenthings (same step count)", 5 if smoke else 100

@@ -70,7 +70,7 @@ def _case(
 ) -> list[dict]:
     from checkpoints import zoo
     from landscape import apply_permutation, permutation_spec
-    from landscape.permutation import random_perms
+    from landscape.permute import random_perms
 
     a = zoo.build(arch, seed=0, **kw).to(device)
     spec = permutation_spec(a)

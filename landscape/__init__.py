@@ -29,7 +29,8 @@ _EXPORTS = {
     ],
     "hessian": ["HessianOperator", "hessian_eigenvalues", "hessian_trace", "spectral_density"],
     "lanczos": ["EigenResult", "SpectralDensity", "TraceEstimate"],
-    "permutation": ["PermutationSpec", "apply_permutation", "permutation_spec", "validate_spec"],
+    "permutation": ["PermutationSpec"],
+    "spec_resolution": ["apply_permutation", "permutation_spec", "validate_spec"],
     "matching": ["Permutation", "activation_matching", "weight_matching"],
     "symmetry": ["SymmetryAudit", "symmetry_audit"],
     "directions": [
@@ -84,7 +85,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .lanczos import EigenResult, SpectralDensity, TraceEstimate
     from .matching import Permutation, activation_matching, weight_matching
     from .params import ParamView, check_same_family, fixed_buffers, state_buffers
-    from .permutation import PermutationSpec, apply_permutation, permutation_spec, validate_spec
+    from .permutation import PermutationSpec
+    from .spec_resolution import apply_permutation, permutation_spec, validate_spec
     from .store import SCHEMA_VERSION, ResultsStore
     from .surface import Surface, surface
     from .symmetry import SymmetryAudit, symmetry_audit

@@ -387,8 +387,11 @@ def hessian_directions(
 ) -> Directions:
     """The first ``count`` Hessian eigenvectors as directions (axes ``v1``, ``v2``, ...).
 
-    ``eigenvectors``: a result object with an ``eigenvectors`` attribute, a ``(k, n)``
-    tensor of coordinates, or a list of coordinate vectors or parameter-shaped dicts.
+    ``eigenvectors``: a result with an ``eigenvectors`` attribute (the parameter-shaped dicts
+    of :func:`landscape.hessian_eigenvalues`, or the ``(n, k)`` columns of
+    :func:`landscape.lanczos.lanczos_eigen`), an ``(n, k)`` tensor whose columns are
+    eigenvectors (``(k, n)`` rows are taken too), or a list of coordinate vectors or
+    parameter-shaped dicts.
     """
     ev = getattr(eigenvectors, "eigenvectors", eigenvectors)
     ev = (_rows(ev, ParamView(model).numel) if isinstance(ev, (Tensor, np.ndarray)) else list(ev))[

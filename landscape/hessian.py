@@ -11,15 +11,28 @@ all trainable entries or a chosen subset, never the fixed entries of W-Asym laye
 Batches of any sizes give the same ``H``: each batch contributes the Hessian of its
 *sum* of losses, and the total is divided by ``N`` once.
 
-Hessian-vector products use double backward (``autograd.grad`` of the gradient with
-``create_graph=True``). Measured on 2 CPU cores (16.5k-parameter MLP, 2,048 samples):
-double backward 7 ms per product, forward-over-reverse (``torch.func.jvp`` of
-``torch.func.grad``) 8-10 ms, and double backward through a gradient graph built once and
+:class:`HessianOperator` follows the conventions of ``scipy.sparse.linalg.LinearOperator``:
+``shape == (n, n)``, vectors are columns, ``op @ v`` is ``H v`` for a vector ``(n,)`` and
+``H V`` for a matrix ``(n, k)`` (column ``j`` of the result is ``H v_j``), and a NumPy input
+gives a NumPy output, a torch input a torch output, with the same numbers. The algorithms
+(:func:`hessian_eigenvalues`, :func:`spectral_density`, :func:`hessian_trace`) take either an
+operator or a model and data; the construction settings (``params``, ``device``,
+``batch_size``, ``hvp``) belong to the operator, so giving them with a built one is an error.
+
+Hessian-vector products (``hvp=``) use double backward (``"double-backward"``:
+``autograd.grad`` of the gradient with ``create_graph=True``) or forward-over-reverse
+(``"forward-over-reverse"``: ``torch.func.jvp`` of ``torch.func.grad``). Measured on 2 CPU
+cores (16.5k-parameter MLP, 2,048 samples): double backward 7 ms per product,
+forward-over-reverse 8-10 ms, and double backward through a gradient graph built once and
 reused 3-4 ms. So by default the gradient graph of every batch is built once and kept
 (``cache="auto"``: when its estimated size fits :data:`CACHE_BYTES_CPU` /
 a quarter of free GPU memory), otherwise rebuilt per product. Several vectors at once
 (``matmat``) go through one batched backward (``is_grads_batched``, i.e. ``vmap``), in
 blocks of ``block`` vectors.
+
+Old keyword names still work for one release, with a ``DeprecationWarning``: ``method=``
+(the product implementation, now ``hvp=``) and, in :func:`hessian_trace`, ``method=`` (the
+estimator, now ``estimator=``) and ``hvp_method=`` (now ``hvp=``).
 """
 
 from __future__ import annotations
@@ -27,15 +40,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .data import Batches, Data, as_batches, resolve_device
+from .deprecation import renamed_keywords
 from .errors import UserError
 from .evaluation import eval_mode, evaluate, loss_sum
 from .lanczos import (
+    ESTIMATORS,
     EigenResult,
     SpectralDensity,
     TraceEstimate,
@@ -49,16 +65,26 @@ from .params import ParamView, Selection
 
 #: largest gradient graph kept between products on the CPU (bytes)
 CACHE_BYTES_CPU = 1 * 1024**3
-METHODS = ("double-backward", "forward-over-reverse")
+#: Hessian-vector-product implementations (``hvp=``)
+HVP_IMPLEMENTATIONS = ("double-backward", "forward-over-reverse")
 
 
 class HessianOperator:
-    """``v -> H v`` for the Hessian of the sample-mean loss of ``model`` on ``data``.
+    """The linear operator ``v -> H v`` for the Hessian of the sample-mean loss of ``model`` on ``data``.
 
-    ``params`` selects a subset of parameters (see :class:`ParamView`). The operator is a
-    snapshot: it is defined at the parameters the model holds when it is created; do not
-    change the model while using it. ``hvps`` counts Hessian-vector products (one per
-    vector, however batched). The model's train/eval flag is left as found.
+    ``H`` is ``n x n`` (``n``: the coordinates of ``ParamView(model, params)``) and symmetric.
+    ``op @ v`` / :meth:`matvec` give ``H v`` for ``v`` of shape ``(n,)``; ``op @ V`` /
+    :meth:`matmat` give ``H V`` for ``V`` of shape ``(n, k)`` (columns are vectors, as in
+    ``scipy.sparse.linalg.LinearOperator``). NumPy in gives NumPy out, torch in gives torch
+    out (on the operator's device). ``shape``, ``dtype`` (NumPy) and ``torch_dtype`` describe
+    it; :meth:`aslinearoperator` wraps it for SciPy.
+
+    ``params`` selects a subset of parameters (see :class:`ParamView`); ``hvp`` picks the
+    product implementation (``"double-backward"`` or ``"forward-over-reverse"``, see the
+    module notes; ``method`` is its deprecated name). The operator is a snapshot: it is
+    defined at the parameters the model holds when it is created; do not change the model
+    while using it. ``hvps`` counts Hessian-vector products (one per vector, however
+    batched). The model's train/eval flag is left as found.
     """
 
     def __init__(
@@ -69,13 +95,21 @@ class HessianOperator:
         params: Selection = None,
         device: str | torch.device | None = None,
         batch_size: int | None = None,
-        method: str = "double-backward",
+        hvp: str = "double-backward",
         cache: bool | str = "auto",
         block: int | None = None,
+        **renamed: Any,
     ):
-        if method not in METHODS:
+        hvp = renamed_keywords(
+            "HessianOperator",
+            renamed,
+            {"method": "hvp"},
+            {"hvp": hvp},
+            {"hvp": "double-backward"},
+        )["hvp"]
+        if hvp not in HVP_IMPLEMENTATIONS:
             raise UserError(
-                f"unknown Hessian-vector-product method {method!r}: use {' or '.join(METHODS)}"
+                f"unknown Hessian-vector-product implementation hvp={hvp!r}: use {' or '.join(HVP_IMPLEMENTATIONS)}"
             )
         first = next(iter(model.parameters()), None)
         if first is None:
@@ -90,15 +124,15 @@ class HessianOperator:
         )
         self.num_samples = self.batches.num_samples
         # batching vectors through vmap measured slower per vector on the CPU (see docs/hessian.md)
-        self.method, self.block = (
-            method,
+        self.hvp, self.block = (
+            hvp,
             max(1, int(block if block is not None else (8 if dev.type == "cuda" else 1))),
         )
         self.hvps = 0
         self._params = self.view.params
         # one pass, before any graph is built: checks the labels against the outputs and the loss for NaN (UserError)
         self.loss = evaluate(model, self.batches).loss
-        self._graphs = self._build_cache(cache) if method == "double-backward" else None
+        self._graphs = self._build_cache(cache) if hvp == "double-backward" else None
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -110,7 +144,13 @@ class HessianOperator:
         return self.view.numel
 
     @property
-    def dtype(self) -> torch.dtype:
+    def dtype(self) -> np.dtype:
+        """NumPy dtype of the products (``scipy.sparse.linalg.LinearOperator`` convention)."""
+        return np.dtype(str(self.view.dtype).replace("torch.", ""))
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The model's dtype, in which the products are computed."""
         return self.view.dtype
 
     @property
@@ -124,31 +164,36 @@ class HessianOperator:
 
     # -- products ----------------------------------------------------------------------------
     def matvec(self, v: Tensor | np.ndarray) -> Tensor | np.ndarray:
-        """``H v`` for one coordinate vector (a NumPy input gives a NumPy output)."""
+        """``H v`` for one vector ``v`` of shape ``(n,)`` (or a column ``(n, 1)``: same shape out)."""
+        if v.ndim == 2 and v.shape[1] == 1:
+            return self.matvec(v.reshape(-1)).reshape(-1, 1)
+        if v.ndim != 1 or v.shape[0] != self.n:
+            raise UserError(f"expected a vector of shape ({self.n},), got {tuple(v.shape)}")
         if isinstance(v, np.ndarray):
-            return (
-                self.matvec(torch.as_tensor(v.reshape(-1), dtype=self.dtype, device=self.device))
-                .cpu()
-                .numpy()
-            )
-        return self.matmat(v.reshape(1, -1))[0]
+            rows = torch.as_tensor(v.reshape(1, -1), dtype=self.torch_dtype, device=self.device)
+            return self._on_rows(rows)[0].cpu().numpy()
+        return self._on_rows(v.reshape(1, -1))[0]
 
     def matmat(self, V: Tensor | np.ndarray) -> Tensor | np.ndarray:
-        """``(H v_1, ..., H v_b)`` for the rows of ``V`` (shape ``(b, n)``)."""
-        if isinstance(V, np.ndarray):
-            # scipy hands columns; we work on rows
-            out = self.matmat(
-                torch.as_tensor(np.ascontiguousarray(V.T), dtype=self.dtype, device=self.device)
+        """``H V`` for ``V`` of shape ``(n, k)``: column ``j`` of the result is ``H v_j``."""
+        if V.ndim != 2 or V.shape[0] != self.n:
+            raise UserError(
+                f"expected a matrix of shape ({self.n}, k) (columns are vectors), got {tuple(V.shape)}"
             )
-            return out.cpu().numpy().T
-        if V.dim() != 2 or V.shape[1] != self.n:
-            raise UserError(f"expected vectors of shape (b, {self.n}), got {tuple(V.shape)}")
-        V = V.to(self.device, self.dtype)
-        outs = [self._products(V[i : i + self.block]) for i in range(0, V.shape[0], self.block)]
-        self.hvps += int(V.shape[0])
-        return torch.cat(outs) if len(outs) > 1 else outs[0]
+        if isinstance(V, np.ndarray):
+            rows = torch.as_tensor(
+                np.ascontiguousarray(V.T), dtype=self.torch_dtype, device=self.device
+            )
+            return self._on_rows(rows).cpu().numpy().T
+        return self._on_rows(V.T.contiguous()).T
 
-    __matmul__ = matvec
+    def __matmul__(self, x: Tensor | np.ndarray) -> Tensor | np.ndarray:
+        """``H x`` for a vector ``(n,)`` or a matrix ``(n, k)``."""
+        return self.matvec(x) if x.ndim == 1 else self.matmat(x)
+
+    # H is symmetric: the adjoint products are the products (scipy looks for these names)
+    rmatvec = matvec
+    rmatmat = matmat
 
     def aslinearoperator(self):
         """The operator as a ``scipy.sparse.linalg.LinearOperator`` (NumPy vectors in the model's dtype)."""
@@ -159,7 +204,8 @@ class HessianOperator:
             matvec=self.matvec,
             matmat=self.matmat,
             rmatvec=self.matvec,
-            dtype=np.dtype(str(self.dtype).replace("torch.", "")),
+            rmatmat=self.matmat,
+            dtype=self.dtype,
         )
 
     def gradient(self) -> Tensor:
@@ -175,6 +221,13 @@ class HessianOperator:
         return total / self.num_samples
 
     # -- internals ---------------------------------------------------------------------------
+    def _on_rows(self, V: Tensor) -> Tensor:
+        """``(H v_1, ..., H v_b)`` as rows, for the rows of ``V`` (shape ``(b, n)``), in blocks of ``block``."""
+        V = V.to(self.device, self.torch_dtype)
+        outs = [self._products(V[i : i + self.block]) for i in range(0, V.shape[0], self.block)]
+        self.hvps += int(V.shape[0])
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
+
     def _directions(self, V: Tensor) -> list[Tensor]:
         """Parameter-shaped tangents from coordinate rows (fixed entries zero): ``shape`` for one row, ``(b, *shape)`` for several."""
         if V.shape[0] == 1:
@@ -183,7 +236,7 @@ class HessianOperator:
         return [torch.stack([d[name] for d in dicts]) for name in self.view.names]
 
     def _products(self, V: Tensor) -> Tensor:
-        if self.method == "forward-over-reverse":
+        if self.hvp == "forward-over-reverse":
             return self._products_fwd_rev(V)
         b = V.shape[0]
         tangents = self._directions(V)
@@ -270,13 +323,32 @@ def _cache_budget(device: torch.device) -> int:
     return CACHE_BYTES_CPU
 
 
-def _operator(model: nn.Module | HessianOperator, data: Data | None, **kw) -> HessianOperator:
+def _operator(
+    where: str,
+    model: nn.Module | HessianOperator,
+    data: Data | None,
+    settings: dict[str, Any],
+) -> HessianOperator:
+    """The operator to work on: ``model`` itself, or one built from ``model``, ``data`` and ``settings``.
+
+    ``settings`` are construction keywords (``None``: not given); with an operator they
+    would be ignored, so any that is given raises :class:`UserError`.
+    """
     if isinstance(model, HessianOperator):
+        given = [k for k, v in settings.items() if v is not None]
+        if data is not None:
+            given.insert(0, "data")
+        if given:
+            raise UserError(
+                f"{where}: {', '.join(given)} given with a HessianOperator, which already fixed them: "
+                "pass them to HessianOperator(...), or pass the model and data instead"
+            )
         return model
     if data is None:
         raise UserError(
             "no data given: pass an (X, y) pair, a DataLoader or an iterable of batches"
         )
+    kw = {k: v for k, v in settings.items() if v is not None}
     return HessianOperator(model, data, **kw)
 
 
@@ -288,12 +360,13 @@ def hessian_eigenvalues(
     which: str = "largest",
     tol: float = 1e-4,
     max_steps: int | None = None,
-    params: Selection = None,
     return_eigenvectors: bool = False,
     seed: int = 0,
+    params: Selection = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
-    method: str = "double-backward",
+    hvp: str | None = None,
+    **renamed: Any,
 ) -> EigenResult:
     """Extreme eigenvalues of the loss Hessian by Lanczos with full reorthogonalisation.
 
@@ -301,11 +374,23 @@ def hessian_eigenvalues(
     negative) or ``"both"``. Stops when every wanted Ritz value ``theta_i`` has an error
     bound ``min(r_i, r_i^2 / gap_i) <= tol * max(|theta_i|, 1e-3 max_j |theta_j|)``, with
     ``r_i = beta_m |s_{m,i}|`` the Ritz residual ``||H y_i - theta_i y_i||``, or after
-    ``max_steps`` products (see :func:`landscape.lanczos.default_max_steps`). Eigenvectors
-    (unit norm in coordinates) come as dicts of parameter-shaped tensors, zero at fixed
-    entries. ``model`` may be a :class:`HessianOperator` (then ``data`` is not needed).
+    ``max_steps`` Lanczos steps, one product each (default
+    :func:`landscape.lanczos.default_max_steps`); ``result.lanczos_steps`` says how many ran.
+    Eigenvectors (unit norm in coordinates) come as ``result.eigenvectors``, dicts of
+    parameter-shaped tensors, zero at fixed entries.
+
+    ``model`` is a :class:`HessianOperator`, or a model with ``data``, from which one is built
+    with ``params``, ``device``, ``batch_size`` and ``hvp`` (default ``"double-backward"``;
+    ``method`` is its deprecated name); these settings with an operator raise
+    :class:`UserError`.
     """
-    op = _operator(model, data, params=params, device=device, batch_size=batch_size, method=method)
+    hvp = renamed_keywords("hessian_eigenvalues", renamed, {"method": "hvp"}, {"hvp": hvp})["hvp"]
+    op = _operator(
+        "hessian_eigenvalues",
+        model,
+        data,
+        dict(params=params, device=device, batch_size=batch_size, hvp=hvp),
+    )
     if which not in ("largest", "smallest", "both"):
         raise UserError(f"which={which!r}: use largest, smallest or both")
     if not isinstance(k, (int, np.integer)) or k < 1:
@@ -314,29 +399,32 @@ def hessian_eigenvalues(
         raise UserError(
             f"k={k} eigenvalues asked for, but the chosen parameters have only {op.n} coordinates: lower k"
         )
-    steps = default_max_steps(op.n, k, which, op.dtype) if max_steps is None else int(max_steps)
+    limit = (
+        default_max_steps(op.n, k, which, op.torch_dtype) if max_steps is None else int(max_steps)
+    )
     need = min(op.n, 2 * k if which == "both" else k)
-    if steps < need:
+    if limit < need:
         raise UserError(
-            f"max_steps={steps} is fewer than the {need} Ritz values asked for: raise max_steps or lower k"
+            f"max_steps={limit} is fewer than the {need} Ritz values asked for: raise max_steps or lower k"
         )
     t0, h0 = time.perf_counter(), op.hvps
     res = lanczos_eigen(
-        op.matvec,
-        op.n,
+        op,
         k=int(k),
         which=which,
         tol=tol,
-        max_steps=steps,
+        max_steps=limit,
         seed=seed,
-        dtype=op.dtype,
+        dtype=op.torch_dtype,
         device=op.device,
-        return_vectors=return_eigenvectors,
+        return_eigenvectors=return_eigenvectors,
     )
     vecs = None
-    if return_eigenvectors and res.vectors is not None:
+    if return_eigenvectors and res.eigenvectors is not None:
+        # the (n, k) columns back as rows, each unflattened into parameter-shaped tensors
         vecs = tuple(
-            {n: t.detach().clone() for n, t in op.view.unflatten(v).items()} for v in res.vectors
+            {n: t.detach().clone() for n, t in op.view.unflatten(v).items()}
+            for v in res.eigenvectors.T
         )
     return dataclasses.replace(
         res, hvps=op.hvps - h0, seconds=time.perf_counter() - t0, eigenvectors=vecs
@@ -355,7 +443,8 @@ def spectral_density(
     params: Selection = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
-    method: str = "double-backward",
+    hvp: str | None = None,
+    **renamed: Any,
 ) -> SpectralDensity:
     """Spectral density of the Hessian by stochastic Lanczos quadrature (Ubaru, Chen and Saad 2017).
 
@@ -364,19 +453,25 @@ def spectral_density(
     ``phi(t) = (1/R) sum_r sum_j w_rj N(t; theta_rj, sigma^2)``, an estimate of
     ``(1/n) sum_i N(t; lambda_i, sigma^2)``. Default ``sigma``: 1% of the node range
     (see :func:`landscape.lanczos.slq`); ``grid``: a point count spanning the nodes +- 5 sigma
-    (the density then integrates to 1 up to 1e-6) or explicit points.
+    (the density then integrates to 1 up to 1e-6) or explicit points. ``model``, ``data``
+    and the operator settings as in :func:`hessian_eigenvalues`.
     """
-    op = _operator(model, data, params=params, device=device, batch_size=batch_size, method=method)
+    hvp = renamed_keywords("spectral_density", renamed, {"method": "hvp"}, {"hvp": hvp})["hvp"]
+    op = _operator(
+        "spectral_density",
+        model,
+        data,
+        dict(params=params, device=device, batch_size=batch_size, hvp=hvp),
+    )
     t0, h0 = time.perf_counter(), op.hvps
     res = slq(
-        op.matmat,
-        op.n,
+        op,
         num_runs=num_runs,
-        steps=lanczos_steps,
+        lanczos_steps=lanczos_steps,
         sigma=sigma,
         grid=grid,
         seed=seed,
-        dtype=op.dtype,
+        dtype=op.torch_dtype,
         device=op.device,
     )
     return dataclasses.replace(res, hvps=op.hvps - h0, seconds=time.perf_counter() - t0)
@@ -386,31 +481,47 @@ def hessian_trace(
     model: nn.Module | HessianOperator,
     data: Data | None = None,
     *,
-    method: str = "hutch++",
+    estimator: str = "hutch++",
     num_queries: int = 60,
     seed: int = 0,
     params: Selection = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
-    hvp_method: str = "double-backward",
+    hvp: str | None = None,
+    **renamed: Any,
 ) -> TraceEstimate:
     """Trace of the Hessian by Hutch++ (Meyer, Musco, Musco and Woodruff 2021) or Hutchinson.
 
-    Hutchinson: ``tr H ~ (1/m) sum_i z_i^T H z_i`` over Rademacher ``z_i``, standard error
-    ``std(z_i^T H z_i) / sqrt(m)``. Hutch++: a third of the queries sketch ``Q = orth(H S)``,
-    a third give ``tr(Q^T H Q)`` exactly, the rest estimate the trace of the deflated
-    ``(I - QQ^T) H (I - QQ^T)`` by Hutchinson, whose standard error is reported.
+    ``estimator="hutchinson"``: ``tr H ~ (1/m) sum_i z_i^T H z_i`` over Rademacher ``z_i``,
+    standard error ``std(z_i^T H z_i) / sqrt(m)``. ``estimator="hutch++"``: a third of the
+    queries sketch ``Q = orth(H S)``, a third give ``tr(Q^T H Q)`` exactly, the rest estimate
+    the trace of the deflated ``(I - QQ^T) H (I - QQ^T)`` by Hutchinson, whose standard
+    error is reported. ``model``, ``data`` and the operator settings as in
+    :func:`hessian_eigenvalues`. Deprecated names: ``method`` for ``estimator``,
+    ``hvp_method`` for ``hvp``.
     """
-    op = _operator(
-        model, data, params=params, device=device, batch_size=batch_size, method=hvp_method
+    kw = renamed_keywords(
+        "hessian_trace",
+        renamed,
+        {"method": "estimator", "hvp_method": "hvp"},
+        {"estimator": estimator, "hvp": hvp},
+        {"estimator": "hutch++"},
     )
-    if method not in ("hutch++", "hutchinson"):
-        raise UserError(f"unknown trace method {method!r}: use hutch++ or hutchinson")
-    if num_queries < (3 if method == "hutch++" else 2):
+    estimator, hvp = kw["estimator"], kw["hvp"]
+    op = _operator(
+        "hessian_trace",
+        model,
+        data,
+        dict(params=params, device=device, batch_size=batch_size, hvp=hvp),
+    )
+    if estimator not in ESTIMATORS:
+        raise UserError(f"unknown trace estimator {estimator!r}: use {' or '.join(ESTIMATORS)}")
+    least = 3 if estimator == "hutch++" else 2
+    if num_queries < least:
         raise UserError(
-            f"num_queries={num_queries} is too few for {method}: use at least {3 if method == 'hutch++' else 2}"
+            f"num_queries={num_queries} is too few for {estimator}: use at least {least}"
         )
     t0, h0 = time.perf_counter(), op.hvps
-    fn = hutchpp if method == "hutch++" else hutchinson
-    res = fn(op.matmat, op.n, num_queries=num_queries, seed=seed, dtype=op.dtype, device=op.device)
+    fn = hutchpp if estimator == "hutch++" else hutchinson
+    res = fn(op, num_queries=num_queries, seed=seed, dtype=op.torch_dtype, device=op.device)
     return dataclasses.replace(res, hvps=op.hvps - h0, seconds=time.perf_counter() - t0)

@@ -1,9 +1,16 @@
 """Lanczos, stochastic Lanczos quadrature and trace estimators over any symmetric operator.
 
-The algorithms only see ``matvec`` / ``matmat`` callables on coordinate vectors (rows of a
-``(b, n)`` tensor), so they serve :class:`landscape.hessian.HessianOperator` and any other
-symmetric operator. Krylov vectors stay in the operator's dtype and device; the small
-tridiagonal problems are solved in float64 (``scipy.linalg.eigh_tridiagonal``).
+The operator ``A`` (``n x n``, symmetric) is given as an object with ``shape`` and ``@``
+(a :class:`landscape.hessian.HessianOperator`, a dense ``torch.Tensor``), or as a function
+with ``n``: ``lanczos_eigen`` calls it on one vector (``v -> A v``, shape ``(n,)``), the
+others on a matrix of columns (``V -> A V``, shapes ``(n, b) -> (n, b)``), the convention of
+``scipy.sparse.linalg.LinearOperator``. Inside, the algorithms keep their vectors as the
+rows of a ``(b, n)`` tensor (contiguous, for the reorthogonalisation) and hand the operator
+their transpose. Krylov vectors stay in the operator's dtype and device; the small
+tridiagonal problems are solved in float64 (LAPACK ``dstev``).
+
+Krylov iterations are counted in Lanczos steps (``lanczos_steps``, bounded by
+``max_steps``), one operator product each.
 
 Lanczos uses full reorthogonalisation (classical Gram-Schmidt, twice, against every
 previous vector), so no ghost eigenvalues appear and the Ritz residuals are trustworthy.
@@ -15,6 +22,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,9 +31,15 @@ from scipy.linalg import eigh_tridiagonal
 from scipy.linalg.lapack import dstev
 from torch import Tensor
 
+from .deprecation import renamed_keywords, warn_renamed
 from .errors import UserError
 
-MatVec = Callable[[Tensor], Tensor]
+#: ``x -> A x`` on a vector ``(n,)`` or on the columns of a matrix ``(n, b)``
+Product = Callable[[Tensor], Tensor]
+#: an operator: an object with ``shape`` and ``@`` (HessianOperator, dense Tensor) or a product function
+Operator = Any
+#: trace estimators of :func:`hutchpp` and :func:`hutchinson`
+ESTIMATORS = ("hutch++", "hutchinson")
 #: memory for the Krylov basis that the default step limit respects (bytes)
 BASIS_BYTES = 2 * 1024**3
 #: default Lanczos step limit (products) when memory allows
@@ -39,6 +53,46 @@ def default_max_steps(n: int, k: int, which: str, dtype: torch.dtype = torch.flo
     item = torch.empty((), dtype=dtype).element_size()
     want = max(MAX_STEPS, 6 * k * (2 if which == "both" else 1))
     return int(min(n, max(min(want, BASIS_BYTES // max(1, n * item)), 2 * k + 2)))
+
+
+def as_product(
+    operator: Operator,
+    n: int | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Product, int, torch.dtype, torch.device]:
+    """``(x -> A x, n, dtype, device)`` of an operator object, a dense matrix or a product function.
+
+    For an object, ``n`` is ``shape[0]`` and ``dtype``/``device`` default to its own
+    (``torch_dtype`` or ``dtype``, and ``device``); for a function, ``n`` is required and they
+    default to float32 on the CPU.
+    """
+    if callable(operator) and not isinstance(operator, Tensor):
+        if n is None:
+            raise UserError("a product function needs n, the size of the vectors it acts on")
+        product = operator
+    else:
+        shape = getattr(operator, "shape", None)
+        if shape is None or len(shape) != 2 or shape[0] != shape[1]:
+            raise UserError(
+                f"expected a square operator (shape and @) or a product function, got {type(operator).__name__}"
+            )
+        n = int(shape[0]) if n is None else int(n)
+        if dtype is None:
+            dtype = getattr(operator, "torch_dtype", getattr(operator, "dtype", None))
+        if device is None:
+            device = getattr(operator, "device", None)
+
+        def product(x: Tensor) -> Tensor:
+            return operator @ x
+
+    dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
+    return product, int(n), dtype, torch.device(device if device is not None else "cpu")
+
+
+def _on_rows(product: Product, R: Tensor) -> Tensor:
+    """``(A r_1, ..., A r_b)`` as rows, for the rows ``r_i`` of ``R``: the operator sees columns."""
+    return product(R.T).T
 
 
 def _rng_normal(
@@ -75,7 +129,13 @@ class EigenResult:
     ``smallest``, ascending); ``residuals`` are the Ritz residuals
     ``||H y_i - theta_i y_i||`` (some eigenvalue lies within that distance);
     ``error_bounds`` the gap-refined bounds ``min(r_i, r_i^2 / gap_i)``; ``converged`` says
-    whether the bound met the tolerance. ``hvps`` counts Hessian-vector products.
+    whether the bound met the tolerance; ``lanczos_steps`` is the number of Lanczos steps
+    run. ``hvps`` counts Hessian-vector products.
+
+    ``eigenvectors`` (when asked for; unit norm in coordinates, in the order of
+    ``eigenvalues``): from :func:`landscape.hessian_eigenvalues` a tuple of dicts of
+    parameter-shaped tensors (zero at fixed entries); from :func:`lanczos_eigen` on a bare
+    operator an ``(n, k)`` tensor whose columns are the eigenvectors.
     """
 
     eigenvalues: np.ndarray
@@ -83,12 +143,27 @@ class EigenResult:
     residuals: np.ndarray
     error_bounds: np.ndarray
     converged: np.ndarray
-    steps: int
+    lanczos_steps: int
     tol: float
     hvps: int = 0
     seconds: float = float("nan")
-    vectors: Tensor | None = dataclasses.field(default=None, repr=False)
-    eigenvectors: tuple[dict[str, Tensor], ...] | None = dataclasses.field(default=None, repr=False)
+    eigenvectors: tuple[dict[str, Tensor], ...] | Tensor | None = dataclasses.field(
+        default=None, repr=False
+    )
+    # the Ritz vectors as coordinate rows (k, n); only behind the deprecated ``vectors``
+    _coordinates: Tensor | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def steps(self) -> int:
+        """Deprecated name of :attr:`lanczos_steps`."""
+        warn_renamed("EigenResult.steps", "EigenResult.lanczos_steps")
+        return self.lanczos_steps
+
+    @property
+    def vectors(self) -> Tensor | None:
+        """Deprecated: the eigenvectors as coordinate rows ``(k, n)``; use :attr:`eigenvectors`."""
+        warn_renamed("EigenResult.vectors", "EigenResult.eigenvectors")
+        return self._coordinates
 
     @property
     def all_converged(self) -> bool:
@@ -164,39 +239,52 @@ def _converged(
 
 
 def lanczos_eigen(
-    matvec: MatVec,
-    n: int,
+    operator: Operator,
+    n: int | None = None,
     *,
     k: int,
     which: str = "largest",
     tol: float = 1e-4,
     max_steps: int = MAX_STEPS,
     seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-    return_vectors: bool = False,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    return_eigenvectors: bool = False,
+    **renamed: Any,
 ) -> EigenResult:
     """Lanczos with full reorthogonalisation, stopping on Ritz residuals.
 
     After step ``m`` (``T_m = S diag(theta) S^T``, next coefficient ``beta_m``) the Ritz
     pair ``(theta_i, V_m s_i)`` has residual ``r_i = beta_m |s_{m,i}|``. The run stops when
     every wanted pair has ``min(r_i, r_i^2/gap_i) <= tol * max(|theta_i|, 1e-3 max|theta|)``
-    (``gap_i``: distance to the nearest other Ritz value), at ``max_steps``, or when the
-    Krylov space is exhausted (``r = 0``). A breakdown before enough Ritz values exist
-    restarts from a fresh random vector orthogonal to the basis.
+    (``gap_i``: distance to the nearest other Ritz value), at ``max_steps`` Lanczos steps, or
+    when the Krylov space is exhausted (``r = 0``). A breakdown before enough Ritz values
+    exist restarts from a fresh random vector orthogonal to the basis.
+
+    ``operator``: see the module notes (a function is called on one vector ``(n,)``).
+    ``return_eigenvectors``: the Ritz vectors ``V_m s_i`` as the columns of
+    ``eigenvectors`` ``(n, k)``, unit norm, largest-magnitude entry positive.
+    (``return_vectors`` is the deprecated name of ``return_eigenvectors``.)
     """
-    device = torch.device(device)
-    steps = int(min(max_steps, n))
+    return_eigenvectors = renamed_keywords(
+        "lanczos_eigen",
+        renamed,
+        {"return_vectors": "return_eigenvectors"},
+        {"return_eigenvectors": return_eigenvectors},
+        {"return_eigenvectors": False},
+    )["return_eigenvectors"]
+    matvec, n, dtype, device = as_product(operator, n, dtype, device)
+    limit = int(min(max_steps, n))
     need = min(n, k if which != "both" else 2 * k)
-    cap = min(steps + 1, 64)
+    cap = min(limit + 1, 64)
     V = torch.empty(cap, n, dtype=dtype, device=device)
     v = _rng_normal((n,), seed, dtype, device)
     V[0] = v / v.norm()
-    alpha, beta = np.zeros(steps), np.zeros(steps)
+    alpha, beta = np.zeros(limit), np.zeros(limit)
     theta = resid = None
     restarts = 0
     m = 0
-    for j in range(steps):
+    for j in range(limit):
         w = matvec(V[j])
         alpha[j] = float(torch.dot(V[j], w))
         Vj = V[: j + 1]
@@ -223,10 +311,10 @@ def lanczos_eigen(
             and _converged(theta, resid, k, which, tol)[3].all()
         ):
             break
-        if m == steps:
+        if m == limit:
             break
         if m == cap:
-            cap = min(steps + 1, 2 * cap)
+            cap = min(limit + 1, 2 * cap)
             V = torch.cat([V, torch.empty(cap - V.shape[0], n, dtype=dtype, device=device)])
         if breakdown:
             # invariant subspace: continue in its complement (T becomes block diagonal)
@@ -238,7 +326,7 @@ def lanczos_eigen(
         V[j + 1] = w / b
     idx, labels, bounds, conv = _converged(theta, resid, k, which, tol)
     vectors = None
-    if return_vectors:
+    if return_eigenvectors:
         S_sel = torch.as_tensor(S[:, idx], dtype=dtype, device=device)
         vectors = S_sel.T @ V[:m]
         vectors = vectors / vectors.norm(dim=1, keepdim=True)
@@ -253,7 +341,8 @@ def lanczos_eigen(
         np.asarray(conv | (m == n), dtype=bool),
         m,
         float(tol),
-        vectors=vectors,
+        eigenvectors=None if vectors is None else vectors.T,
+        _coordinates=vectors,
     )
 
 
@@ -309,40 +398,49 @@ def broadened_density(
 
 
 def slq(
-    matmat: MatVec,
-    n: int,
+    operator: Operator,
+    n: int | None = None,
     *,
     num_runs: int = 10,
-    steps: int = 80,
+    lanczos_steps: int = 80,
     sigma: float | None = None,
     grid: int | np.ndarray = 1000,
     seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    **renamed: Any,
 ) -> SpectralDensity:
     """Stochastic Lanczos quadrature with Gaussian broadening.
 
     ``num_runs`` Lanczos runs (full reorthogonalisation, run in lock-step so every product
-    is a batched ``matmat``) of ``steps`` steps from Gaussian unit vectors. Default width:
-    ``sigma = 0.01 * (max node - min node)`` (1% of the spectral range); the default grid
-    has ``grid`` points from ``min node - 5 sigma`` to ``max node + 5 sigma``.
+    is one operator product on a matrix of ``num_runs`` columns) of ``lanczos_steps`` steps
+    from Gaussian unit vectors. Default width: ``sigma = 0.01 * (max node - min node)`` (1% of
+    the spectral range); the default grid has ``grid`` points from ``min node - 5 sigma`` to
+    ``max node + 5 sigma``. (``steps`` is the deprecated name of ``lanczos_steps``.)
     """
-    if num_runs < 1 or steps < 1:
+    lanczos_steps = renamed_keywords(
+        "slq",
+        renamed,
+        {"steps": "lanczos_steps"},
+        {"lanczos_steps": lanczos_steps},
+        {"lanczos_steps": 80},
+    )["lanczos_steps"]
+    if num_runs < 1 or lanczos_steps < 1:
         raise UserError(
-            f"spectral density needs num_runs >= 1 and lanczos_steps >= 1, got {num_runs} and {steps}"
+            f"spectral density needs num_runs >= 1 and lanczos_steps >= 1, got {num_runs} and {lanczos_steps}"
         )
     if sigma is not None and not sigma > 0:
         raise UserError(f"sigma must be positive, got {sigma}")
-    device = torch.device(device)
-    steps = int(min(steps, n))
+    matmat, n, dtype, device = as_product(operator, n, dtype, device)
+    m = int(min(lanczos_steps, n))
     item = torch.empty((), dtype=dtype).element_size()
-    group = max(1, min(num_runs, BASIS_BYTES // max(1, steps * n * item)))
-    nodes = np.full((num_runs, steps), np.nan)
-    weights = np.zeros((num_runs, steps))
+    group = max(1, min(num_runs, BASIS_BYTES // max(1, m * n * item)))
+    nodes = np.full((num_runs, m), np.nan)
+    weights = np.zeros((num_runs, m))
     start = _rng_normal((num_runs, n), seed, dtype, device)
     for g0 in range(0, num_runs, group):
         V0 = start[g0 : g0 + group]
-        a, b, lens = _lanczos_block(matmat, V0 / V0.norm(dim=1, keepdim=True), steps)
+        a, b, lens = _lanczos_block(matmat, V0 / V0.norm(dim=1, keepdim=True), m)
         for r in range(V0.shape[0]):
             th, S = _ritz(a[r], b[r], lens[r])
             nodes[g0 + r, : lens[r]] = th
@@ -358,17 +456,17 @@ def slq(
 
 
 def _lanczos_block(
-    matmat: MatVec, V0: Tensor, steps: int
+    matmat: Product, V0: Tensor, lanczos_steps: int
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """``R`` independent fully reorthogonalised Lanczos runs in lock-step; rows of ``V0`` are unit vectors."""
     R, n = V0.shape
-    Q = torch.zeros(steps, R, n, dtype=V0.dtype, device=V0.device)
+    Q = torch.zeros(lanczos_steps, R, n, dtype=V0.dtype, device=V0.device)
     Q[0] = V0
-    alpha, beta = np.zeros((R, steps)), np.zeros((R, steps))
-    lens = [steps] * R
+    alpha, beta = np.zeros((R, lanczos_steps)), np.zeros((R, lanczos_steps))
+    lens = [lanczos_steps] * R
     alive = np.ones(R, dtype=bool)
-    for j in range(steps):
-        W = matmat(Q[j])
+    for j in range(lanczos_steps):
+        W = _on_rows(matmat, Q[j])
         _check_finite(W)
         alpha[:, j] = (Q[j] * W).sum(dim=1).double().cpu().numpy()
         B = Q[: j + 1]  # (j+1, R, n)
@@ -376,7 +474,7 @@ def _lanczos_block(
             W = W - torch.einsum("jr,jrn->rn", torch.einsum("jrn,rn->jr", B, W), B)
         nb = W.norm(dim=1).double().cpu().numpy()
         beta[:, j] = nb
-        if j + 1 == steps:
+        if j + 1 == lanczos_steps:
             break
         for r in range(R):
             scale = max(np.max(np.abs(alpha[r, : j + 1])), 1e-300)
@@ -398,24 +496,31 @@ def _lanczos_block(
 class TraceEstimate:
     """A stochastic trace estimate with its standard error.
 
-    ``samples`` are the Hutchinson terms ``z_i^T A z_i`` (of the deflated operator for
-    Hutch++, whose exact low-rank part is ``exact_part``).
+    ``estimator`` is ``"hutch++"`` or ``"hutchinson"``; ``samples`` are the Hutchinson terms
+    ``z_i^T A z_i`` (of the deflated operator for Hutch++, whose exact low-rank part is
+    ``exact_part``).
     """
 
     trace: float
     stderr: float
-    method: str
+    estimator: str
     num_queries: int
     samples: np.ndarray
     exact_part: float = 0.0
     hvps: int = 0
     seconds: float = float("nan")
 
+    @property
+    def method(self) -> str:
+        """Deprecated name of :attr:`estimator`."""
+        warn_renamed("TraceEstimate.method", "TraceEstimate.estimator")
+        return self.estimator
+
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(
             [
                 {
-                    "method": self.method,
+                    "estimator": self.estimator,
                     "trace": self.trace,
                     "stderr": self.stderr,
                     "num_queries": self.num_queries,
@@ -425,8 +530,9 @@ class TraceEstimate:
         )
 
 
-def _quad_forms(matmat: MatVec, Z: Tensor) -> np.ndarray:
-    HZ = matmat(Z)
+def _quad_forms(matmat: Product, Z: Tensor) -> np.ndarray:
+    """``z_i^T A z_i`` for the rows ``z_i`` of ``Z``, in float64."""
+    HZ = _on_rows(matmat, Z)
     _check_finite(HZ)
     return (Z.double() * HZ.double()).sum(dim=1).cpu().numpy()
 
@@ -436,38 +542,43 @@ def _stderr(x: np.ndarray) -> float:
 
 
 def hutchinson(
-    matmat: MatVec,
-    n: int,
+    operator: Operator,
+    n: int | None = None,
     *,
     num_queries: int = 60,
     seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
 ) -> TraceEstimate:
-    """``tr A ~ mean_i z_i^T A z_i`` over Rademacher ``z_i``; standard error ``std / sqrt(m)``."""
-    s = _quad_forms(matmat, _rng_rademacher((num_queries, n), seed, dtype, torch.device(device)))
+    """``tr A ~ mean_i z_i^T A z_i`` over Rademacher ``z_i``; standard error ``std / sqrt(m)``.
+
+    ``operator``: see the module notes (a function is called on a matrix of columns).
+    """
+    matmat, n, dtype, device = as_product(operator, n, dtype, device)
+    s = _quad_forms(matmat, _rng_rademacher((num_queries, n), seed, dtype, device))
     return TraceEstimate(float(s.mean()), _stderr(s), "hutchinson", int(num_queries), s)
 
 
 def hutchpp(
-    matmat: MatVec,
-    n: int,
+    operator: Operator,
+    n: int | None = None,
     *,
     num_queries: int = 60,
     seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
 ) -> TraceEstimate:
     """Hutch++: ``tr(Q^T A Q) + mean_i g_i^T P A P g_i`` with ``Q = orth(A S)``, ``P = I - QQ^T``.
 
-    ``m/3`` queries sketch, ``m/3`` give the exact part, the remaining ``m - 2 m/3``
-    Rademacher ``g_i`` the deflated Hutchinson part and its standard error.
+    ``m/3`` queries sketch (Rademacher ``S``), ``m/3`` give the exact part, the remaining
+    ``m - 2 m/3`` Rademacher ``g_i`` the deflated Hutchinson part and its standard error.
+    ``operator``: see the module notes (a function is called on a matrix of columns).
     """
-    device = torch.device(device)
+    matmat, n, dtype, device = as_product(operator, n, dtype, device)
     s = min(num_queries // 3, n)
     g = num_queries - 2 * s
     Z = _rng_rademacher((s + g, n), seed, dtype, device)
-    Y = matmat(Z[:s])
+    Y = _on_rows(matmat, Z[:s])
     _check_finite(Y)
     Q = torch.linalg.qr(Y.double().T).Q  # (n, s), float64 for a clean projector
     exact = float(_quad_forms(matmat, Q.T.contiguous().to(dtype)).sum())

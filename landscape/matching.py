@@ -39,15 +39,10 @@ from torch import Tensor, nn
 from .data import Data, as_batches
 from .errors import UserError
 from .params import check_same_family, fixed_buffers, fixed_entry_mask
-from .permutation import (
-    PermutationSpec,
-    SpecLike,
-    _as_sample,
-    checked_spec,
-    named_tensors,
-    output_change,
-    permute_tensor,
-)
+from .permutation import PermutationSpec, SpecLike, named_tensors
+from .permute import output_change, permute_tensor
+from .sample_inputs import as_sample
+from .spec_resolution import checked_spec
 from .spec_tracing import leaf_calls
 
 FUNCTION_TOL = 1e-5
@@ -170,7 +165,7 @@ def _finish(
     t0: float,
     permute_fixed: bool,
 ) -> Permutation:
-    x = _as_sample(model_b, sample)
+    x = as_sample(model_b, sample)
     change, scale = output_change(model_b, spec, perms, x, permute_fixed=permute_fixed)
     preserved = change <= FUNCTION_TOL * max(1.0, scale)
     notes = ()
@@ -329,11 +324,6 @@ def _unit_axis(shape: tuple[int, ...], n: int) -> int | None:
     return None
 
 
-def _recorded(model: nn.Module, x: Tensor) -> list[tuple[str, Tensor]]:
-    """Outputs of every leaf module, in the order they run."""
-    return [(n, o) for n, _, _, o in leaf_calls(model, x)]
-
-
 def _standardised(h: Tensor, axis: int, n: int) -> Tensor:
     z = h.movedim(axis, 0).reshape(n, -1).double()
     z = z - z.mean(dim=1, keepdim=True)
@@ -362,7 +352,9 @@ def activation_matching(
     device = next(model_a.parameters()).device
     x = as_batches(data, device=device).sample(samples)
     spec = _prepare(model_a, model_b, spec, x)
-    ra, rb = _recorded(model_a, x), _recorded(model_b, x)
+    # outputs of every leaf module, in the order they run
+    ra = [(n, o) for n, _, _, o in leaf_calls(model_a, x)]
+    rb = [(n, o) for n, _, _, o in leaf_calls(model_b, x)]
     no_params = {
         n for n, m in model_a.named_modules() if not any(True for _ in m.parameters(recurse=False))
     }

@@ -1,4 +1,4 @@
-"""Permutation specs: which tensor axes a hidden-unit permutation acts on.
+"""The permutation-spec type: which tensor axes a hidden-unit permutation acts on.
 
 A hidden layer of ``n`` units can be reordered by a permutation ``p`` without changing
 the network function, provided every tensor indexed by those units moves with it. A
@@ -13,37 +13,49 @@ T[..., p[i], ...]``. An axis of size ``k * n`` (a flattened ``C x H x W`` featur
 feeding a linear layer) is permuted in blocks of ``k`` consecutive entries.
 
 Fixed buffers (masks, fixed values, FiGLU matrices; see :mod:`landscape.params`) are in
-the spec but by default *not* moved by :func:`apply_permutation`: the architecture is held
-fixed and only the parameters move, which is exactly the symmetry question the
-asymmetric networks of Lim et al. (2024) answer differently. With ``permute_fixed=True``
-they move too, which gives an equivalent network with reordered constants; spec
-validation uses that, so a spec for a W-Asym or sigma-Asym model is checked in full.
+the spec but by default *not* moved by :func:`landscape.apply_permutation`: the
+architecture is held fixed and only the parameters move, which is exactly the symmetry
+question the asymmetric networks of Lim et al. (2024) answer differently. With
+``permute_fixed=True`` they move too, which gives an equivalent network with reordered
+constants; spec validation uses that, so a spec for a W-Asym or sigma-Asym model is
+checked in full.
+
+This module is plain data and its checks: :class:`PermutationSpec` (with its JSON round
+trip and the static check against a model's tensors) and :class:`SpecBuilder`, with which
+models declare their spec. The permutation code is layered, each module importing only
+those above it in this list:
+
+- ``permutation`` (this module): the spec type and the builder;
+- :mod:`landscape.permute`: applying a permutation to tensors, and the output change;
+- :mod:`landscape.sample_inputs`: input batches for function checks;
+- :mod:`landscape.spec_tracing`: deriving a spec from the computation, explaining failures;
+- :mod:`landscape.spec_resolution`: which spec a model has (declared or derived),
+  validation under a random permutation, the cache, and :func:`~landscape.apply_permutation`.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
 from torch import Tensor, nn
 
 from .errors import UserError
-from .evaluation import eval_mode
-from .params import fixed_buffers
 
 Entry = tuple[str, int]
 #: leaf names that the standard layers tie together (same shape -> same permutation)
 _LINKED = {"weight", "bias", "mask", "fixed", "running_mean", "running_var", "normal_mask"}
+
+
+def log10_factorial(n: int) -> float:
+    """``log10(n!)``: log10 of the number of permutations of ``n`` units (``lgamma(n + 1) / ln 10``)."""
+    return math.lgamma(n + 1) / math.log(10)
 
 
 @dataclass(frozen=True)
@@ -101,7 +113,7 @@ class PermutationSpec:
                     "group": g,
                     "size": self.sizes[g],
                     "tensors": len(e),
-                    "log10_order": math.lgamma(self.sizes[g] + 1) / math.log(10),
+                    "log10_order": log10_factorial(self.sizes[g]),
                     "acts_on": ", ".join(f"{t}[{a}]" for t, a in e),
                 }
                 for g, e in self.groups.items()
@@ -294,196 +306,3 @@ class SpecBuilder:
         groups = {g: tuple(e) for g, e in self.groups.items() if e}
         sizes = {g: min(tensors[t].shape[a] for t, a in e) for g, e in groups.items()}
         return PermutationSpec(groups, sizes, source, notes)
-
-
-# ----------------------------------------------------------------------------- applying
-def _index(p: Tensor, size: int) -> Tensor:
-    """Gather index for an axis of ``size = k * n`` entries permuted in blocks of ``k``."""
-    n = p.numel()
-    if size == n:
-        return p
-    k = size // n
-    return (p[:, None] * k + torch.arange(k, device=p.device)).reshape(-1)
-
-
-def permute_tensor(t: Tensor, moves: list[tuple[int, Tensor]]) -> Tensor:
-    """``t`` with each ``(axis, p)`` applied: ``t'[..., i, ...] = t[..., p[i], ...]``."""
-    for axis, p in moves:
-        t = t.index_select(axis, _index(p.to(t.device), t.shape[axis]))
-    return t
-
-
-def permuted_state(
-    model: nn.Module,
-    spec: PermutationSpec,
-    perms: Mapping[str, Any],
-    *,
-    permute_fixed: bool = False,
-) -> dict[str, Tensor]:
-    """Parameters and buffers of ``model`` after applying ``perms`` (groups missing from ``perms`` stay put)."""
-    tensors = named_tensors(model)
-    skip = set() if permute_fixed else set(fixed_buffers(model))
-    idx = {g: torch.as_tensor(np.asarray(p), dtype=torch.long) for g, p in perms.items()}
-    for g, p in idx.items():
-        if g not in spec.sizes:
-            raise UserError(f"permutation names group {g!r}, which the spec does not have")
-        if p.numel() != spec.sizes[g] or not torch.equal(p.sort().values, torch.arange(p.numel())):
-            raise UserError(
-                f"permutation of group {g!r} is not a permutation of {spec.sizes[g]} units"
-            )
-    out = dict(tensors)
-    for t, mv in spec.moves().items():
-        if t in skip:
-            continue
-        moves = [(a, idx[g]) for a, g in mv if g in idx]
-        if moves:
-            out[t] = permute_tensor(tensors[t].detach(), moves)
-    return out
-
-
-def apply_permutation(
-    model: nn.Module, perm: Any, *, spec: SpecLike | None = None, permute_fixed: bool = False
-) -> nn.Module:
-    """A permuted copy of ``model``; ``model`` itself is untouched.
-
-    ``perm`` is a :class:`landscape.matching.Permutation` (which carries its spec) or a
-    mapping ``{group: index array}`` together with ``spec`` (default: the model's own).
-    Every tensor the spec names moves by its groups' permutations; fixed buffers move only
-    with ``permute_fixed=True`` (see the module notes).
-    """
-    perms = getattr(perm, "perms", perm)
-    if spec is None:
-        spec = getattr(perm, "spec", None)
-    spec = as_spec(spec).resolve(model) if spec is not None else permutation_spec(model)
-    if not isinstance(perms, Mapping):
-        raise UserError(
-            f"apply_permutation: expected a Permutation or a {{group: indices}} mapping, got {type(perms).__name__}"
-        )
-    state = permuted_state(model, spec, perms, permute_fixed=permute_fixed)
-    old = named_tensors(model)
-    new = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, t in named_tensors(new).items():
-            if state[name] is not old[name]:
-                t.copy_(state[name])
-    return new
-
-
-# ----------------------------------------------------------------------------- sample inputs
-def sample_input(model: nn.Module, n: int = 4, seed: int = 0) -> Tensor:
-    """A random input batch shaped for the model's first Linear/Conv layer (8 pixels per spatial side)."""
-    gen = torch.Generator().manual_seed(seed)
-    p = next(model.parameters(), None)
-    device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            return torch.randn(n, m.in_features, generator=gen, dtype=dtype).to(device)
-        if isinstance(m, nn.modules.conv._ConvNd):
-            d = len(m.kernel_size)
-            return torch.randn(n, m.in_channels, *([8] * d), generator=gen, dtype=dtype).to(device)
-    raise UserError(
-        f"cannot guess an input shape for {type(model).__name__}: pass sample=<a batch of inputs>"
-    )
-
-
-def _as_sample(model: nn.Module, sample: Any, n: int = 4) -> Tensor:
-    if sample is None:
-        return sample_input(model, n)
-    if isinstance(sample, Tensor):
-        return sample
-    from .data import as_batches
-
-    p = next(model.parameters())
-    return as_batches(sample, device=p.device).sample(64)
-
-
-@torch.no_grad()
-def eval_output(model: nn.Module, x: Tensor, state: Mapping[str, Tensor] | None = None) -> Tensor:
-    """``f(x)`` in eval mode (the model's mode is restored), with ``state`` swapped in for its tensors when given."""
-    with eval_mode(model):
-        return model(x) if state is None else torch.func.functional_call(model, dict(state), (x,))
-
-
-@torch.no_grad()
-def output_change(
-    model: nn.Module,
-    spec: PermutationSpec,
-    perms: Mapping[str, Any],
-    x: Tensor,
-    *,
-    permute_fixed: bool = True,
-    reference: Tensor | None = None,
-) -> tuple[float, float]:
-    """``(max |f_pi(x) - f(x)|, max |f(x)|)`` for the model with ``perms`` applied (eval mode)."""
-    ref = eval_output(model, x) if reference is None else reference
-    out = eval_output(model, x, permuted_state(model, spec, perms, permute_fixed=permute_fixed))
-    return float((out - ref).abs().max()), float(ref.abs().max())
-
-
-def random_perms(spec: PermutationSpec, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {g: rng.permutation(n) for g, n in spec.sizes.items()}
-
-
-def validate_spec(
-    model: nn.Module, spec: SpecLike, sample: Any = None, *, tol: float = 1e-5, seed: int = 0
-) -> float:
-    """Check that ``spec`` is a symmetry of ``model``; return the measured output change.
-
-    A random permutation of every group is applied (fixed buffers included) and the output
-    on ``sample`` (default: a random batch) compared: ``max |f_pi(x) - f(x)|`` must stay
-    below ``tol * max(1, max |f(x)|)``. A failure raises :class:`UserError` naming the group
-    and, when one change repairs it, the tensor that broke it.
-    """
-    spec = as_spec(spec).resolve(model)
-    x = _as_sample(model, sample)
-    ref = eval_output(model, x)
-    scale = max(1.0, float(ref.abs().max()))
-    diff, _ = output_change(model, spec, random_perms(spec, seed), x, reference=ref)
-    if diff <= tol * scale:
-        return diff
-    from .spec_tracing import locate_error
-
-    raise UserError(locate_error(model, spec, x, ref, tol * scale, seed))
-
-
-def checked_spec(
-    model: nn.Module, spec: SpecLike | None = None, sample: Any = None
-) -> PermutationSpec:
-    """``spec`` resolved against ``model`` and validated; ``None``: :func:`permutation_spec` of the model."""
-    if spec is None:
-        return permutation_spec(model, sample)
-    spec = as_spec(spec).resolve(model)
-    validate_spec(model, spec, sample)
-    return spec
-
-
-def permutation_spec(
-    model: nn.Module, sample: Any = None, *, validate: bool = True
-) -> PermutationSpec:
-    """The model's permutation spec: its own ``permutation_spec()`` if it has one, else derived.
-
-    Derivation traces the model with ``torch.fx`` (or, when tracing fails, follows the
-    order in which leaf modules run) through Linear/Conv/norm/elementwise-activation
-    chains, residual additions, pooling and flattening; whatever it cannot follow is left
-    unpermuted (listed in ``spec.notes``). Every spec is validated (:func:`validate_spec`).
-    """
-    if sample is None and validate and model in _VALIDATED:
-        return _VALIDATED[model]
-    own = getattr(model, "permutation_spec", None)
-    if callable(own):
-        spec = as_spec(own())
-    else:
-        from .spec_tracing import derive_spec
-
-        spec = derive_spec(model, _as_sample(model, sample))
-    spec = spec.resolve(model)
-    if validate and spec.groups:
-        validate_spec(model, spec, sample)
-        if sample is None:
-            _VALIDATED[model] = spec
-    return spec
-
-
-#: specs already validated, per model object (a spec depends on the architecture, not on the values)
-_VALIDATED: weakref.WeakKeyDictionary[nn.Module, PermutationSpec] = weakref.WeakKeyDictionary()

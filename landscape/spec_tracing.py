@@ -13,7 +13,12 @@ The graph comes from ``torch.fx`` (leaf modules: layers, norms, activations); wh
 model cannot be traced (data-dependent Python control flow), leaf modules are followed
 in the order they run on a sample batch, which covers ``nn.Sequential`` and the "lists
 of layers run in turn" pattern but not residual additions. Either way the result is
-validated by :func:`landscape.permutation.validate_spec`.
+validated by :func:`landscape.spec_resolution.validate_spec`, which sits above this module
+(it calls :func:`derive_spec` and, on a failure, :func:`locate_error`); this module never
+imports it.
+
+:func:`leaf_calls` is the one recorder of leaf-module calls (forward hooks), used by the
+module-order fallback here and by activation matching.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .evaluation import eval_mode
-from .permutation import PermutationSpec, SpecBuilder, named_tensors, output_change, random_perms
+from .permutation import PermutationSpec, SpecBuilder, named_tensors
+from .permute import output_change, random_perms
 
 _ELEMENTWISE = (
     nn.ReLU,
@@ -377,7 +383,8 @@ class _Tracer(fx.Tracer):
 
 @torch.no_grad()
 def leaf_calls(model: nn.Module, x: Tensor) -> list[tuple[str, nn.Module, Tensor, Tensor]]:
-    """``(name, module, first input, output)`` of every leaf module, in the order they run (eval mode)."""
+    """``(name, module, first input, output)`` of every leaf module (one without children), in
+    the order they run on ``x``, recorded by forward hooks (eval mode; hooks removed after)."""
     calls: list[tuple[str, nn.Module, Tensor, Tensor]] = []
     hooks = [
         m.register_forward_hook(

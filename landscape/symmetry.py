@@ -13,7 +13,6 @@ The size of that symmetry group is ``prod_g n_g!``, reported as ``log10``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +21,10 @@ import torch
 from torch import nn
 
 from .data import Data, as_batches
-from .permutation import SpecLike, checked_spec, eval_output, output_change, sample_input
+from .permutation import SpecLike, log10_factorial
+from .permute import eval_output, output_change
+from .sample_inputs import sample_input
+from .spec_resolution import checked_spec
 
 #: relative output change below which a permutation counts as a symmetry (float32 rounding is ~1e-7)
 SYMMETRY_TOL = 1e-5
@@ -132,7 +134,7 @@ def symmetry_audit(
         )
         all_change = max(all_change, d)
     sizes = np.array([spec.sizes[g] for g in names], dtype=np.int64)
-    order = np.array([math.lgamma(n + 1) / math.log(10) for n in sizes])
+    order = np.array([log10_factorial(n) for n in sizes])
     denom = max(scale, 1e-30)
     variant = (getattr(model, "config", None) or {}).get("variant")
     return SymmetryAudit(

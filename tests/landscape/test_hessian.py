@@ -117,10 +117,10 @@ def test_top_and_bottom_eigenvalues_match_the_dense_hessian(name):
         and res.lambda_min == pytest.approx(bottom[0], rel=1e-4)
         and res.lambda_max == pytest.approx(top[0], rel=1e-4)
     )
-    assert res.all_converged and res.steps < len(
+    assert res.all_converged and res.lanczos_steps < len(
         ev
     )  # stopped on residuals, not by exhausting the space
-    assert res.hvps == res.steps and np.all(res.residuals >= res.error_bounds)
+    assert res.hvps == res.lanczos_steps and np.all(res.residuals >= res.error_bounds)
     assert not model.training
 
 
@@ -143,7 +143,8 @@ def test_eigenvectors_are_parameter_shaped_and_skip_fixed_entries():
     res = hessian_eigenvalues(op, k=3, return_eigenvectors=True)
     assert len(res.eigenvectors) == 3
     params = dict(model.named_parameters())
-    for lam, r, vec, flat in zip(res.eigenvalues, res.residuals, res.eigenvectors, res.vectors):
+    flats = [op.view.flatten(vec) for vec in res.eigenvectors]  # back to coordinates
+    for lam, r, vec, flat in zip(res.eigenvalues, res.residuals, res.eigenvectors, flats):
         assert set(vec) == set(params) and all(vec[n].shape == params[n].shape for n in vec)
         for i, lin in enumerate(model.lins):
             assert torch.all(
@@ -173,7 +174,7 @@ def test_parameter_subset_gives_the_dense_block():
     assert op.n == 8 * 16 + 16 and op.view.names == ["0.weight", "0.bias"]
     block = dense_hessian(model, X, y, select="0.")
     V = torch.randn(3, op.n, dtype=torch.float64)
-    assert torch.allclose(op.matmat(V), V @ block, atol=1e-12)
+    assert torch.allclose(op.matmat(V.T), block @ V.T, atol=1e-12)  # columns are vectors
     assert torch.allclose(block, H[: op.n, : op.n], atol=1e-12)
 
 
@@ -181,22 +182,22 @@ def test_forward_over_reverse_and_double_backward_agree():
     for name in ("w-asym-mlp", "cnn-bn"):
         model, X, y, H, ev = case(name)
         V = torch.randn(4, H.shape[0], dtype=torch.float64)
-        a = HessianOperator(model, (X, y), method="forward-over-reverse", batch_size=64).matmat(V)
-        b = HessianOperator(model, (X, y), cache=False, block=3).matmat(V)
-        assert torch.allclose(a, V @ H, atol=1e-10) and torch.allclose(b, V @ H, atol=1e-10)
+        a = HessianOperator(model, (X, y), hvp="forward-over-reverse", batch_size=64).matmat(V.T)
+        b = HessianOperator(model, (X, y), cache=False, block=3).matmat(V.T)
+        assert torch.allclose(a, H @ V.T, atol=1e-10) and torch.allclose(b, H @ V.T, atol=1e-10)
 
 
 def test_trace_estimates_lie_within_their_standard_error():
     model, X, y, H, ev = case("w-asym-mlp")
     op = HessianOperator(model, (X, y))
     truth = float(torch.trace(H))
-    for method in ("hutch++", "hutchinson"):
+    for estimator in ("hutch++", "hutchinson"):
         h0 = op.hvps
-        est = hessian_trace(op, method=method, num_queries=60, seed=1)
+        est = hessian_trace(op, estimator=estimator, num_queries=60, seed=1)
         assert est.hvps == op.hvps - h0 == 60
         assert 0 < est.stderr < abs(truth)
         assert abs(est.trace - truth) <= 4 * est.stderr
-        again = hessian_trace(op, method=method, num_queries=60, seed=1)
+        again = hessian_trace(op, estimator=estimator, num_queries=60, seed=1)
         assert again.trace == est.trace and again.stderr == est.stderr
 
 
@@ -204,7 +205,7 @@ def test_hutchpp_is_exact_on_a_low_rank_operator_and_hutchinson_is_not():
     g = torch.Generator().manual_seed(0)
     U = torch.linalg.qr(torch.randn(300, 6, dtype=torch.float64, generator=g)).Q
     A = U @ torch.diag(torch.tensor([50.0, 20, 10, -8, 5, 1], dtype=torch.float64)) @ U.T
-    matmat = lambda V: V @ A  # noqa: E731
+    matmat = lambda V: A @ V  # noqa: E731  (columns are vectors)
     pp = hutchpp(matmat, 300, num_queries=30, seed=0, dtype=torch.float64)
     hu = hutchinson(matmat, 300, num_queries=30, seed=0, dtype=torch.float64)
     assert (
@@ -239,7 +240,7 @@ def test_scipy_linear_operator_and_determinism():
     assert np.allclose(vals, ev[::-1][:2], rtol=1e-7)
     a = hessian_eigenvalues(op, k=4, seed=3)
     b = hessian_eigenvalues(op, k=4, seed=3)
-    assert np.array_equal(a.eigenvalues, b.eigenvalues) and a.steps == b.steps
+    assert np.array_equal(a.eigenvalues, b.eigenvalues) and a.lanczos_steps == b.lanczos_steps
     frame = a.to_frame()
     assert (
         list(frame.columns) == ["which", "eigenvalue", "residual", "error_bound", "converged"]
@@ -280,4 +281,110 @@ def test_bad_input_raises_user_error():
     with pytest.raises(UserError, match="NaN"):
         hessian_trace(broken, (X, y))
     with pytest.raises(UserError, match="hutch"):
-        hessian_trace(model, (X, y), method="exact")
+        hessian_trace(model, (X, y), estimator="exact")
+
+
+# ---------------------------------------------------------------------------- operator conventions
+def test_operator_products_follow_the_linear_operator_conventions():
+    """``op @ M`` is ``H M`` (columns are vectors) for torch and NumPy matrices and for vectors,
+    against the dense Hessian of ``torch.autograd.functional.hessian`` (affine LayerNorm inside)."""
+    from scipy.sparse.linalg import aslinearoperator
+
+    model, X, y, H, ev = case("w-asym-mlp")  # dense_hessian(func=False): autograd.functional
+    op = HessianOperator(model, (X, y))
+    n = H.shape[0]
+    assert op.shape == (n, n) and op.dtype == np.float64 and op.torch_dtype == torch.float64
+    g = torch.Generator().manual_seed(5)
+    M = torch.randn(n, 3, dtype=torch.float64, generator=g)
+    HM = op @ M
+    assert isinstance(HM, torch.Tensor) and HM.shape == (n, 3)
+    torch.testing.assert_close(HM, H @ M, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(op.matmat(M), H @ M, rtol=1e-10, atol=1e-12)
+    HMn = op @ M.numpy()
+    assert isinstance(HMn, np.ndarray) and HMn.shape == (n, 3)
+    assert np.array_equal(HMn, HM.numpy())  # the same numbers whatever the array type
+    v = M[:, 0]
+    Hv = op @ v
+    assert Hv.shape == (n,)
+    torch.testing.assert_close(Hv, H @ v, rtol=1e-10, atol=1e-12)
+    assert np.array_equal(op @ v.numpy(), Hv.numpy())
+    assert op.matvec(v.numpy()[:, None]).shape == (n, 1)  # a column, as scipy hands it
+    # SciPy: the operator's own wrapper, and scipy's duck typing of it
+    for lin in (op.aslinearoperator(), aslinearoperator(op)):
+        assert np.allclose(lin @ M.numpy(), (H @ M).numpy(), rtol=1e-10, atol=1e-12)
+        assert np.allclose(lin.matvec(v.numpy()), (H @ v).numpy(), rtol=1e-10, atol=1e-12)
+    with pytest.raises(UserError, match=r"shape \(\d+, k\)"):
+        op.matmat(M.T)  # rows are not columns
+
+
+def test_operator_float32_products_and_numpy_input():
+    model, X, y, H, ev = case("mlp")
+    m32 = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
+    m32.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    op = HessianOperator(m32, (X.float(), y))
+    M = np.random.default_rng(0).standard_normal((op.n, 2))  # float64 in: the model's dtype out
+    out = op @ M
+    assert out.dtype == np.float32 == op.dtype
+    assert np.allclose(out, H.numpy() @ M, rtol=1e-4, atol=1e-5)
+
+
+def test_construction_settings_with_an_operator_are_refused():
+    model, X, y, H, ev = case("mlp")
+    op = HessianOperator(model, (X, y))
+    calls = [
+        lambda: hessian_eigenvalues(op, k=2, params="0"),
+        lambda: hessian_eigenvalues(op, (X, y), k=2),
+        lambda: spectral_density(op, device="cpu"),
+        lambda: hessian_trace(op, batch_size=10),
+        lambda: hessian_trace(op, hvp="forward-over-reverse"),
+    ]
+    for call in calls:
+        with pytest.raises(UserError, match="given with a HessianOperator") as info:
+            call()
+        assert "\n" not in str(info.value)
+
+
+def test_old_keyword_and_attribute_names_warn_and_still_work():
+    model, X, y, H, ev = case("mlp")
+    op = HessianOperator(model, (X, y))
+    new = hessian_trace(op, estimator="hutchinson", num_queries=6, seed=2)
+    with pytest.warns(DeprecationWarning, match="estimator="):
+        old = hessian_trace(op, method="hutchinson", num_queries=6, seed=2)
+    assert old.trace == new.trace and new.estimator == "hutchinson"
+    with pytest.warns(DeprecationWarning, match="TraceEstimate.estimator"):
+        assert new.method == "hutchinson"
+    with pytest.warns(DeprecationWarning, match="hvp="):
+        fr = HessianOperator(model, (X, y), method="forward-over-reverse")
+    assert fr.hvp == "forward-over-reverse"
+    with pytest.warns(DeprecationWarning, match="hvp="):
+        res = hessian_eigenvalues(model, (X, y), k=1, method="double-backward")
+    with pytest.warns(DeprecationWarning, match="lanczos_steps"):
+        assert res.steps == res.lanczos_steps
+    with pytest.raises(TypeError, match="unexpected keyword argument 'steps'"):
+        hessian_eigenvalues(op, steps=3)
+    with pytest.raises(TypeError, match="both 'method' and its new name 'estimator'"):
+        hessian_trace(op, method="hutch++", estimator="hutchinson")
+
+
+def test_lanczos_algorithms_take_an_operator_object_or_a_product_function():
+    from landscape.lanczos import lanczos_eigen, slq
+
+    g = torch.Generator().manual_seed(1)
+    Q = torch.linalg.qr(torch.randn(40, 40, dtype=torch.float64, generator=g)).Q
+    lam = torch.linspace(-3, 10, 40, dtype=torch.float64)
+    A = Q @ torch.diag(lam) @ Q.T
+    dense = lanczos_eigen(A, k=2, which="both", tol=1e-10, return_eigenvectors=True)
+    assert np.allclose(dense.eigenvalues, [10.0, lam[-2], -3.0, lam[1]], atol=1e-8)
+    Y = dense.eigenvectors  # columns
+    assert Y.shape == (40, 4)
+    true_resid = (A @ Y - Y * torch.as_tensor(dense.eigenvalues)).norm(dim=0).numpy()
+    assert np.allclose(true_resid, dense.residuals, rtol=1e-3, atol=1e-9)  # Ritz residuals
+    fn = lanczos_eigen(lambda v: A @ v, 40, k=2, which="both", tol=1e-10, dtype=torch.float64)
+    assert np.array_equal(fn.eigenvalues, dense.eigenvalues)
+    with pytest.warns(DeprecationWarning, match="EigenResult.eigenvectors"):
+        torch.testing.assert_close(dense.vectors, Y.T)
+    a = slq(A, num_runs=3, lanczos_steps=12, seed=0)
+    with pytest.warns(DeprecationWarning, match="lanczos_steps="):
+        b = slq(lambda V: A @ V, 40, num_runs=3, steps=12, seed=0, dtype=torch.float64)
+    assert np.array_equal(a.nodes, b.nodes) and np.array_equal(a.density, b.density)
+    assert hutchpp(A, num_queries=30).trace == pytest.approx(float(lam.sum()), rel=0.2)

@@ -23,7 +23,7 @@ from landscape import (
     permutation_spec,
     weight_matching,
 )
-from landscape.permutation import random_perms
+from landscape.permute import random_perms
 
 
 def _assert_same_tensors(a: nn.Module, b: nn.Module) -> None:

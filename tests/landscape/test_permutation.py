@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +16,8 @@ from torch import nn
 
 from checkpoints.zoo import build
 from landscape import PermutationSpec, UserError, apply_permutation, permutation_spec, validate_spec
-from landscape.permutation import random_perms, sample_input
+from landscape.permute import random_perms
+from landscape.sample_inputs import sample_input
 from landscape.spec_tracing import derive_spec
 
 ZOO = [
@@ -233,3 +238,69 @@ def test_apply_permutation_rejects_non_permutations():
         apply_permutation(model, {"hidden0": np.zeros(12, dtype=int)})
     with pytest.raises(UserError, match="does not have"):
         apply_permutation(model, {"nope": np.arange(12)})
+
+
+# ----------------------------------------------------------------------------- module layering
+#: the permutation modules, each importing only those before it (never one after it)
+LAYERS = [
+    "permutation",
+    "permute",
+    "sample_inputs",
+    "spec_tracing",
+    "spec_resolution",
+    "matching",
+    "symmetry",
+]
+PACKAGE = Path(__file__).resolve().parents[2] / "landscape"
+
+
+def _landscape_imports(module: str) -> set[str]:
+    """The landscape modules ``module`` imports anywhere in its file (function bodies too)."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                out.add(node.module.split(".")[0])
+            elif node.level == 1:
+                out.update(a.name for a in node.names)
+            elif node.module and node.module.startswith("landscape."):
+                out.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            out.update(a.name.split(".")[1] for a in node.names if a.name.startswith("landscape."))
+    return out
+
+
+def test_permutation_modules_import_only_the_layers_below_them():
+    assert "spec_resolution" not in _landscape_imports("spec_tracing")
+    for i, module in enumerate(LAYERS):
+        upward = _landscape_imports(module) & set(LAYERS[i:])
+        assert not upward, f"{module} imports {upward}, which sit above it (or is itself)"
+
+
+def test_each_permutation_module_imports_alone_in_dependency_order():
+    code = (
+        "import importlib, sys\n"
+        f"layers = {LAYERS!r}\n"
+        "for i, m in enumerate(layers):\n"
+        "    importlib.import_module('landscape.' + m)\n"
+        "    above = [a for a in layers[i + 1 :] if 'landscape.' + a in sys.modules]\n"
+        "    assert not above, (m, above)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_public_names_resolve_through_the_export_table():
+    import landscape
+    from landscape import matching, permutation, spec_resolution
+
+    assert landscape.PermutationSpec is permutation.PermutationSpec
+    assert (
+        landscape.permutation_spec is spec_resolution.permutation_spec
+    )  # a function, not a module
+    assert landscape.apply_permutation is spec_resolution.apply_permutation
+    assert landscape.validate_spec is spec_resolution.validate_spec
+    assert landscape.weight_matching is matching.weight_matching
