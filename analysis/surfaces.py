@@ -2,10 +2,15 @@
 
 Records: ``/surface/<group>/<seedK>`` (random directions around the group's first seed) or
 ``/surface/<group>/<A>-<B>-<C>`` (the plane through three seeds of the group, origin A),
-as written by :func:`landscape.surface.surface`: datasets ``loss``, ``accuracy``, ``done``
-(axes ``x``, ``y``), ``xcoordinates``, ``ycoordinates``, ``directions``; attrs: the usual
-record attributes plus ``split``, ``axes``, ``definition``, ``origin_loss``, ``directions``
-(normalisation, seed, landmarks), ``settings``.
+as written by :func:`_record`: datasets ``loss``, ``accuracy``, ``done`` (axes ``x``,
+``y``), ``xcoordinates``, ``ycoordinates``, ``directions``; attrs: the usual record
+attributes plus ``split``, ``axes``, ``definition``, ``origin_loss``, ``origin_accuracy``,
+``directions`` (normalisation, seed, landmarks), ``settings``, ``token``, ``points_done``.
+
+:func:`landscape.surface.surface` computes; this module persists. :func:`persistent_surface`
+writes every chunk into the record (``complete=False`` with the ``done`` mask) and, when an
+incomplete record with the same token is there, resumes from it, so a killed run continues
+where it stopped and ends with the values of an uninterrupted one.
 
 Every group uses the same direction seed, so the Gaussian draws are the same at every
 entry that two architectures share: the pictures differ by the networks, not the draw.
@@ -14,16 +19,21 @@ entry that two architectures share: the pictures differ by the networks, not the
 from __future__ import annotations
 
 import math
+import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from torch import nn
 
-from landscape.directions import plane_directions, random_directions
+from landscape.data import Data
+from landscape.directions import Directions, plane_directions, random_directions
 from landscape.distributed import make_executor
 from landscape.errors import UserError
-from landscape.surface import Surface, landmark_grid, surface
+from landscape.store import Dataset, Record, ResultsStore, provenance
+from landscape.surface import DEFINITION, Surface, landmark_grid, surface, surface_token
 
 from .context import StudyContext
 
@@ -47,8 +57,164 @@ def _plane_runs(ctx: StudyContext, group: str, plane: str | Sequence[str]):
     return [_find_run(ctx, group, s) for s in labels]
 
 
+def surface_from_record(record: Record) -> Surface:
+    """The :class:`Surface` held by a record written by :func:`_record` (complete or not)."""
+    a = record.attrs
+    axes = tuple(a.get("axes") or ("x", "y"))
+    return Surface(
+        tuple(np.asarray(record[f"{ax}coordinates"], dtype=float) for ax in axes),
+        np.asarray(record["loss"], dtype=float),
+        np.asarray(record["accuracy"], dtype=float),
+        axes,
+        origin_loss=float(a.get("origin_loss", math.nan)),
+        origin_accuracy=float(a.get("origin_accuracy", math.nan)),
+        bn=str(a.get("bn", "eval")),
+        directions=dict(a.get("directions") or {}),
+        settings=dict(a.get("settings") or {}),
+        done=np.asarray(record["done"], dtype=bool) if "done" in record.datasets else None,
+        token=str(a.get("token") or ""),
+        num_samples=int(a.get("num_samples") or 0),
+    )
+
+
+def _record(
+    store: ResultsStore,
+    key: str,
+    s: Surface,
+    directions: Directions,
+    attrs: Mapping[str, Any] | None,
+    *,
+    complete: bool,
+) -> None:
+    """Write ``s`` as the record at ``key``: the one place that spells the record's names."""
+    axes = tuple(s.axes)
+    ds = {
+        "loss": Dataset(
+            s.loss,
+            axes,
+            "nats" if not math.isnan(s.origin_accuracy) else "squared error",
+            "mean loss over the samples; NaN where not computed yet (see done)",
+        ),
+        "accuracy": Dataset(
+            s.accuracy,
+            axes,
+            "fraction",
+            "top-1 accuracy; NaN where not computed yet or for regression",
+        ),
+        "done": Dataset(
+            np.asarray(s.done).astype(np.uint8), axes, "", "1 where the point has been computed"
+        ),
+    }
+    for ax, c in zip(axes, s.coordinates):
+        ds[f"{ax}coordinates"] = Dataset(
+            c, (ax,), "direction units", f"grid coordinates along direction {ax}"
+        )
+    if complete:
+        ds["directions"] = Dataset(
+            directions.vectors.numpy(),
+            ("direction", "coordinate"),
+            "",
+            "direction vectors over the trainable coordinates of ParamView(model), rows in axis order",
+            {"parameters": list(directions.params)},
+        )
+    out = dict(attrs or {})
+    out.update(
+        axes=list(axes),
+        definition=DEFINITION,
+        token=s.token,
+        bn=s.bn,
+        origin_loss=s.origin_loss,
+        origin_accuracy=s.origin_accuracy,
+        num_samples=s.num_samples,
+        directions=s.directions,
+        settings=s.settings,
+    )
+    if not attrs:
+        out.update(provenance())
+    out.update(points_done=int(np.sum(s.done)), points_total=int(np.size(s.done)))
+    store.write(key, ds, out, complete=complete)
+
+
+def _existing(store: ResultsStore, key: str) -> Record | None:
+    if not store.path.exists():
+        return None
+    try:
+        return store.read(key)
+    except KeyError:
+        return None
+
+
+#: the arguments of landscape.surface that decide its token
+_TOKEN_ARGS = ("steps", "span", "coordinates", "bn", "train_data", "device", "batch_size")
+
+
+def persistent_surface(
+    store: ResultsStore | str | os.PathLike,
+    key: str,
+    model: nn.Module,
+    data: Data,
+    directions: Directions,
+    *,
+    attrs: Mapping[str, Any] | None = None,
+    resume: bool = True,
+    on_chunk: Callable[[Surface, np.ndarray], None] | None = None,
+    **options: Any,
+) -> Surface:
+    """:func:`landscape.surface.surface` with the grid kept in the record ``key`` of ``store``.
+
+    Every chunk is written (``complete=False``, the ``done`` mask marks the points computed);
+    the last write marks the record complete and adds the direction vectors. With
+    ``resume``, an existing record must carry this grid's token (same model, directions,
+    grid and data): its computed points are kept and only the missing ones are computed
+    (``resume=False`` recomputes all). ``options`` go to :func:`landscape.surface.surface`;
+    ``on_chunk`` is called after each chunk has been written.
+    """
+    if not isinstance(store, ResultsStore):
+        st = ResultsStore(store)
+        try:
+            return persistent_surface(
+                st,
+                key,
+                model,
+                data,
+                directions,
+                attrs=attrs,
+                resume=resume,
+                on_chunk=on_chunk,
+                **options,
+            )
+        finally:
+            close = getattr(st, "close", None)  # give up the writer's lock of a store opened here
+            if close is not None:
+                close()
+    st = store
+    initial = None
+    existing = _existing(st, key) if resume else None
+    if existing is not None:
+        token = surface_token(
+            model, data, directions, **{k: options[k] for k in _TOKEN_ARGS if k in options}
+        )
+        if existing.attrs.get("token") != token:
+            raise UserError(
+                f"{st.path}: the record {key} was computed for another model, directions, grid or data: "
+                "pass another key or output file, or resume=False (--force) to recompute it"
+            )
+        initial = surface_from_record(existing)
+
+    def write(partial: Surface, indices: np.ndarray) -> None:
+        if not partial.complete:  # the last chunk is written once, complete, below
+            _record(st, key, partial, directions, attrs, complete=False)
+        if on_chunk is not None:
+            on_chunk(partial, indices)
+
+    s = surface(model, data, directions, initial=initial, on_chunk=write, **options)
+    if s.evaluated or not st.has(key):
+        _record(st, key, s, directions, attrs, complete=True)
+    return s
+
+
 def summarize(s: Surface, radius: float | None = None) -> dict:
-    """Min loss, loss at the centre, mean loss rise at ``radius`` (sharpness), centre accuracy."""
+    """Min loss, loss at the origin, mean loss rise at ``radius`` (sharpness), origin accuracy."""
     r = s.default_radius if radius is None else radius
     try:
         rise = s.sharpness(r)
@@ -57,10 +223,10 @@ def summarize(s: Surface, radius: float | None = None) -> dict:
     return {
         "points": int(np.prod(s.shape)),
         "min_loss": s.min_loss,
-        "centre_loss": s.center_loss,
+        "origin_loss": s.origin_loss,
         "rise_at_r": rise,
         "r": float(r),
-        "centre_acc": s.value_at(*([0.0] * s.ndim), metric="accuracy"),
+        "origin_accuracy": s.origin_accuracy,
     }
 
 
@@ -134,7 +300,7 @@ def study(
                 coords = None
             key = f"{ANALYSIS}/{g}/{record}"
             if ctx.should_skip(key):
-                s = Surface.from_record(ctx.store.read(key))
+                s = surface_from_record(ctx.store.read(key))
             else:
                 settings = dict(
                     steps=steps,
@@ -148,22 +314,23 @@ def study(
                 )
                 attrs = ctx.record_attrs(ANALYSIS, g, *runs, splits=(split,), **settings)
                 attrs["split"] = split
-                s = surface(
+                s = persistent_surface(
+                    ctx.store,
+                    key,
                     models[0],
                     ctx.batches(split),
                     dirs,
+                    attrs=attrs,
+                    resume=not ctx.force,
                     steps=steps,
                     span=1.0 if span is None else span,
                     coordinates=coords,
                     bn=bn,
                     train_data=ctx.batches("train") if bn == "reset" else None,
                     chunk_size=chunk_size,
-                    store=ctx.store,
-                    key=key,
-                    attrs=attrs,
-                    resume=not ctx.force,
                     executor=get_executor(),
                     progress=ctx.progress,
+                    desc=g,
                 )
             rows.append(
                 {"group": g, "variant": ctx.variant(g), "record": record, **summarize(s, radius)}

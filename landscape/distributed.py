@@ -2,12 +2,13 @@
 
 ``DaskExecutor(workers=N)`` starts a local cluster of N worker processes (one thread each);
 ``DaskExecutor(scheduler="tcp://host:8786")`` joins a running cluster (for example one
-started by dask-jobqueue on SLURM). The grid's :class:`landscape.grid.GridSpec` (model
-state, directions, data) is scattered to every worker once; each chunk of points is one
-task running :func:`landscape.grid.evaluate_chunk`; results come back to the client, which
-alone writes the results file. A task whose worker dies is rerun elsewhere by the
-scheduler, and a task that raises is retried ``retries`` times; since each point is
-evaluated on its own the final grid equals a single-process run.
+started by dask-jobqueue on SLURM). ``map(fn, items)`` is all the numerics see: ``fn`` (for
+a surface, a :class:`landscape.grid.GridTask` carrying model state, directions and data) is
+scattered to every worker once, each item is one task ``fn(item)``, and the results come
+back to the client as they finish; the client's caller alone writes the results file. A
+task whose worker dies is rerun elsewhere by the scheduler, and a task that raises is
+retried ``retries`` times; since each grid point is evaluated on its own the final grid
+equals a single-process run.
 
 Workers must be able to import the model's class (zoo models and ``torch.nn`` containers
 always can; a class defined in a notebook cannot be unpickled on a worker).
@@ -16,12 +17,11 @@ always can; a class defined in a notebook cannot be unpickled on a worker).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-
-import numpy as np
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from .errors import UserError
-from .grid import GridSpec, LocalExecutor, evaluate_chunk
+from .grid import LocalExecutor
 
 
 def _distributed():
@@ -33,6 +33,10 @@ def _distributed():
             "(or dask[distributed]) to use --workers / --scheduler"
         ) from exc
     return distributed
+
+
+def _call(fn: Callable[[Any], Any], item: Any) -> Any:
+    return fn(item)
 
 
 class DaskExecutor:
@@ -56,7 +60,6 @@ class DaskExecutor:
             )
         distributed = _distributed()
         self.retries, self.cluster, self._own_client = int(retries), None, client is None
-        self.shortcut_note = ""
         if client is not None:
             self.client = client
         elif scheduler is not None:
@@ -78,20 +81,17 @@ class DaskExecutor:
             )
             self.client = distributed.Client(self.cluster)
 
-    def map(
-        self, spec: GridSpec, chunks: Sequence[np.ndarray]
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield ``(indices, loss, accuracy)`` per chunk in the order chunks finish."""
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        """Yield ``fn(item)`` for every item, in the order the tasks finish.
+
+        ``fn`` must pickle (a :class:`landscape.grid.GridTask` pickles as a CPU copy of its
+        grid); it goes to every worker once, not once per task.
+        """
         distributed = _distributed()
-        portable = spec.portable()
-        self.shortcut_note = "per worker (see the first-layer shortcut conditions)"
-        # once per worker, not once per task
-        shared = self.client.scatter(portable, broadcast=True, hash=False)
+        shared = self.client.scatter(fn, broadcast=True, hash=False)
         futures = [
-            self.client.submit(
-                evaluate_chunk, shared, np.asarray(c), retries=self.retries, pure=False
-            )
-            for c in chunks
+            self.client.submit(_call, shared, item, retries=self.retries, pure=False)
+            for item in items
         ]
         try:
             for fut in distributed.as_completed(futures):

@@ -1,11 +1,17 @@
-"""Evaluating grid points ``theta0 + sum_k c_k d_k``: the part of a surface that executors run.
+"""Grids of parameter points ``theta0 + sum_k c_k d_k``: their coordinates, and evaluating them.
 
+:func:`grid_coordinates` and :func:`landmark_grid` give the per-axis coordinates.
 A :class:`GridSpec` holds everything one grid needs (model, directions, coordinates, data,
 BatchNorm mode); :class:`PointEvaluator` turns it into losses and accuracies of any subset
 of points. Each point is evaluated on its own (write the point into one working copy of the
 model, one pass of :func:`landscape.evaluation.evaluate`), so a point's value does not depend
-on which chunk, process or machine computed it. Executors (:class:`LocalExecutor` here,
-:class:`landscape.distributed.DaskExecutor`) only decide where :func:`evaluate_chunk` runs.
+on which chunk, process or machine computed it.
+
+:class:`GridTask` is the one task every executor runs: ``task(indices)`` gives a
+:class:`ChunkResult`. Anything with ``.map(fn, chunks)`` that yields ``fn(chunk)`` for every
+chunk (in order or as finished) can run it: :class:`LocalExecutor` here, the builtin ``map``,
+a ``concurrent.futures`` pool or :class:`landscape.distributed.DaskExecutor`. A task pickles
+as a CPU copy of its grid and builds its working model where it is unpickled, once.
 """
 
 from __future__ import annotations
@@ -14,18 +20,78 @@ import copy
 import hashlib
 import math
 import threading
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .data import Batches, as_batches, resolve_device
+from .directions import Directions
 from .errors import UserError
 from .evaluation import BN_MODES, evaluate, reset_batchnorm
 from .first_layer import FirstLayerShortcut
 from .params import ParamView
+
+Span = float | tuple[float, float] | Sequence[tuple[float, float]]
+
+
+def grid_coordinates(
+    count: int, steps: int | Sequence[int] = 51, span: Span = (-1.0, 1.0)
+) -> tuple[np.ndarray, ...]:
+    """Per-axis coordinates: ``steps`` points evenly from ``span[0]`` to ``span[1]`` (both included).
+
+    ``span`` is a number ``s`` (meaning ``(-s, s)``), one ``(lo, hi)`` pair for every axis, or
+    one pair per axis; ``steps`` an int or one per axis. Values within ``1e-12`` of zero are
+    set to exactly zero, so an odd symmetric grid contains the unperturbed model.
+    """
+    steps_l = (
+        [int(steps)] * count if isinstance(steps, (int, np.integer)) else [int(s) for s in steps]
+    )
+    if isinstance(span, (int, float)):
+        spans = [(-abs(float(span)), abs(float(span)))] * count
+    else:
+        seq = list(span)
+        if len(seq) == 2 and all(isinstance(v, (int, float)) for v in seq):
+            spans = [(float(seq[0]), float(seq[1]))] * count
+        else:
+            spans = [(float(lo), float(hi)) for lo, hi in seq]
+    if len(steps_l) != count or len(spans) != count:
+        raise UserError(
+            f"{count} directions need {count} steps and spans, got {len(steps_l)} and {len(spans)}"
+        )
+    out = []
+    for n, (lo, hi) in zip(steps_l, spans):
+        if n < 1 or (n == 1 and lo != hi) or not hi >= lo:
+            raise UserError(
+                f"bad grid axis: {n} steps from {lo} to {hi} (need steps >= 2 and lo < hi)"
+            )
+        c = np.linspace(lo, hi, n)
+        c[np.abs(c) < 1e-12 * max(1.0, abs(lo), abs(hi))] = 0.0
+        out.append(c)
+    return tuple(out)
+
+
+def landmark_grid(
+    directions: Directions, steps: int = 41, margin: float = 0.2
+) -> tuple[np.ndarray, ...]:
+    """A square grid around the landmarks of a plane or line (A, B, C) with A and B on grid points.
+
+    Both axes share the spacing ``1/q`` (``q`` nodes per unit), run from below
+    ``min(0, landmarks) - margin`` to about ``max(1, landmarks) + margin``, and contain 0 and
+    1 exactly, so A = (0, 0) and B = (1, 0) are grid points; C lies inside the grid.
+    """
+    if not directions.landmarks:
+        raise UserError("these directions have no landmarks (A, B, C): give steps and span instead")
+    pts = np.array([c for _, c in directions.landmarks], dtype=float)
+    lo, hi = min(0.0, float(pts.min())) - margin, max(1.0, float(pts.max())) + margin
+    q = max(1, int((steps - 1) / (hi - lo)))
+    r = int(math.ceil(-lo * q - 1e-9))
+    axis = (np.arange(steps) - r) / q
+    return tuple(axis.copy() for _ in range(directions.count))
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,13 +138,36 @@ class GridSpec:
         )
 
 
+# fingerprints of data sets already hashed, keyed by the Batches object; an entry is reused
+# only while that object lives and its tensors are the same, unmodified ones (Tensor._version
+# counts in-place writes), so a study hashes its data once, not once per surface
+_FINGERPRINTS: dict[int, tuple[weakref.ref, tuple, str]] = {}
+
+
+def _tensor_state(b: Batches) -> tuple | None:
+    try:
+        return tuple((t.data_ptr(), t._version, tuple(t.shape)) for p in b.batches for t in p)
+    except RuntimeError:  # inference-mode tensors keep no version counter: do not cache
+        return None
+
+
 def batches_fingerprint(b: Batches) -> str:
+    """SHA-256 over the shapes, dtypes and bytes of every batch (cached per unchanged Batches)."""
+    state = _tensor_state(b)
+    hit = _FINGERPRINTS.get(id(b))
+    if state is not None and hit is not None and hit[0]() is b and hit[1] == state:
+        return hit[2]
     h = hashlib.sha256()
     for x, y in b.batches:
         for t in (x, y):
             h.update(str((tuple(t.shape), t.dtype)).encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if state is not None:
+        key = id(b)
+        ref = weakref.ref(b, lambda _, k=key: _FINGERPRINTS.pop(k, None))
+        _FINGERPRINTS[key] = (ref, state, digest)
+    return digest
 
 
 def spec_token(theta0: Tensor, spec: GridSpec) -> str:
@@ -132,7 +221,9 @@ class PointEvaluator:
 
     @property
     def shortcut_note(self) -> str:
-        return self.shortcut.reason if self.shortcut is not None else "disabled"
+        """Which first layer the shortcut replaces, or ``off: <why not>``."""
+        reason = self.shortcut.reason if self.shortcut is not None else "disabled"
+        return reason if self.shortcut_used else f"off: {reason}"
 
     def point_coefficients(self, index: int) -> list[float]:
         multi = np.unravel_index(int(index), self.spec.shape)
@@ -169,26 +260,57 @@ class PointEvaluator:
             self.shortcut.remove()
 
 
-# a worker process keeps the evaluator of the grid it is working on, so the model, the data
-# and the first-layer products are set up once per process, not once per chunk
-_WORKER_CACHE: dict[str, PointEvaluator] = {}
-_WORKER_LOCK = threading.Lock()
+class ChunkResult(NamedTuple):
+    """What one chunk gives back: its flat point indices, their losses and accuracies."""
+
+    indices: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    shortcut_note: str
 
 
-def evaluate_chunk(
-    spec: GridSpec, indices: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(indices, loss, accuracy)`` of one chunk; the task every executor runs."""
-    with _WORKER_LOCK:
-        ev = _WORKER_CACHE.get(spec.token)
-        if ev is None:
-            for old in _WORKER_CACHE.values():
-                old.close()
-            _WORKER_CACHE.clear()
-            ev = _WORKER_CACHE[spec.token] = PointEvaluator(spec)
-    idx = np.asarray(indices, dtype=np.int64)
-    loss, acc = ev.evaluate(idx)
-    return idx, loss, acc
+class GridTask:
+    """``task(indices)``: the :class:`ChunkResult` of the grid points ``indices`` of ``spec``.
+
+    The working model (:class:`PointEvaluator`) is built on the first call and kept for the
+    next ones, so a process that runs many chunks sets up the model, the data and the
+    first-layer products once. Pickling sends :meth:`GridSpec.portable` (tensors on the CPU);
+    the receiving process moves them to ``spec.device``.
+    """
+
+    def __init__(self, spec: GridSpec):
+        self.spec = spec
+        self._ev: PointEvaluator | None = None
+        self._release: Callable[[], Any] | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec.portable()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["spec"])
+
+    def evaluator(self) -> PointEvaluator:
+        with self._lock:
+            if self._ev is None:
+                self._ev = PointEvaluator(self.spec)
+                # the shortcut keeps its products (and a reference cycle) until removed: do it
+                # as soon as this task is dropped, also where nobody calls close (a worker)
+                self._release = weakref.finalize(self, self._ev.close)
+            return self._ev
+
+    def __call__(self, indices: Iterable[int]) -> ChunkResult:
+        ev = self.evaluator()
+        idx = np.asarray(indices, dtype=np.int64)
+        loss, acc = ev.evaluate(idx)
+        return ChunkResult(idx, loss, acc, ev.shortcut_note)
+
+    def close(self) -> None:
+        """Drop the working model of this process (the task stays usable)."""
+        with self._lock:
+            if self._release is not None:
+                self._release()
+            self._ev = self._release = None
 
 
 class LocalExecutor:
@@ -196,17 +318,10 @@ class LocalExecutor:
 
     name = "local"
 
-    def map(
-        self, spec: GridSpec, chunks: Sequence[np.ndarray]
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        ev = PointEvaluator(spec)
-        self.shortcut_note = ev.shortcut_note if ev.shortcut_used else f"off: {ev.shortcut_note}"
-        try:
-            for c in chunks:
-                loss, acc = ev.evaluate(c)
-                yield np.asarray(c), loss, acc
-        finally:
-            ev.close()
+    def map(self, fn: Callable[[Any], Any], chunks: Iterable[Any]) -> Iterator[Any]:
+        """``fn(chunk)`` for every chunk, in order."""
+        for c in chunks:
+            yield fn(c)
 
     def __enter__(self):
         return self

@@ -5,97 +5,68 @@ Axis order is fixed and recorded: ``loss[i]`` (1-D) is at ``theta0 + x[i] d_x``,
 direction). Loss is the exact sample mean of :func:`landscape.evaluation.evaluate`
 (cross-entropy for labels), accuracy the top-1 share.
 
-The grid is filled in chunks of points. With a ``store`` every chunk lands in the record at
-``key`` (``complete=False`` plus a ``done`` mask); a rerun with the same model, directions,
-grid and data computes only the missing points and ends with the same values as an
-uninterrupted run; the last chunk marks the record complete and adds the directions.
+The grid is filled in chunks of points, each point evaluated on its own, so a grid is the
+same whichever chunk, process or executor computed a point. :func:`surface` returns the
+grid and writes nothing: ``on_chunk`` sees the grid after every chunk (a study persists it
+there), and ``initial`` (a partial :class:`Surface` with its ``done`` mask) makes a rerun
+compute only the missing points and end with the values of an uninterrupted run. The
+``token`` of a result (:func:`surface_token`) says which model, directions, grid and data
+it belongs to; resuming is safe when it matches.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from .data import Data, as_batches
+from .data import Batches, Data, as_batches
 from .directions import Directions
 from .errors import UserError
 from .evaluation import evaluate
-from .grid import GridSpec, LocalExecutor, spec_token
+from .grid import ChunkResult, GridSpec, GridTask, Span, grid_coordinates, landmark_grid, spec_token
 from .params import ParamView
-from .store import Dataset, ResultsStore, provenance
 
-Span = float | tuple[float, float] | Sequence[tuple[float, float]]
+__all__ = [
+    "DEFINITION",
+    "Executor",
+    "Span",
+    "Surface",
+    "grid_coordinates",  # the grid helpers live in landscape.grid; here for existing imports
+    "landmark_grid",
+    "surface",
+    "surface_token",
+]
+
 DEFINITION = "loss[i, j] = mean over samples of the loss at theta0 + x[i] * d_x + y[j] * d_y (1-D: loss[i] at theta0 + x[i] * d_x)"
 
 
-def grid_coordinates(
-    count: int, steps: int | Sequence[int] = 51, span: Span = (-1.0, 1.0)
-) -> tuple[np.ndarray, ...]:
-    """Per-axis coordinates: ``steps`` points evenly from ``span[0]`` to ``span[1]`` (both included).
+class Executor(Protocol):
+    """Where chunks run: ``map(fn, chunks)`` yields ``fn(chunk)`` for every chunk, in any order."""
 
-    ``span`` is a number ``s`` (meaning ``(-s, s)``), one ``(lo, hi)`` pair for every axis, or
-    one pair per axis; ``steps`` an int or one per axis. Values within ``1e-12`` of zero are
-    set to exactly zero, so an odd symmetric grid contains the unperturbed model.
-    """
-    steps_l = (
-        [int(steps)] * count if isinstance(steps, (int, np.integer)) else [int(s) for s in steps]
-    )
-    if isinstance(span, (int, float)):
-        spans = [(-abs(float(span)), abs(float(span)))] * count
-    else:
-        seq = list(span)
-        if len(seq) == 2 and all(isinstance(v, (int, float)) for v in seq):
-            spans = [(float(seq[0]), float(seq[1]))] * count
-        else:
-            spans = [(float(lo), float(hi)) for lo, hi in seq]
-    if len(steps_l) != count or len(spans) != count:
-        raise UserError(
-            f"{count} directions need {count} steps and spans, got {len(steps_l)} and {len(spans)}"
-        )
-    out = []
-    for n, (lo, hi) in zip(steps_l, spans):
-        if n < 1 or (n == 1 and lo != hi) or not hi >= lo:
-            raise UserError(
-                f"bad grid axis: {n} steps from {lo} to {hi} (need steps >= 2 and lo < hi)"
-            )
-        c = np.linspace(lo, hi, n)
-        c[np.abs(c) < 1e-12 * max(1.0, abs(lo), abs(hi))] = 0.0
-        out.append(c)
-    return tuple(out)
-
-
-def landmark_grid(
-    directions: Directions, steps: int = 41, margin: float = 0.2
-) -> tuple[np.ndarray, ...]:
-    """A square grid around the landmarks of a plane or line (A, B, C) with A and B on grid points.
-
-    Both axes share the spacing ``1/q`` (``q`` nodes per unit), run from below
-    ``min(0, landmarks) - margin`` to about ``max(1, landmarks) + margin``, and contain 0 and
-    1 exactly, so A = (0, 0) and B = (1, 0) are grid points; C lies inside the grid.
-    """
-    if not directions.landmarks:
-        raise UserError("these directions have no landmarks (A, B, C): give steps and span instead")
-    pts = np.array([c for _, c in directions.landmarks], dtype=float)
-    lo, hi = min(0.0, float(pts.min())) - margin, max(1.0, float(pts.max())) + margin
-    q = max(1, int((steps - 1) / (hi - lo)))
-    r = int(math.ceil(-lo * q - 1e-9))
-    axis = (np.arange(steps) - r) / q
-    return tuple(axis.copy() for _ in range(directions.count))
+    def map(
+        self, fn: Callable[[np.ndarray], ChunkResult], chunks: Sequence[np.ndarray]
+    ) -> Iterable[ChunkResult]: ...
 
 
 @dataclass(frozen=True, eq=False)
 class Surface:
-    """A filled grid. ``loss`` and ``accuracy`` have shape ``tuple(len(c) for c in coordinates)``."""
+    """A grid of losses. ``loss``, ``accuracy`` and ``done`` have shape ``tuple(len(c) for c in coordinates)``.
+
+    ``done[i, j]`` is True where the point has been computed (``loss`` is NaN where not, and
+    where the loss was not finite); omitted, every point counts as done. ``origin_loss`` and
+    ``origin_accuracy`` are measured at ``theta0`` itself (the grid origin: the unperturbed
+    model, or A of a plane). ``token`` identifies the model, directions, grid and data
+    (:func:`surface_token`); ``evaluated`` counts the points this call computed.
+    """
 
     coordinates: tuple[np.ndarray, ...]
     loss: np.ndarray
@@ -108,7 +79,13 @@ class Surface:
     settings: dict[str, Any] = field(default_factory=dict)
     evaluated: int = 0
     seconds: float = 0.0
-    key: str | None = None
+    done: np.ndarray | None = None
+    token: str = ""
+    num_samples: int = 0
+
+    def __post_init__(self):
+        if self.done is None:
+            object.__setattr__(self, "done", np.ones(np.shape(self.loss), dtype=bool))
 
     @property
     def ndim(self) -> int:
@@ -117,6 +94,11 @@ class Surface:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(len(c) for c in self.coordinates)
+
+    @property
+    def complete(self) -> bool:
+        """True when every point has been computed."""
+        return bool(np.all(self.done))
 
     def value_at(self, *point: float, metric: str = "loss") -> float:
         """The metric at grid coordinates ``point`` (multilinear interpolation between grid points)."""
@@ -138,11 +120,6 @@ class Surface:
         return float(values[idx])
 
     @property
-    def center_loss(self) -> float:
-        """Loss at the origin of the grid (the unperturbed model, or A of a plane)."""
-        return self.value_at(*([0.0] * self.ndim))
-
-    @property
     def min_loss(self) -> float:
         return float(np.nanmin(self.loss))
 
@@ -153,7 +130,10 @@ class Surface:
 
     def sharpness(self, radius: float | None = None, *, angles: int = 64) -> float:
         """Mean loss rise at ``radius``: ``mean_phi L(r u_phi) - L(0)`` over ``angles`` evenly spaced unit
-        vectors ``u_phi`` (2-D) or ``u = +-1`` (1-D), by interpolation; default radius: :attr:`default_radius`."""
+        vectors ``u_phi`` (2-D) or ``u = +-1`` (1-D), by interpolation; default radius: :attr:`default_radius`.
+
+        ``L(0)`` is interpolated like the ring (on a grid through the origin it is the grid
+        value there, which equals :attr:`origin_loss`)."""
         if radius is None:
             radius = self.default_radius
         if self.ndim == 1:
@@ -162,7 +142,8 @@ class Surface:
             phi = np.linspace(0, 2 * np.pi, angles, endpoint=False)
             pts = [(radius * np.cos(a), radius * np.sin(a)) + (0.0,) * (self.ndim - 2) for a in phi]
         try:
-            return float(np.mean([self.value_at(*p) for p in pts]) - self.center_loss)
+            ring = np.mean([self.value_at(*p) for p in pts])
+            return float(ring - self.value_at(*([0.0] * self.ndim)))
         except ValueError as exc:
             raise UserError(
                 f"radius {radius} reaches outside the grid: choose a smaller radius"
@@ -175,75 +156,34 @@ class Surface:
         cols.update(loss=self.loss.ravel(), accuracy=self.accuracy.ravel())
         return pd.DataFrame(cols)
 
-    @classmethod
-    def from_record(cls, record) -> Surface:
-        """A surface read back from a :class:`landscape.store.Record` written by :func:`surface`."""
-        a = record.attrs
-        axes = tuple(a.get("axes") or ("x", "y"))
-        coords = tuple(np.asarray(record[f"{ax}coordinates"]) for ax in axes)
-        return cls(
-            coords,
-            np.asarray(record["loss"]),
-            np.asarray(record["accuracy"]),
-            axes,
-            float(a.get("origin_loss", math.nan)),
-            float(a.get("origin_accuracy", math.nan)),
-            str(a.get("bn", "eval")),
-            dict(a.get("directions") or {}),
-            dict(a.get("settings") or {}),
-            0,
-            0.0,
-            record.key,
-        )
-
 
 def _chunks(missing: np.ndarray, size: int) -> list[np.ndarray]:
     return [missing[i : i + size] for i in range(0, len(missing), size)]
 
 
-def surface(
+@dataclass(frozen=True, eq=False)
+class _Grid:
+    spec: GridSpec
+    axes: tuple[str, ...]
+    batches: Batches
+    view: ParamView
+
+
+def _grid(
     model: nn.Module,
     data: Data,
     directions: Directions,
-    *,
-    steps: int | Sequence[int] = 51,
-    span: Span = (-1.0, 1.0),
-    coordinates: Sequence[Sequence[float]] | None = None,
-    bn: str = "eval",
-    train_data: Data | None = None,
-    device: str | torch.device | None = None,
-    batch_size: int | None = None,
-    chunk_size: int | None = None,
-    store: ResultsStore | str | os.PathLike | None = None,
-    key: str | None = None,
-    attrs: dict[str, Any] | None = None,
-    resume: bool = True,
-    executor: Any = None,
+    steps: int | Sequence[int],
+    span: Span,
+    coordinates: Sequence[Sequence[float]] | None,
+    bn: str,
+    train_data: Data | None,
+    device: str | torch.device | None,
+    batch_size: int | None,
     shortcut: bool = True,
     cache_bytes: int = 2 * 1024**3,
-    progress: bool = True,
-    callback: Callable[[int, int], None] | None = None,
-) -> Surface:
-    """Loss and accuracy of ``model`` moved along ``directions`` on a 1-D or 2-D grid.
-
-    ``loss[i, j] = L(theta0 + x[i] d_x + y[j] d_y)`` with ``x, y`` from
-    :func:`grid_coordinates` (``steps``, ``span``) or given as ``coordinates``. ``bn="eval"``
-    keeps the model's BatchNorm statistics at every point; ``bn="reset"`` re-estimates them
-    on ``train_data`` (default: ``data``) at every point (:func:`landscape.evaluation.reset_batchnorm`).
-
-    The data go to the device once; each point is one pass over it on a single working copy
-    of the model; the first layer's products with the data are computed once and combined
-    per point (:mod:`landscape.first_layer`, ``shortcut=False`` turns this off).
-
-    ``store`` / ``key``: write the grid into the results record at ``key`` after every chunk of
-    ``chunk_size`` points (default: one row of a 2-D grid, a tenth of a 1-D one), resuming from
-    the points already there when the record was made with the same model, directions, grid
-    and data (``resume=False`` starts afresh). ``executor``: where chunks run
-    (:class:`landscape.grid.LocalExecutor` by default, or a
-    :class:`landscape.distributed.DaskExecutor`). ``callback(done, total)`` is called after
-    every chunk.
-    """
-    t_start = time.perf_counter()
+) -> _Grid:
+    """The arguments of :func:`surface` checked and resolved into one :class:`GridSpec` with its token."""
     view = ParamView(model)
     directions.check(view)
     if directions.count > 2:
@@ -277,152 +217,200 @@ def surface(
         int(cache_bytes),
     )
     spec = replace(spec, token=spec_token(view.get(), spec))
+    return _Grid(spec, tuple(directions.names[: len(coords)]), batches, view)
+
+
+def surface_token(
+    model: nn.Module,
+    data: Data,
+    directions: Directions,
+    *,
+    steps: int | Sequence[int] = 51,
+    span: Span = (-1.0, 1.0),
+    coordinates: Sequence[Sequence[float]] | None = None,
+    bn: str = "eval",
+    train_data: Data | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+) -> str:
+    """The ``token`` that :func:`surface` with these arguments gives its result, without computing it.
+
+    SHA-256 over the model's trainable coordinates ``theta0``, the direction vectors, the grid
+    coordinates, the BatchNorm mode and the data (and ``train_data`` with ``bn="reset"``):
+    two grids with the same token have the same values at every point (up to rounding: the
+    device and ``shortcut`` are not part of it), so a stored partial grid with this token is
+    a safe ``initial``. The data's hash is cached while its tensors are unchanged.
+    """
+    return _grid(
+        model, data, directions, steps, span, coordinates, bn, train_data, device, batch_size
+    ).spec.token
+
+
+def _start(initial: Surface | None, spec: GridSpec) -> tuple[np.ndarray, ...]:
+    shape = spec.shape
+    if initial is None:
+        return np.full(shape, np.nan), np.full(shape, np.nan), np.zeros(shape, dtype=bool)
+    if initial.shape != shape or np.shape(initial.done) != shape:
+        raise UserError(
+            f"initial: a grid of shape {initial.shape} cannot resume a grid of shape {shape}"
+        )
+    if initial.token and initial.token != spec.token:
+        raise UserError(
+            "initial was computed for another model, directions, grid or data: "
+            "start without it to recompute the grid"
+        )
+    if not initial.token and not all(
+        np.array_equal(a, b) for a, b in zip(initial.coordinates, spec.coordinates)
+    ):
+        raise UserError("initial has other grid coordinates than this grid")
+    return (
+        np.array(initial.loss, dtype=float),
+        np.array(initial.accuracy, dtype=float),
+        np.array(initial.done, dtype=bool),
+    )
+
+
+def surface(
+    model: nn.Module,
+    data: Data,
+    directions: Directions,
+    *,
+    steps: int | Sequence[int] = 51,
+    span: Span = (-1.0, 1.0),
+    coordinates: Sequence[Sequence[float]] | None = None,
+    bn: str = "eval",
+    train_data: Data | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    initial: Surface | None = None,
+    on_chunk: Callable[[Surface, np.ndarray], None] | None = None,
+    executor: Executor | None = None,
+    shortcut: bool = True,
+    cache_bytes: int = 2 * 1024**3,
+    progress: bool = True,
+    desc: str = "surface",
+) -> Surface:
+    """Loss and accuracy of ``model`` moved along ``directions`` on a 1-D or 2-D grid.
+
+    ``loss[i, j] = L(theta0 + x[i] d_x + y[j] d_y)`` with ``x, y`` from
+    :func:`grid_coordinates` (``steps``, ``span``) or given as ``coordinates``. ``bn="eval"``
+    keeps the model's BatchNorm statistics at every point; ``bn="reset"`` re-estimates them
+    on ``train_data`` (default: ``data``) at every point (:func:`landscape.evaluation.reset_batchnorm`).
+
+    The data go to the device once; each point is one pass over it on a single working copy
+    of the model; the first layer's products with the data are computed once and combined
+    per point (:mod:`landscape.first_layer`, ``shortcut=False`` turns this off).
+
+    Points are computed in chunks of ``chunk_size`` (default: one row of a 2-D grid, a tenth
+    of a 1-D one). ``on_chunk(partial, indices)`` is called after every chunk with the grid
+    so far (a :class:`Surface` whose ``done`` mask marks the points computed) and the flat
+    indices of the chunk's points. ``initial``: a partial grid of the same model,
+    directions, grid and data (its ``token``, when set, must match): only its missing points
+    are computed, and its ``origin_loss`` is reused. ``executor``: anything whose
+    ``map(fn, chunks)`` yields ``fn(chunk)`` per chunk (default: one after another here;
+    :class:`landscape.distributed.DaskExecutor` for a cluster). ``desc`` labels the progress bar.
+    """
+    t_start = time.perf_counter()
+    g = _grid(
+        model,
+        data,
+        directions,
+        steps,
+        span,
+        coordinates,
+        bn,
+        train_data,
+        device,
+        batch_size,
+        shortcut,
+        cache_bytes,
+    )
+    spec, batches = g.spec, g.batches
     shape, total = spec.shape, spec.num_points
-    axes = directions.names[: len(coords)]
+    loss, acc, done = _start(initial, spec)
 
-    loss = np.full(shape, np.nan)
-    acc = np.full(shape, np.nan)
-    done = np.zeros(shape, dtype=bool)
-    st = ResultsStore(store) if store is not None and not isinstance(store, ResultsStore) else store
-    key = key or "surface/model/surface"
-    if st is not None and resume:
-        existing = _existing(st, key)
-        if existing is not None:
-            if existing.attrs.get("token") != spec.token:
-                raise UserError(
-                    f"{st.path}: the record {key} was computed for another model, directions, grid or data: "
-                    "pass another key or output file, or resume=False (--force) to recompute it"
-                )
-            loss, acc = (
-                np.array(existing["loss"], dtype=float),
-                np.array(existing["accuracy"], dtype=float),
-            )
-            done = np.array(existing["done"], dtype=bool)
+    if (
+        initial is not None and initial.token == spec.token and math.isfinite(initial.origin_loss)
+    ):  # known already: no extra pass, no model copy
+        origin = (initial.origin_loss, initial.origin_accuracy)
+    else:
+        ev = evaluate(
+            model if g.view.device == batches.device else copy.deepcopy(model).to(batches.device),
+            batches,
+        )
+        origin = (ev.loss, ev.accuracy)
+    settings: dict[str, Any] = {
+        "steps": list(shape),
+        "span": [[float(c[0]), float(c[-1])] for c in spec.coordinates],
+        "bn": bn,
+        "shortcut": shortcut,
+        "chunk_size": chunk_size,
+        "batch_size": batch_size,
+    }
+    about = directions.settings()  # hashes the vectors: once, not per chunk
+    evaluated, notes = 0, []
 
-    origin = evaluate(
-        model if view.device == batches.device else copy.deepcopy(model).to(batches.device), batches
-    )
-    base_attrs = dict(attrs or {})
-    base_attrs.update(
-        axes=list(axes),
-        definition=DEFINITION,
-        token=spec.token,
-        bn=bn,
-        origin_loss=origin.loss,
-        origin_accuracy=origin.accuracy,
-        num_samples=batches.num_samples,
-        directions=directions.settings(),
-        settings={
-            "steps": list(shape),
-            "span": [[float(c[0]), float(c[-1])] for c in coords],
-            "bn": bn,
-            "shortcut": shortcut,
-            "chunk_size": chunk_size,
-            "batch_size": batch_size,
-        },
-    )
-    if not attrs:
-        base_attrs.update(provenance())
-
-    def write(complete: bool) -> None:
-        if st is None:
-            return
-        ds = {
-            "loss": Dataset(
-                loss,
-                tuple(axes),
-                "nats" if not math.isnan(origin.accuracy) else "squared error",
-                "mean loss over the samples; NaN where not computed yet (see done)",
-            ),
-            "accuracy": Dataset(
-                acc,
-                tuple(axes),
-                "fraction",
-                "top-1 accuracy; NaN where not computed yet or for regression",
-            ),
-            "done": Dataset(
-                done.astype(np.uint8), tuple(axes), "", "1 where the point has been computed"
-            ),
-        }
-        for ax, c in zip(axes, coords):
-            ds[f"{ax}coordinates"] = Dataset(
-                c, (ax,), "direction units", f"grid coordinates along direction {ax}"
-            )
-        if complete:
-            ds["directions"] = Dataset(
-                directions.vectors.numpy(),
-                ("direction", "coordinate"),
-                "",
-                "direction vectors over the trainable coordinates of ParamView(model), rows in axis order",
-                {"parameters": list(directions.params)},
-            )
-        st.write(
-            key,
-            ds,
-            {**base_attrs, "points_done": int(done.sum()), "points_total": total},
-            complete=complete,
+    def result(copy_arrays: bool) -> Surface:
+        if notes:
+            settings["shortcut_note"] = "; ".join(notes)
+        arrays = (loss.copy(), acc.copy(), done.copy()) if copy_arrays else (loss, acc, done)
+        return Surface(
+            spec.coordinates,
+            arrays[0],
+            arrays[1],
+            g.axes,
+            origin_loss=origin[0],
+            origin_accuracy=origin[1],
+            bn=bn,
+            directions=dict(about),
+            settings=dict(settings),
+            evaluated=evaluated,
+            seconds=time.perf_counter() - t_start,
+            done=arrays[2],
+            token=spec.token,
+            num_samples=batches.num_samples,
         )
 
     missing = np.flatnonzero(~done.ravel())
-    evaluated, note = 0, "no points to compute"
-    if len(missing):
+    if not len(missing):
+        notes.append("no points to compute")
+    else:
         size = (
             int(chunk_size)
             if chunk_size
             else (shape[1] if len(shape) == 2 else max(1, math.ceil(total / 10)))
         )
-        own = executor is None
-        ex = executor or LocalExecutor()
+        task = GridTask(spec)
         from tqdm.auto import tqdm
 
         bar = tqdm(
             total=total,
             initial=total - len(missing),
             unit="pt",
-            desc=key.rsplit("/", 2)[-2] if "/" in key else key,
+            desc=desc,
             disable=not progress,
             dynamic_ncols=True,
             leave=False,
         )
+        chunks = _chunks(missing, max(1, size))
+        results = (executor.map if executor is not None else map)(task, chunks)
         try:
-            for idx, lo, a in ex.map(spec, _chunks(missing, max(1, size))):
-                np.put(loss, idx, lo)
-                np.put(acc, idx, a)
+            for r in results:
+                idx = np.asarray(r.indices, dtype=np.int64)
+                np.put(loss, idx, r.loss)
+                np.put(acc, idx, r.accuracy)
                 np.put(done, idx, True)
                 evaluated += len(idx)
-                if not done.all():
-                    write(False)
+                if r.shortcut_note not in notes:
+                    notes.append(r.shortcut_note)
                 bar.update(len(idx))
-                if callback is not None:
-                    callback(int(done.sum()), total)
+                if on_chunk is not None:
+                    on_chunk(result(True), idx)
         finally:
+            close = getattr(results, "close", None)
+            if close is not None:  # stop a generator's outstanding work (Dask futures) early
+                close()
             bar.close()
-            if own:
-                ex.close()
-        note = getattr(ex, "shortcut_note", "")
-    base_attrs["settings"]["shortcut_note"] = note
-    if st is not None and (evaluated or not st.has(key)):
-        write(True)
-    return Surface(
-        coords,
-        loss,
-        acc,
-        tuple(axes),
-        origin.loss,
-        origin.accuracy,
-        bn,
-        directions.settings(),
-        base_attrs["settings"],
-        evaluated,
-        time.perf_counter() - t_start,
-        key if st is not None else None,
-    )
-
-
-def _existing(st: ResultsStore, key: str):
-    if not st.path.exists():
-        return None
-    try:
-        return st.read(key)
-    except KeyError:
-        return None
+            task.close()
+    return result(False)

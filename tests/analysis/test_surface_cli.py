@@ -1,17 +1,29 @@
-"""`landscape surface` and `landscape export --format loss-landscape` end to end on tiny checkpoints."""
+"""`landscape surface` and `landscape export --format loss-landscape` end to end on tiny checkpoints;
+the study's persistence: every chunk written, resume after kill -9, stale records refused."""
 
+import os
+import signal
+import subprocess
 import sys
+import textwrap
+import time
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from analysis.cli import main
 from analysis.commands.export import read_loss_landscape_file, write_loss_landscape_file
+from analysis.surfaces import persistent_surface, surface_from_record
 from checkpoints import load_model, save_checkpoint, zoo
 from checkpoints.sources import load_data
-from landscape import evaluate, random_directions
+from landscape import UserError, as_batches, evaluate, random_directions
 from landscape.store import ResultsStore
+from landscape.surface import surface
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_surface_cli_records_summary_rerun_and_export(tiny_runs, tmp_path, capsys):
@@ -33,7 +45,8 @@ def test_surface_cli_records_summary_rerun_and_export(tiny_runs, tmp_path, capsy
     ]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "min_loss" in text and "centre_loss" in text and "rise_at_r" in text and "w-asym" in text
+    assert "min_loss" in text and "origin_loss" in text and "rise_at_r" in text and "w-asym" in text
+    assert "centre" not in text
     store = ResultsStore(out)
     assert store.keys("surface") == ["surface/standard/seed0", "surface/w-asym/seed0"]
     recs = [store.read(k) for k in store.keys("surface")]
@@ -50,6 +63,21 @@ def test_surface_cli_records_summary_rerun_and_export(tiny_runs, tmp_path, capsy
         assert rec["loss"][2, 2] == pytest.approx(evaluate(model, train.pair).loss, rel=1e-6)
         # the directions stored with the record are the seed-0 directions of that model
         assert np.array_equal(rec["directions"], random_directions(model, seed=0).vectors.numpy())
+        assert rec.attrs["origin_loss"] == rec["loss"][2, 2] and rec.attrs["points_done"] == 25
+        assert set(rec.datasets) == {
+            "loss",
+            "accuracy",
+            "done",
+            "xcoordinates",
+            "ycoordinates",
+            "directions",
+        }
+        assert {"token", "definition", "bn", "num_samples", "settings", "origin_accuracy"} <= set(
+            rec.attrs
+        )
+        assert rec.attrs["settings"]["shortcut_note"].startswith("first layer")
+        back = surface_from_record(rec)
+        assert back.complete and np.array_equal(back.loss, rec["loss"]) and back.token
     mtime = out.stat().st_mtime_ns
     assert main(args) == 0  # complete records are skipped
     assert out.stat().st_mtime_ns == mtime
@@ -175,3 +203,132 @@ def test_workers_without_dask_is_a_clear_error(tiny_runs, tmp_path, capsys, monk
         ]
     )
     assert code == 2 and "pip install" in capsys.readouterr().err
+
+
+def tiny():
+    model = zoo.build("mlp", "standard", input_dim=12, num_classes=4, width=8, depth=2, seed=0)
+    g = torch.Generator().manual_seed(0)
+    data = as_batches(
+        (torch.randn(48, 12, generator=g), torch.randint(0, 4, (48,), generator=g)), batch_size=20
+    )
+    return model, data
+
+
+def test_resume_refuses_other_settings_and_restarts_when_asked(tmp_path):
+    model, data = tiny()
+    out = tmp_path / "r.h5"
+    key = "surface/g/seed0"
+    writes = []
+    s = persistent_surface(
+        out,
+        key,
+        model,
+        data,
+        random_directions(model, seed=0),
+        steps=3,
+        chunk_size=2,
+        progress=False,
+        on_chunk=lambda part, idx: writes.append(ResultsStore(out).read(key)),
+    )
+    # every chunk but the last is on disk when on_chunk runs; the last one lands complete
+    assert [int(r["done"].sum()) for r in writes[:-1]] == [2, 4, 6, 8]
+    assert not any(r.complete for r in writes) and "directions" not in writes[0].datasets
+    assert np.array_equal(
+        s.loss, surface(model, data, random_directions(model, seed=0), steps=3, progress=False).loss
+    )
+    rec = ResultsStore(out).read(key)
+    assert rec.complete and np.array_equal(rec["loss"], s.loss)
+    mtime = out.stat().st_mtime_ns
+    again = persistent_surface(
+        out, key, model, data, random_directions(model, seed=0), steps=3, progress=False
+    )
+    assert again.evaluated == 0 and np.array_equal(again.loss, s.loss)
+    assert out.stat().st_mtime_ns == mtime  # nothing new: nothing written
+    with pytest.raises(UserError, match="another model, directions"):
+        persistent_surface(
+            out, key, model, data, random_directions(model, seed=1), steps=3, progress=False
+        )
+    fresh = persistent_surface(
+        out,
+        key,
+        model,
+        data,
+        random_directions(model, seed=1),
+        steps=3,
+        progress=False,
+        resume=False,
+    )
+    assert fresh.evaluated == 9
+    assert ResultsStore(out).read(key).attrs["token"] == fresh.token != s.token
+
+
+SCRIPT = textwrap.dedent("""
+    import sys, time, torch
+    from checkpoints import zoo
+    from landscape import as_batches, random_directions
+    from analysis.surfaces import persistent_surface
+
+    def setup():
+        m = zoo.build("mlp", "w-asym", input_dim=12, num_classes=4, width=8, depth=2, seed=0)
+        g = torch.Generator().manual_seed(0)
+        data = as_batches((torch.randn(64, 12, generator=g), torch.randint(0, 4, (64,), generator=g)), batch_size=20)
+        return m, data, random_directions(m, seed=0)
+
+    if __name__ == "__main__":
+        m, data, d = setup()
+        persistent_surface(sys.argv[1], "surface/g/seed0", m, data, d, steps=7, chunk_size=3,
+                           progress=False, on_chunk=lambda part, idx: time.sleep(0.25))
+""")
+
+
+def test_kill_and_resume_gives_identical_grid(tmp_path):
+    script = tmp_path / "grid.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / "killed.h5"
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"
+    )  # the same thread count as this process
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env)
+    done_before, deadline = 0, time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if out.exists():
+                try:
+                    done_before = ResultsStore(out).read("surface/g/seed0").attrs["points_done"]
+                except (KeyError, UserError, OSError):
+                    done_before = 0
+                if done_before >= 9:
+                    break
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    rec = ResultsStore(out).read("surface/g/seed0")  # the file is readable after kill -9
+    done_before = int(rec["done"].sum())
+    assert 9 <= done_before < 49 and not rec.complete
+
+    ns: dict = {}
+    exec(SCRIPT, ns)
+    m, data, d = ns["setup"]()
+    seen = []
+    resumed = persistent_surface(
+        out,
+        "surface/g/seed0",
+        m,
+        data,
+        d,
+        steps=7,
+        chunk_size=3,
+        progress=False,
+        on_chunk=lambda part, idx: seen.extend(idx.tolist()),
+    )
+    assert resumed.evaluated == 49 - done_before
+    assert sorted(seen) == np.flatnonzero(~rec["done"].astype(bool).ravel()).tolist()
+    whole = surface(m, data, d, steps=7, chunk_size=3, progress=False)
+    assert np.array_equal(resumed.loss, whole.loss) and np.array_equal(
+        resumed.accuracy, whole.accuracy
+    )
+    assert resumed.origin_loss == whole.origin_loss
+    rec = ResultsStore(out).read("surface/g/seed0")
+    assert rec.complete and rec["done"].all() and np.array_equal(rec["loss"], whole.loss)
+    assert rec["directions"].shape == (2, d.numel)

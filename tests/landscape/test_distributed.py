@@ -1,4 +1,5 @@
-"""Dask executor: a local 2-process cluster gives the single-process grid, also when a worker is killed mid-run."""
+"""Dask executor: a local 2-process cluster gives the single-process grid, also when a worker is killed mid-run;
+results come back to the client, whose on_chunk sees every point once."""
 
 import os
 import signal
@@ -11,12 +12,12 @@ from torch import nn
 
 from landscape import UserError, as_batches
 from landscape.directions import random_directions
-from landscape.store import ResultsStore
 from landscape.surface import surface
 
 pytest.importorskip("distributed")
 
 from landscape.distributed import DaskExecutor, make_executor  # noqa: E402
+from landscape.grid import LocalExecutor  # noqa: E402
 
 
 def problem():
@@ -43,9 +44,10 @@ def reference():
     return surface(model, data, d, steps=9, progress=False)
 
 
-def test_two_workers_give_the_single_process_grid(cluster, reference, tmp_path):
+def test_two_workers_give_the_single_process_grid(cluster, reference):
     model, data, d = problem()
     assert len(cluster.pids()) == 2
+    seen, client_pid = [], os.getpid()
     s = surface(
         model,
         data,
@@ -53,28 +55,59 @@ def test_two_workers_give_the_single_process_grid(cluster, reference, tmp_path):
         steps=9,
         chunk_size=7,
         executor=cluster,
-        store=tmp_path / "r.h5",
-        key="surface/g/seed0",
         progress=False,
+        on_chunk=lambda part, idx: seen.append((os.getpid(), idx.tolist())),
     )
-    assert s.evaluated == 81
+    assert s.evaluated == 81 and s.complete
     assert np.array_equal(s.loss, reference.loss) and np.array_equal(s.accuracy, reference.accuracy)
-    rec = ResultsStore(tmp_path / "r.h5").read("surface/g/seed0")
-    assert rec.complete and np.array_equal(rec["loss"], reference.loss)
+    # on the client, every point exactly once (a file written there is written by one process)
+    assert {p for p, _ in seen} == {client_pid} and len(seen) == 12
+    assert sorted(i for _, idx in seen for i in idx) == list(range(81))
+    assert s.settings["shortcut_note"] == reference.settings["shortcut_note"]
+
+
+def test_resume_on_the_cluster_computes_only_missing_points(cluster, reference):
+    model, data, d = problem()
+    parts = []
+    surface(
+        model,
+        data,
+        d,
+        steps=9,
+        chunk_size=10,
+        executor=LocalExecutor(),
+        progress=False,
+        on_chunk=lambda part, idx: parts.append(part),
+    )
+    partial = parts[3]
+    seen = []
+    s = surface(
+        model,
+        data,
+        d,
+        steps=9,
+        chunk_size=10,
+        executor=cluster,
+        initial=partial,
+        progress=False,
+        on_chunk=lambda part, idx: seen.extend(idx.tolist()),
+    )
+    assert s.evaluated == 41 and sorted(seen) == list(range(40, 81))
+    assert np.array_equal(s.loss, reference.loss) and np.array_equal(s.accuracy, reference.accuracy)
 
 
 def test_killed_worker_chunks_are_retried(cluster, reference):
     model, data, d = problem()
     killed = []
 
-    def kill_one(done, total):
+    def kill_one(part, idx):
         if not killed:
             pid = sorted(cluster.pids().values())[0]
             os.kill(pid, signal.SIGKILL)
-            killed.append((pid, done))
+            killed.append((pid, int(part.done.sum())))
 
     s = surface(
-        model, data, d, steps=9, chunk_size=3, executor=cluster, callback=kill_one, progress=False
+        model, data, d, steps=9, chunk_size=3, executor=cluster, on_chunk=kill_one, progress=False
     )
     assert killed and killed[0][1] < 81  # killed mid-run
     assert s.evaluated == 81

@@ -1,12 +1,10 @@
-"""Surfaces: centre = model's loss, points = independent evaluations, shortcut = plain, planes, resume after kill -9."""
+"""Surfaces: centre = model's loss, points = independent evaluations, shortcut = plain, planes,
+chunks seen once, resuming computes only the missing points, the core writes no files."""
 
+import ast
 import copy
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
+import pickle
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +12,13 @@ import pytest
 import torch
 from torch import nn
 
+import landscape.surface as surface_module
 from checkpoints import zoo
 from landscape import UserError, as_batches, evaluate, reset_batchnorm
 from landscape.directions import plane_directions, random_directions
+from landscape.grid import GridTask, batches_fingerprint
 from landscape.params import ParamView
-from landscape.store import ResultsStore
-from landscape.surface import Surface, landmark_grid, surface
+from landscape.surface import Surface, landmark_grid, surface, surface_token
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,7 +75,8 @@ def test_centre_equals_model_loss(name):
         centre = tuple(len(c) // 2 for c in s.coordinates)
         assert all(c[len(c) // 2] == 0.0 for c in s.coordinates)
         assert s.loss[centre] == own.loss and s.accuracy[centre] == own.accuracy
-        assert s.origin_loss == own.loss and s.center_loss == own.loss
+        assert s.origin_loss == own.loss and s.origin_accuracy == own.accuracy
+        assert s.complete and s.done.all() and s.evaluated == s.loss.size
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -173,7 +173,8 @@ def test_surface_value_helpers():
     x = np.linspace(-1, 1, 21)
     gx, gy = np.meshgrid(x, x, indexing="ij")
     s = Surface((x, x), gx**2 + gy**2, np.zeros_like(gx))
-    assert abs(s.sharpness(0.5) - 0.25) < 0.01 and s.center_loss == 0.0 and s.min_loss == 0.0
+    assert abs(s.sharpness(0.5) - 0.25) < 0.01 and s.value_at(0.0, 0.0) == 0.0
+    assert s.min_loss == 0.0 and s.complete and s.done.shape == (21, 21)
     frame = s.to_frame()
     assert list(frame.columns) == ["x", "y", "loss", "accuracy"] and len(frame) == 441
     row = frame.iloc[3 * 21 + 5]
@@ -182,116 +183,169 @@ def test_surface_value_helpers():
     assert abs(line.sharpness(0.3) - 0.09) < 1e-12
 
 
-def test_resume_refuses_other_settings_and_restarts_when_asked(tmp_path):
-    model = mlp()
+def _indices_seen(calls):
+    return np.sort(np.concatenate([idx for _, idx in calls])) if calls else np.array([], int)
+
+
+def test_on_chunk_sees_every_point_exactly_once():
+    model = mlp("w-asym")
     data = data_for(model)
-    out = tmp_path / "r.h5"
+    d = random_directions(model, seed=5)
+    calls = []
     s = surface(
         model,
         data,
-        random_directions(model, seed=0),
-        steps=3,
-        store=out,
-        key="surface/g/seed0",
+        d,
+        steps=(5, 4),
+        chunk_size=3,
         progress=False,
+        on_chunk=lambda part, idx: calls.append((part, np.array(idx))),
     )
-    again = surface(
-        model,
-        data,
-        random_directions(model, seed=0),
-        steps=3,
-        store=out,
-        key="surface/g/seed0",
-        progress=False,
-    )
-    assert again.evaluated == 0 and np.array_equal(again.loss, s.loss)
-    with pytest.raises(UserError, match="another model, directions"):
-        surface(
-            model,
-            data,
-            random_directions(model, seed=1),
-            steps=3,
-            store=out,
-            key="surface/g/seed0",
-            progress=False,
-        )
-    fresh = surface(
-        model,
-        data,
-        random_directions(model, seed=1),
-        steps=3,
-        store=out,
-        key="surface/g/seed0",
-        progress=False,
-        resume=False,
-    )
-    assert fresh.evaluated == 9
+    assert len(calls) == 7  # ceil(20 / 3)
+    assert np.array_equal(_indices_seen(calls), np.arange(20))
+    done_before = np.zeros((5, 4), dtype=bool)
+    for part, idx in calls:  # each snapshot: the earlier points plus exactly this chunk
+        assert part.done.sum() == done_before.sum() + len(idx) and part.evaluated == part.done.sum()
+        done_before.flat[idx] = True
+        assert np.array_equal(part.done, done_before)
+        assert np.array_equal(part.loss[part.done], s.loss[part.done])
+        assert np.isnan(part.loss[~part.done]).all()
+        assert part.token == s.token
+    assert calls[-1][0].complete and not calls[0][0].complete
+    # the chunk's values are the points' own losses
+    part, idx = calls[2]
+    i, j = np.unravel_index(idx[0], (5, 4))
+    ref = evaluate(moved(model, d, (s.coordinates[0][i], s.coordinates[1][j])), data)
+    np.testing.assert_allclose(part.loss.flat[idx[0]], ref.loss, rtol=1e-5)
 
 
-SCRIPT = textwrap.dedent("""
-    import sys, time, torch
-    from checkpoints import zoo
-    from landscape import as_batches, random_directions, surface
-
-    def setup():
-        m = zoo.build("mlp", "w-asym", input_dim=12, num_classes=4, width=8, depth=2, seed=0)
-        g = torch.Generator().manual_seed(0)
-        data = as_batches((torch.randn(64, 12, generator=g), torch.randint(0, 4, (64,), generator=g)), batch_size=20)
-        return m, data, random_directions(m, seed=0)
-
-    if __name__ == "__main__":
-        m, data, d = setup()
-        surface(m, data, d, steps=7, chunk_size=3, store=sys.argv[1], key="surface/g/seed0", progress=False,
-                callback=lambda done, total: time.sleep(0.25))
-""")
-
-
-def test_kill_and_resume_gives_identical_grid(tmp_path):
-    script = tmp_path / "grid.py"
-    script.write_text(SCRIPT)
-    out = tmp_path / "killed.h5"
-    env = dict(
-        os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"
-    )  # the same thread count as this process
-    proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env)
-    done_before, deadline = 0, time.time() + 120
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if out.exists():
-                try:
-                    done_before = ResultsStore(out).read("surface/g/seed0").attrs["points_done"]
-                except (KeyError, UserError, OSError):
-                    done_before = 0
-                if done_before >= 9:
-                    break
-            time.sleep(0.05)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    rec = ResultsStore(out).read("surface/g/seed0")  # the file is readable after kill -9
-    done_before = int(rec["done"].sum())
-    assert 9 <= done_before < 49 and not rec.complete
-
-    ns: dict = {}
-    exec(SCRIPT, ns)
-    m, data, d = ns["setup"]()
-    resumed = surface(
-        m, data, d, steps=7, chunk_size=3, store=out, key="surface/g/seed0", progress=False
-    )
-    assert resumed.evaluated == 49 - done_before
+def test_resume_from_partial_initial_computes_only_missing_points(monkeypatch):
+    model = cnn("w-asym")
+    data = data_for(model)
+    d = random_directions(model, seed=6)
+    calls = []
     whole = surface(
-        m,
+        model,
         data,
         d,
-        steps=7,
-        chunk_size=3,
-        store=tmp_path / "whole.h5",
-        key="surface/g/seed0",
+        steps=5,
+        chunk_size=4,
         progress=False,
+        on_chunk=lambda part, idx: calls.append((part, idx)),
     )
+    partial = calls[2][0]  # as if killed after three chunks
+    assert partial.done.sum() == 12 and not partial.complete
+    # the origin is known from the partial grid: no extra pass over the data before the grid
+    origin_passes = []
+    real = surface_module.evaluate
+    monkeypatch.setattr(
+        surface_module, "evaluate", lambda *a, **k: origin_passes.append(1) or real(*a, **k)
+    )
+    again = []
+    resumed = surface(
+        model,
+        data,
+        d,
+        steps=5,
+        chunk_size=4,
+        initial=partial,
+        progress=False,
+        on_chunk=lambda part, idx: again.append((part, idx)),
+    )
+    assert not origin_passes
+    assert resumed.evaluated == 25 - 12
+    assert np.array_equal(_indices_seen(again), np.flatnonzero(~partial.done.ravel()))
     assert np.array_equal(resumed.loss, whole.loss) and np.array_equal(
         resumed.accuracy, whole.accuracy
     )
-    rec = ResultsStore(out).read("surface/g/seed0")
-    assert rec.complete and rec["done"].all() and np.array_equal(rec["loss"], whole.loss)
-    assert rec["directions"].shape == (2, d.numel)
+    assert resumed.origin_loss == whole.origin_loss and resumed.complete
+    # a complete grid: nothing to compute, no pass over the data at all
+    monkeypatch.setattr(surface_module, "GridTask", None)  # would fail if a task were made
+    done = surface(model, data, d, steps=5, initial=whole, progress=False)
+    assert done.evaluated == 0 and np.array_equal(done.loss, whole.loss) and not origin_passes
+    assert done.settings["shortcut_note"] == "no points to compute"
+
+
+def test_initial_from_another_grid_is_refused():
+    model = mlp()
+    data = data_for(model)
+    s = surface(model, data, random_directions(model, seed=0), steps=3, progress=False)
+    assert s.token == surface_token(model, data, random_directions(model, seed=0), steps=3)
+    with pytest.raises(UserError, match="another model, directions"):
+        surface(model, data, random_directions(model, seed=1), steps=3, initial=s, progress=False)
+    with pytest.raises(UserError, match="shape"):
+        surface(model, data, random_directions(model, seed=0), steps=4, initial=s, progress=False)
+    other = Surface(s.coordinates[::-1], s.loss, s.accuracy, done=s.done)  # no token: coords
+    with pytest.raises(UserError, match="coordinates"):
+        surface(
+            model,
+            data,
+            random_directions(model, seed=0),
+            coordinates=([0.0, 0.5, 1.0], [-1.0, 0.0, 1.0]),
+            initial=other,
+            progress=False,
+        )
+
+
+def test_token_depends_on_data_and_is_cached_per_unchanged_batches():
+    model = mlp()
+    data = data_for(model)
+    d = random_directions(model, seed=0)
+    t = surface_token(model, data, d, steps=3)
+    assert t == surface_token(model, data, d, steps=3)
+    assert t != surface_token(model, data, d, steps=5)
+    assert t != surface_token(model, data, d, steps=3, bn="reset")
+    fp = batches_fingerprint(data)
+    data.batches[0][0][0, 0] += 1.0  # in place: the cached fingerprint must not be reused
+    assert batches_fingerprint(data) != fp and surface_token(model, data, d, steps=3) != t
+
+
+def test_any_map_executor_gives_the_same_grid():
+    model = cnn()
+    data = data_for(model)
+    d = random_directions(model, seed=7)
+    ref = surface(model, data, d, steps=4, progress=False)
+    with ThreadPoolExecutor(2) as pool:
+        s = surface(model, data, d, steps=4, chunk_size=3, executor=pool, progress=False)
+    assert np.array_equal(s.loss, ref.loss) and np.array_equal(s.accuracy, ref.accuracy)
+    assert s.settings["shortcut_note"] == ref.settings["shortcut_note"]
+
+
+def test_grid_task_pickles_as_a_cpu_copy_and_evaluates_the_same():
+    model = mlp("w-asym")
+    data = data_for(model)
+    d = random_directions(model, seed=8)
+    s = surface(model, data, d, steps=3, progress=False)
+    g = surface_module._grid(model, data, d, 3, (-1.0, 1.0), None, "eval", None, None, None)
+    shipped = pickle.loads(pickle.dumps(GridTask(g.spec)))  # what a worker process receives
+    assert shipped.spec.token == s.token and shipped.spec.model is not model
+    r = shipped(np.array([0, 4, 8]))
+    assert np.array_equal(r.indices, [0, 4, 8])
+    assert np.array_equal(r.loss, s.loss.ravel()[[0, 4, 8]])
+    shipped.close()
+    assert shipped(np.array([4])).loss[0] == s.loss[1, 1]  # usable again after close
+    shipped.close()
+
+
+FORBIDDEN = {"landscape.store", "h5py", "analysis", "reports", "checkpoints", "distributed", "dask"}
+
+
+@pytest.mark.parametrize("module", ["surface", "grid", "first_layer"])
+def test_surface_numerics_import_no_store_and_no_executor(module):
+    """The numerics write no files and do not know which executor runs them."""
+    tree = ast.parse((ROOT / "landscape" / f"{module}.py").read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = ("landscape." if node.level else "") + (node.module or "")
+            imported.add(base.rstrip("."))
+            imported |= {f"{base}.{a.name}".replace("..", ".") for a in node.names}
+    bad = {
+        m
+        for m in imported
+        if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)
+        or m in ("landscape.distributed",)
+    }
+    assert not bad, f"landscape/{module}.py imports {bad}"
