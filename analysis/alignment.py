@@ -1,11 +1,9 @@
 """Alignment and symmetry studies over checkpoint groups.
 
 - :func:`study` (the symmetry audit of every network): records
-  ``/symmetry/<group>/<seedK>`` with per-permutation-group arrays (``group_names``,
-  ``group_sizes``, ``group_log10_order``, ``group_max_change``, ``group_relative_change``,
-  axis ``perm_group``) and scalars ``max_output_change`` / ``relative_output_change``
-  (every group permuted at once); attributes ``symmetric``, ``asymmetric_groups``,
-  ``log10_group_order``, ``audit_samples``, ``trials``.
+  ``/symmetry/<group>/<seedK>`` with per-permutation-group arrays over the dimension
+  ``perm_group`` and the output change with every group permuted at once (the definition:
+  :mod:`landscape.records.symmetry`).
 - :func:`align_pair`: B permuted onto A (weight or activation matching) for notebooks and
   the ``align`` command.
 """
@@ -22,14 +20,19 @@ from tqdm.auto import tqdm
 from landscape.data import Data
 from landscape.errors import UserError
 from landscape.matching import Permutation, activation_matching, weight_matching
-from landscape.permutation import SpecLike, apply_permutation
-from landscape.store import Dataset
+from landscape.permutation import SpecLike
+from landscape.records import symmetry as R
+from landscape.results import summarise
+from landscape.spec_resolution import apply_permutation
 from landscape.symmetry import SymmetryAudit, symmetry_audit
 
-from .common import mean_std
 from .context import StudyContext
 
-ANALYSIS = "symmetry"
+ANALYSIS = R.SYMMETRY.analysis
+DEFINITION = (
+    "output change max_x |f_pi(x) - f(x)| under random permutations pi of the hidden units, fixed "
+    "buffers (masks, fixed values, FiGLU matrices) held in place; symmetric when relative change < 1e-5"
+)
 METHODS = ("weight", "activation")
 
 
@@ -75,35 +78,15 @@ def align_pair(
     return apply_permutation(model_b, perm), perm
 
 
-def _datasets(audit: SymmetryAudit) -> dict[str, Dataset]:
-    ax = ("perm_group",)
+def _values(audit: SymmetryAudit) -> dict[str, np.ndarray]:
     return {
-        "group_names": Dataset(
-            np.array(audit.groups, dtype=str),
-            ax,
-            "",
-            "permutation groups of the architecture's spec",
-        ),
-        "group_sizes": Dataset(audit.sizes, ax, "units", "units each group permutes"),
-        "group_log10_order": Dataset(audit.log10_order, ax, "log10", "log10(n!) per group"),
-        "group_max_change": Dataset(
-            audit.max_change,
-            ax,
-            "output units",
-            "max over trials and samples of |f_pi(x) - f(x)|, permuting only this group (fixed buffers stay)",
-        ),
-        "group_relative_change": Dataset(
-            audit.relative_change, ax, "1", "group_max_change / max |f(x)|"
-        ),
-        "max_output_change": Dataset(
-            np.array(audit.all_groups_change),
-            (),
-            "output units",
-            "max |f_pi(x) - f(x)| with every group permuted",
-        ),
-        "relative_output_change": Dataset(
-            np.array(audit.all_groups_relative), (), "1", "max_output_change / max |f(x)|"
-        ),
+        R.PERM_GROUP.name: np.array(audit.groups, dtype=str),
+        R.GROUP_SIZES.name: audit.sizes,
+        R.GROUP_LOG10_ORDER.name: audit.log10_order,
+        R.GROUP_MAX_CHANGE.name: audit.max_change,
+        R.GROUP_RELATIVE_CHANGE.name: audit.relative_change,
+        R.MAX_OUTPUT_CHANGE.name: np.array(audit.all_groups_change),
+        R.RELATIVE_OUTPUT_CHANGE.name: np.array(audit.all_groups_relative),
     }
 
 
@@ -115,8 +98,6 @@ def study(
     ``samples`` inputs of the ``data`` split (``"random"``: random inputs shaped for the
     first layer), ``trials`` random permutations per group. Returns one row per group.
     """
-    if ctx.store is None:
-        raise UserError("the symmetry study needs a results file (-o results.h5)")
     jobs = [(g, r) for g, runs in ctx.groups.items() for r in runs]
     settings = dict(trials=trials, samples=samples, seed=seed, data=data)
     for g, run in tqdm(jobs, desc="symmetry", disable=not ctx.progress):
@@ -130,35 +111,21 @@ def study(
             ANALYSIS, g, run, splits=() if data == "random" else (data,), **settings
         )
         attrs.update(
-            symmetric=audit.is_symmetric,
-            asymmetric_groups=int((~audit.symmetric).sum()),
-            permutation_groups=len(audit.groups),
-            log10_group_order=audit.total_log10_order,
-            audit_samples=audit.samples,
-            trials=trials,
-            definition="output change max_x |f_pi(x) - f(x)| under random permutations pi of the hidden units, fixed buffers "
-            "(masks, fixed values, FiGLU matrices) held in place; symmetric when relative change < 1e-5",
+            {
+                R.SYMMETRIC.name: audit.is_symmetric,
+                R.ASYMMETRIC_GROUPS.name: int((~audit.symmetric).sum()),
+                R.PERMUTATION_GROUPS.name: len(audit.groups),
+                R.LOG10_GROUP_ORDER.name: audit.total_log10_order,
+                R.AUDIT_SAMPLES.name: audit.samples,
+                R.TRIALS.name: trials,
+                R.DEFINITION.name: DEFINITION,
+            }
         )
-        ctx.store.write(key, _datasets(audit), attrs)
+        R.SYMMETRY.write(ctx.store, key, _values(audit), attrs)
     return summary(ctx)
 
 
 def summary(ctx: StudyContext) -> pd.DataFrame:
-    """Per group: networks, symmetric share, output change (mean ± std), log10 of the symmetry group's size."""
-    rows = []
-    for g in ctx.groups:
-        recs = [ctx.store.read(k) for k in ctx.store.keys(f"{ANALYSIS}/{g}")]
-        if not recs:
-            continue
-        rows.append(
-            {
-                "group": g,
-                "variant": recs[0].attrs.get("variant", "?"),
-                "networks": len(recs),
-                "symmetric": f"{sum(bool(r.attrs['symmetric']) for r in recs)}/{len(recs)}",
-                "output_change": mean_std(float(r["max_output_change"]) for r in recs),
-                "relative_change": mean_std(float(r["relative_output_change"]) for r in recs),
-                "log10_group_order": round(float(recs[0].attrs["log10_group_order"]), 1),
-            }
-        )
-    return pd.DataFrame(rows)
+    """Per group: networks, symmetric share, output change (mean ± std), log10 of the symmetry
+    group's order: the symmetry definition's columns."""
+    return summarise(ctx.store, [ANALYSIS], full=True, groups=list(ctx.groups))

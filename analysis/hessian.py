@@ -1,18 +1,10 @@
 """Hessian study: extreme eigenvalues, trace and spectral density of every trained network.
 
-Records ``/hessian/<group>/<seedK>`` (one per final checkpoint), Hessian of the mean loss
-over the chosen split (default ``train``), model in eval mode:
-
-- datasets ``eigenvalues`` (``k``; the k largest, descending), ``residuals``,
-  ``error_bounds``, ``converged``; ``smallest``, ``smallest_residuals``,
-  ``smallest_error_bounds``, ``smallest_converged`` (the k most negative, ascending);
-- with the trace: ``trace_samples`` (the Hutchinson terms);
-- with the density: ``density`` on ``eigenvalue_grid``, and the raw quadrature
-  ``slq_nodes`` / ``slq_weights`` (``run`` x ``node``);
-- attrs ``lambda_max``, ``lambda_min``, ``trace``, ``trace_stderr``, ``negative_mass``
-  (share of eigenvalues below zero, from the quadrature), ``negative_abs_ratio``,
-  ``density_sigma``, ``hvps``, ``lanczos_steps_used``, ``all_converged``, ``coordinates``,
-  ``loss``, ``seconds``, plus the settings, data and checkpoint provenance.
+Records ``/hessian/<group>/<seedK>`` (one per final checkpoint): the Hessian of the mean
+loss over the chosen split (default ``train``), model in eval mode. What each record holds
+(the largest and most negative eigenvalues with their residuals and error bounds, the trace
+samples, the SLQ density on its eigenvalue grid and the raw quadrature, the scalar
+outcomes) is declared in :mod:`landscape.records.hessian`.
 """
 
 from __future__ import annotations
@@ -26,45 +18,35 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from landscape.deprecation import warn_renamed
 from landscape.errors import UserError
 from landscape.evaluation import evaluate
 from landscape.hessian import HessianOperator, hessian_eigenvalues, hessian_trace, spectral_density
 from landscape.params import ParamView
-from landscape.store import Dataset
+from landscape.records import hessian as R
+from landscape.results import summarise
 
 from .context import StudyContext
-from .results import mean_std
 
-ANALYSIS = "hessian"
-UNITS = "nats per squared parameter unit"
-SUMMARY = ("lambda_max", "lambda_min", "trace", "negative_mass")
+ANALYSIS = R.HESSIAN.analysis
 
 
-def _eig_datasets(res, which: str) -> dict[str, Dataset]:
-    """Datasets of one end of the spectrum: ``eigenvalues``, ``residuals``, ... or ``smallest``, ``smallest_residuals``, ..."""
-    sel = res.which == which
-    pre = "" if which == "largest" else "smallest_"
-    what = "largest (descending)" if which == "largest" else "most negative (ascending)"
-    return {
-        "eigenvalues" if which == "largest" else "smallest": Dataset(
-            res.eigenvalues[sel], ("k",), UNITS, f"the {what} Hessian eigenvalues (Ritz values)"
+def _ends(res) -> dict[str, np.ndarray]:
+    """Values of both ends of the spectrum: the largest (descending) and most negative (ascending)."""
+    out = {}
+    for which, (values, residuals, bounds, converged) in (
+        ("largest", (R.EIGENVALUES, R.RESIDUALS, R.ERROR_BOUNDS, R.CONVERGED)),
+        (
+            "smallest",
+            (R.SMALLEST, R.SMALLEST_RESIDUALS, R.SMALLEST_ERROR_BOUNDS, R.SMALLEST_CONVERGED),
         ),
-        pre + "residuals": Dataset(
-            res.residuals[sel],
-            ("k",),
-            UNITS,
-            "Ritz residual ||H y - theta y||: an eigenvalue lies within it",
-        ),
-        pre + "error_bounds": Dataset(
-            res.error_bounds[sel], ("k",), UNITS, "gap-refined error bound min(r, r^2 / gap)"
-        ),
-        pre + "converged": Dataset(
-            res.converged[sel].astype(np.uint8),
-            ("k",),
-            "1",
-            "1 when the error bound met the tolerance",
-        ),
-    }
+    ):
+        sel = res.which == which
+        out[values.name] = res.eigenvalues[sel]
+        out[residuals.name] = res.residuals[sel]
+        out[bounds.name] = res.error_bounds[sel]
+        out[converged.name] = res.converged[sel]
+    return out
 
 
 def analyse(
@@ -79,65 +61,46 @@ def analyse(
     lanczos_steps: int,
     sigma: float | None,
     num_queries: int,
-    trace_method: str,
+    trace_estimator: str,
     seed: int,
-) -> tuple[dict[str, Dataset], dict[str, Any]]:
-    """Datasets and scalar attrs of one record (no store access)."""
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Dataset values and scalar attributes of one record (no store access)."""
     t0, h0 = time.perf_counter(), op.hvps
     eig = hessian_eigenvalues(op, k=top_k, which="both", tol=tol, max_steps=max_steps, seed=seed)
-    ds = {**_eig_datasets(eig, "largest"), **_eig_datasets(eig, "smallest")}
+    values = _ends(eig)
     attrs: dict[str, Any] = {
-        "lambda_max": eig.lambda_max,
-        "lambda_min": eig.lambda_min,
-        "all_converged": eig.all_converged,
-        "lanczos_steps_used": eig.lanczos_steps,
-        "coordinates": op.n,
-        "samples": op.num_samples,
-        "loss": op.loss,
-        "trace": math.nan,
-        "trace_stderr": math.nan,
-        "negative_mass": math.nan,
-        "negative_abs_ratio": math.nan,
+        R.LAMBDA_MAX.name: eig.lambda_max,
+        R.LAMBDA_MIN.name: eig.lambda_min,
+        R.ALL_CONVERGED.name: eig.all_converged,
+        R.LANCZOS_STEPS_USED.name: eig.lanczos_steps,
+        R.COORDINATES.name: op.n,
+        R.SAMPLES.name: op.num_samples,
+        R.LOSS.name: op.loss,
+        R.TRACE.name: math.nan,
+        R.TRACE_STDERR.name: math.nan,
+        R.NEGATIVE_MASS.name: math.nan,
+        R.NEGATIVE_ABS_RATIO.name: math.nan,
     }
     if trace:
-        tr = hessian_trace(op, estimator=trace_method, num_queries=num_queries, seed=seed)
-        ds["trace_samples"] = Dataset(
-            tr.samples,
-            ("query",),
-            UNITS,
-            f"{tr.estimator} terms z^T A z (deflated operator for hutch++)",
-        )
-        attrs.update(trace=tr.trace, trace_stderr=tr.stderr, trace_method=tr.estimator)
+        tr = hessian_trace(op, estimator=trace_estimator, num_queries=num_queries, seed=seed)
+        values[R.TRACE_SAMPLES.name] = tr.samples
+        attrs[R.TRACE.name], attrs[R.TRACE_STDERR.name] = tr.trace, tr.stderr
+        attrs[R.TRACE_ESTIMATOR.name] = tr.estimator
     if density:
         d = spectral_density(
             op, num_runs=num_runs, lanczos_steps=lanczos_steps, sigma=sigma, seed=seed
         )
-        ds["eigenvalue_grid"] = Dataset(
-            d.grid, ("eigenvalue",), UNITS, "points where the density is evaluated"
-        )
-        ds["density"] = Dataset(
-            d.density,
-            ("eigenvalue",),
-            f"1 / ({UNITS})",
-            f"SLQ spectral density, Gaussian broadening sigma={d.sigma:.4g}; integrates to 1",
-        )
-        ds["slq_nodes"] = Dataset(
-            d.nodes, ("run", "node"), UNITS, "Ritz values of each SLQ run (NaN: padding)"
-        )
-        ds["slq_weights"] = Dataset(
-            d.weights,
-            ("run", "node"),
-            "1",
-            "squared first components of the Ritz vectors (sum to 1 per run)",
-        )
-        attrs.update(
-            negative_mass=d.negative_mass(),
-            negative_abs_ratio=d.negative_abs_ratio(),
-            density_sigma=d.sigma,
-            slq_trace=d.trace,
-        )
-    attrs.update(hvps=op.hvps - h0, seconds=time.perf_counter() - t0)
-    return ds, attrs
+        values[R.EIGENVALUE.name] = d.grid
+        values[R.DENSITY.name] = d.density
+        values[R.SLQ_NODES.name] = d.nodes
+        values[R.SLQ_WEIGHTS.name] = d.weights
+        attrs[R.NEGATIVE_MASS.name] = d.negative_mass()
+        attrs[R.NEGATIVE_ABS_RATIO.name] = d.negative_abs_ratio()
+        attrs[R.DENSITY_SIGMA.name] = d.sigma
+        attrs[R.SLQ_TRACE.name] = d.trace
+    attrs[R.HVPS.name] = op.hvps - h0
+    attrs[R.SECONDS.name] = time.perf_counter() - t0
+    return values, attrs
 
 
 def study(
@@ -153,19 +116,22 @@ def study(
     lanczos_steps: int = 80,
     sigma: float | None = None,
     num_queries: int = 60,
-    trace_method: str = "hutch++",
+    trace_estimator: str = "hutch++",
     params: str | list[str] | None = None,
     seed: int = 0,
     seeds: int | None = None,
     groups: Iterable[str] | None = None,
+    trace_method: str | None = None,
 ) -> pd.DataFrame:
     """Top and bottom ``top_k`` eigenvalues, trace and (``density=True``) SLQ density per group and seed.
 
     ``params`` restricts the Hessian to a parameter subset (glob patterns, see
     :class:`landscape.ParamView`); ``seeds`` limits the seeds per group (first N).
-    Returns :func:`summary`: per group mean and std over seeds of ``lambda_max``,
-    ``lambda_min``, ``trace`` and ``negative_mass``.
+    Returns :func:`summary`. ``trace_method`` is the deprecated name of ``trace_estimator``.
     """
+    if trace_method is not None:  # the old name, for one more release
+        warn_renamed("the hessian study's trace_method=", "trace_estimator=")
+        trace_estimator = trace_method
     settings = dict(
         top_k=top_k,
         density=density,
@@ -177,7 +143,7 @@ def study(
         lanczos_steps=lanczos_steps,
         sigma=sigma,
         num_queries=num_queries,
-        trace_method=trace_method,
+        trace_estimator=trace_estimator,
         params=params,
         seed=seed,
         loss="mean over all samples of the split (cross-entropy)",
@@ -200,7 +166,6 @@ def study(
             f"hessian: {len(todo)} model(s) x about {per} Hessian-vector products (2-4 passes over the {split} data each)"
         )
     _validate(ctx, todo, top_k, split, params)
-    rows: dict[str, list[dict[str, Any]]] = {g: [] for g in names}
     bar = tqdm(todo, desc="hessian", disable=not ctx.progress)
     for g, run in bar:
         key = f"{ANALYSIS}/{g}/{run.key}"
@@ -217,16 +182,14 @@ def study(
             lanczos_steps=lanczos_steps,
             sigma=sigma,
             num_queries=num_queries,
-            trace_method=trace_method,
+            trace_estimator=trace_estimator,
             seed=seed,
         )
         del op  # frees the cached gradient graphs before the next model
         attrs = ctx.record_attrs(ANALYSIS, g, run, splits=(split,), **settings)
         attrs.update(values)
-        if ctx.store is not None:
-            ctx.store.write(key, ds, attrs)
-        rows[g].append(values)
-    return summary(ctx, names, rows)
+        R.HESSIAN.write(ctx.store, key, ds, attrs)
+    return summary(ctx, names)
 
 
 def _validate(ctx: StudyContext, todo, top_k: int, split: str, params) -> None:
@@ -241,21 +204,6 @@ def _validate(ctx: StudyContext, todo, top_k: int, split: str, params) -> None:
         evaluate(model, ctx.batches(split))
 
 
-def summary(
-    ctx: StudyContext,
-    groups: Iterable[str] | None = None,
-    fresh: dict[str, list[dict[str, Any]]] | None = None,
-) -> pd.DataFrame:
-    """Per group: ``seeds`` and ``<name>_mean`` / ``<name>_std`` for lambda_max, lambda_min, trace, negative_mass."""
-    out = []
-    for g in list(groups or ctx.groups):
-        if ctx.store is not None:
-            vals = [ctx.store.read(k).attrs for k in ctx.store.keys(f"{ANALYSIS}/{g}")]
-        else:
-            vals = (fresh or {}).get(g, [])
-        row: dict[str, Any] = {"group": g, "variant": ctx.variant(g), "seeds": len(vals)}
-        for name in SUMMARY:
-            m, s, n = mean_std(v.get(name, math.nan) for v in vals)
-            row[f"{name}_mean"], row[f"{name}_std"] = m, (s if n > 1 else math.nan)
-        out.append(row)
-    return pd.DataFrame(out)
+def summary(ctx: StudyContext, groups: Iterable[str] | None = None) -> pd.DataFrame:
+    """Per group: the Hessian definition's columns (top eigenvalue, trace, ... mean ± std over seeds)."""
+    return summarise(ctx.store, [ANALYSIS], full=True, groups=list(groups or ctx.groups))

@@ -1,11 +1,9 @@
 """Interpolation studies: pairwise barriers per group, aligned barriers, MLI from initialisation.
 
-Records (see README, "Results file"):
+Records (their definitions: :mod:`landscape.records.interpolation`):
 
-- ``/interpolation/<group>/<seedA>-<seedB>``: datasets ``alphas``, ``<split>_loss``,
-  ``<split>_accuracy`` for each split; attrs ``<split>_loss_barrier_max``,
-  ``<split>_loss_barrier_mid``, ``<split>_accuracy_barrier_max``,
-  ``<split>_accuracy_barrier_mid``, ``bn``, ``aligned``;
+- ``/interpolation/<group>/<seedA>-<seedB>``: the loss and accuracy curves of each split
+  along the straight line between two trained networks, and both barrier definitions;
 - ``/interpolation_aligned/<group>/<pair>``: the same after weight-matching B onto A
   (standard groups by default), with the matching objective;
 - ``/mli/<group>/<seedK>``: init -> final on the train split, with the MLI metrics.
@@ -14,7 +12,6 @@ Records (see README, "Results file"):
 from __future__ import annotations
 
 import itertools
-import math
 import sys
 import warnings
 from collections.abc import Iterable, Sequence
@@ -25,47 +22,43 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from landscape.interpolation import BARRIER_DEFINITIONS, Curve, interpolate_splits, mli_metrics
-from landscape.store import Dataset
+from landscape.records import interpolation as R
+from landscape.results import summarise
 
-from .common import mean_std
 from .context import StudyContext
 
-ANALYSIS = "interpolation"
-ALIGNED = "interpolation_aligned"
-MLI = "mli"
+ANALYSIS = R.INTERPOLATION.analysis
+ALIGNED = R.INTERPOLATION_ALIGNED.analysis
+MLI = R.MLI.analysis
+KINDS = {k.analysis: k for k in (R.INTERPOLATION, R.INTERPOLATION_ALIGNED, R.MLI)}
+MLI_DEFINITIONS = (
+    "delta = max(0, max_i L[i+1]-L[i]); monotonic: no increase; local_convexity: share of "
+    "L[i-1]-2L[i]+L[i+1] >= 0; global_convexity: L(a) <= (1-a)L(init) + a L(final) for all a"
+)
 
 
 def pair_key(a: str, b: str) -> str:
     return f"{a}-{b}"
 
 
-def _curve_datasets(curves: dict[str, Curve]) -> dict[str, Dataset]:
+def _curve_values(curves: dict[str, Curve]) -> dict[str, np.ndarray]:
     any_curve = next(iter(curves.values()))
-    out = {
-        "alphas": Dataset(
-            any_curve.alphas,
-            ("alpha",),
-            "1",
-            "interpolation coefficient a: theta(a) = (1 - a) theta_A + a theta_B",
-        )
-    }
+    out = {R.ALPHA.name: any_curve.alphas}
     for split, c in curves.items():
-        out[f"{split}_loss"] = Dataset(
-            c.loss, ("alpha",), "nats", f"mean cross-entropy over the {split} split at theta(a)"
-        )
-        out[f"{split}_accuracy"] = Dataset(
-            c.accuracy, ("alpha",), "fraction", f"top-1 accuracy over the {split} split at theta(a)"
-        )
+        out[R.LOSS.at(split)] = c.loss
+        out[R.ACCURACY.at(split)] = c.accuracy
     return out
 
 
-def _barrier_attrs(curves: dict[str, Curve]) -> dict[str, float]:
-    attrs = {}
+def _barrier_attrs(curves: dict[str, Curve]) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
     for split, c in curves.items():
-        for name, v in c.barriers().items():
-            attrs[f"{split}_{name}"] = v
-        attrs[f"{split}_loss_endpoints"] = [float(c.loss[0]), float(c.loss[-1])]
-        attrs[f"{split}_accuracy_endpoints"] = [float(c.accuracy[0]), float(c.accuracy[-1])]
+        attrs[R.LOSS_BARRIER_MAX.at(split)] = c.loss_barrier
+        attrs[R.LOSS_BARRIER_MID.at(split)] = c.loss_barrier_mid
+        attrs[R.ACCURACY_BARRIER_MAX.at(split)] = c.accuracy_barrier
+        attrs[R.ACCURACY_BARRIER_MID.at(split)] = c.accuracy_barrier_mid
+        attrs[R.LOSS_ENDPOINTS.at(split)] = [float(c.loss[0]), float(c.loss[-1])]
+        attrs[R.ACCURACY_ENDPOINTS.at(split)] = [float(c.accuracy[0]), float(c.accuracy[-1])]
     return attrs
 
 
@@ -133,15 +126,16 @@ def study(
                 MLI, g, ra, which=("init", "final"), splits=("train",), **settings
             )
             attrs.update(
-                delta=m.delta,
-                monotonic=m.monotonic,
-                local_convexity=m.local_convexity,
-                global_convexity=m.global_convexity,
-                definitions="delta = max(0, max_i L[i+1]-L[i]); monotonic: no increase; local_convexity: share of "
-                "L[i-1]-2L[i]+L[i+1] >= 0; global_convexity: L(a) <= (1-a)L(init) + a L(final) for all a",
-                **_barrier_attrs(curves),
+                {
+                    R.DELTA.name: m.delta,
+                    R.MONOTONIC.name: m.monotonic,
+                    R.LOCAL_CONVEXITY.name: m.local_convexity,
+                    R.GLOBAL_CONVEXITY.name: m.global_convexity,
+                    R.MLI_DEFINITIONS.name: MLI_DEFINITIONS,
+                    **_barrier_attrs(curves),
+                }
             )
-            ctx.store.write(key, _curve_datasets(curves), attrs)
+            R.MLI.write(ctx.store, key, _curve_values(curves), attrs)
             continue
         ctx.group_models(g)  # one-family check (same masks) before the group's first pair
         a, b = ctx.model(ra), ctx.model(rb)
@@ -154,16 +148,18 @@ def study(
                 perm = weight_matching(a, b)
             b = apply_permutation(b, perm)
             attrs.update(
-                aligned=True,
-                alignment="weight matching (B permuted onto A)",
-                matching_objective=float(perm.objective),
-                function_preserved=bool(getattr(perm, "function_preserved", True)),
+                {
+                    R.ALIGNED.name: True,
+                    R.ALIGNMENT.name: "weight matching (B permuted onto A)",
+                    R.MATCHING_OBJECTIVE.name: float(perm.objective),
+                    R.FUNCTION_PRESERVED.name: bool(perm.function_preserved),
+                }
             )
         else:
-            attrs["aligned"] = False
+            attrs[R.ALIGNED.name] = False
         curves = _curves(ctx, a, b, splits, num_points, bn)
         attrs.update(_barrier_attrs(curves))
-        ctx.store.write(key, _curve_datasets(curves), attrs)
+        KINDS[analysis].write(ctx.store, key, _curve_values(curves), attrs)
     return summary(ctx, names)
 
 
@@ -171,50 +167,7 @@ def _key(analysis: str, group: str, ra, rb) -> str:
     return f"{analysis}/{group}/{ra.key if rb is None else pair_key(ra.key, rb.key)}"
 
 
-def _attrs(ctx: StudyContext, analysis: str, group: str) -> list[dict[str, Any]]:
-    return [ctx.store.read(k).attrs for k in ctx.store.keys(f"{analysis}/{group}")]
-
-
-def summary(
-    ctx: StudyContext, groups: Iterable[str] | None = None, split: str = "test"
-) -> pd.DataFrame:
-    """Per group: seeds, endpoint accuracy, barriers mean ± std (plain and aligned), MLI monotonic share."""
-    rows = []
-    for g in groups or ctx.groups:
-        pairs, aligned, mlis = (
-            _attrs(ctx, ANALYSIS, g),
-            _attrs(ctx, ALIGNED, g),
-            _attrs(ctx, MLI, g),
-        )
-        accs = [
-            float(x) for p in pairs for x in np.atleast_1d(p.get(f"{split}_accuracy_endpoints", []))
-        ]
-        rows.append(
-            {
-                "group": g,
-                "variant": ctx.variant(g),
-                "seeds": len(ctx.groups[g]),
-                "pairs": len(pairs),
-                f"{split}_acc": float(np.mean(accs)) if accs else math.nan,
-                "loss_barrier": mean_std(p.get(f"{split}_loss_barrier_max") for p in pairs),
-                "loss_barrier_mid": mean_std(p.get(f"{split}_loss_barrier_mid") for p in pairs),
-                "acc_barrier": mean_std(p.get(f"{split}_accuracy_barrier_max") for p in pairs),
-                "aligned_loss_barrier": mean_std(
-                    p.get(f"{split}_loss_barrier_max") for p in aligned
-                ),
-                "mli_monotonic": f"{sum(bool(m['monotonic']) for m in mlis)}/{len(mlis)}"
-                if mlis
-                else "-",
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def barrier_matrix(pairs: dict[str, float], seeds: Sequence[str]) -> pd.DataFrame:
-    """Symmetric seed x seed matrix from ``{"seedA-seedB": barrier}`` (NaN on the diagonal)."""
-    m = pd.DataFrame(np.nan, index=list(seeds), columns=list(seeds))
-    for k, v in pairs.items():
-        a, _, b = k.partition("-")
-        if a in m.index and b in m.index:
-            m.loc[a, b] = m.loc[b, a] = v
-    return m
+def summary(ctx: StudyContext, groups: Iterable[str] | None = None) -> pd.DataFrame:
+    """Per group: the overview columns of the interpolation, aligned and MLI definitions
+    (endpoint accuracy, barriers mean ± std over pairs, MLI monotonic share)."""
+    return summarise(ctx.store, KINDS, groups=list(groups or ctx.groups))

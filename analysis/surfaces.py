@@ -2,10 +2,9 @@
 
 Records: ``/surface/<group>/<seedK>`` (random directions around the group's first seed) or
 ``/surface/<group>/<A>-<B>-<C>`` (the plane through three seeds of the group, origin A),
-as written by :func:`_record`: datasets ``loss``, ``accuracy``, ``done`` (axes ``x``,
-``y``), ``xcoordinates``, ``ycoordinates``, ``directions``; attrs: the usual record
-attributes plus ``split``, ``axes``, ``definition``, ``origin_loss``, ``origin_accuracy``,
-``directions`` (normalisation, seed, landmarks), ``settings``, ``token``, ``points_done``.
+as declared in :mod:`landscape.records.surface`: the loss and accuracy on the grid with the
+``done`` mask, the grid coordinates, the direction vectors, the loss at the origin and the
+sharpness at a radius, and the token that makes resuming safe.
 
 :func:`landscape.surface.surface` computes; this module persists. :func:`persistent_surface`
 writes every chunk into the record (``complete=False`` with the ``done`` mask) and, when an
@@ -32,12 +31,14 @@ from landscape.data import Data
 from landscape.directions import Directions, plane_directions, random_directions
 from landscape.distributed import make_executor
 from landscape.errors import UserError
+from landscape.records import surface as R
+from landscape.results import summarise
 from landscape.store import Dataset, Record, ResultsStore, provenance
 from landscape.surface import DEFINITION, Surface, landmark_grid, surface, surface_token
 
 from .context import StudyContext
 
-ANALYSIS = "surface"
+ANALYSIS = R.SURFACE.analysis
 
 
 def _find_run(ctx: StudyContext, group: str, label: str):
@@ -60,21 +61,33 @@ def _plane_runs(ctx: StudyContext, group: str, plane: str | Sequence[str]):
 def surface_from_record(record: Record) -> Surface:
     """The :class:`Surface` held by a record written by :func:`_record` (complete or not)."""
     a = record.attrs
-    axes = tuple(a.get("axes") or ("x", "y"))
+    axes = tuple(a.get(R.AXES.name) or R.LOSS.dims)
+    coords = {R.X.dims[0]: R.X.name, R.Y.dims[0]: R.Y.name}
     return Surface(
-        tuple(np.asarray(record[f"{ax}coordinates"], dtype=float) for ax in axes),
-        np.asarray(record["loss"], dtype=float),
-        np.asarray(record["accuracy"], dtype=float),
+        tuple(np.asarray(record[coords[ax]], dtype=float) for ax in axes),
+        np.asarray(record[R.LOSS.name], dtype=float),
+        np.asarray(record[R.ACCURACY.name], dtype=float),
         axes,
-        origin_loss=float(a.get("origin_loss", math.nan)),
-        origin_accuracy=float(a.get("origin_accuracy", math.nan)),
-        bn=str(a.get("bn", "eval")),
-        directions=dict(a.get("directions") or {}),
+        origin_loss=float(a.get(R.ORIGIN_LOSS.name, math.nan)),
+        origin_accuracy=float(a.get(R.ORIGIN_ACCURACY.name, math.nan)),
+        bn=str(a.get(R.BN.name, "eval")),
+        directions=dict(a.get(R.DIRECTIONS_INFO.name) or {}),
         settings=dict(a.get("settings") or {}),
-        done=np.asarray(record["done"], dtype=bool) if "done" in record.datasets else None,
-        token=str(a.get("token") or ""),
-        num_samples=int(a.get("num_samples") or 0),
+        done=np.asarray(record[R.DONE.name], dtype=bool)
+        if R.DONE.name in record.datasets
+        else None,
+        token=str(a.get(R.TOKEN.name) or ""),
+        num_samples=int(a.get(R.NUM_SAMPLES.name) or 0),
     )
+
+
+def sharpness(s: Surface, radius: float | None = None) -> tuple[float, float]:
+    """``(radius, mean loss rise at that radius)``; NaN where the grid cannot say."""
+    r = s.default_radius if radius is None else radius
+    try:
+        return float(r), s.sharpness(r)
+    except UserError:
+        return float(r), math.nan
 
 
 def _record(
@@ -85,54 +98,43 @@ def _record(
     attrs: Mapping[str, Any] | None,
     *,
     complete: bool,
+    radius: float | None = None,
 ) -> None:
-    """Write ``s`` as the record at ``key``: the one place that spells the record's names."""
-    axes = tuple(s.axes)
-    ds = {
-        "loss": Dataset(
-            s.loss,
-            axes,
-            "nats" if not math.isnan(s.origin_accuracy) else "squared error",
-            "mean loss over the samples; NaN where not computed yet (see done)",
-        ),
-        "accuracy": Dataset(
-            s.accuracy,
-            axes,
-            "fraction",
-            "top-1 accuracy; NaN where not computed yet or for regression",
-        ),
-        "done": Dataset(
-            np.asarray(s.done).astype(np.uint8), axes, "", "1 where the point has been computed"
-        ),
+    """Write ``s`` as the record at ``key`` through the surface definition."""
+    if tuple(s.axes) != R.LOSS.dims[: len(s.axes)]:
+        raise ValueError(f"surface axes {s.axes} are not {R.LOSS.dims}")
+    values: dict[str, Any] = {
+        R.LOSS.name: s.loss,
+        R.ACCURACY.name: s.accuracy,
+        R.DONE.name: np.asarray(s.done, dtype=bool),
     }
-    for ax, c in zip(axes, s.coordinates):
-        ds[f"{ax}coordinates"] = Dataset(
-            c, (ax,), "direction units", f"grid coordinates along direction {ax}"
-        )
-    if complete:
-        ds["directions"] = Dataset(
-            directions.vectors.numpy(),
-            ("direction", "coordinate"),
-            "",
-            "direction vectors over the trainable coordinates of ParamView(model), rows in axis order",
-            {"parameters": list(directions.params)},
-        )
+    for var, c in zip((R.X, R.Y), s.coordinates):
+        values[var.name] = c
     out = dict(attrs or {})
+    if complete:
+        values[R.DIRECTIONS.name] = Dataset(
+            directions.vectors.numpy(), attrs={"parameters": list(directions.params)}
+        )
+        r, rise = sharpness(s, radius)
+        out.update({R.MIN_LOSS.name: s.min_loss, R.RADIUS.name: r, R.RISE_AT_RADIUS.name: rise})
     out.update(
-        axes=list(axes),
-        definition=DEFINITION,
-        token=s.token,
-        bn=s.bn,
-        origin_loss=s.origin_loss,
-        origin_accuracy=s.origin_accuracy,
-        num_samples=s.num_samples,
-        directions=s.directions,
-        settings=s.settings,
+        {
+            R.AXES.name: list(s.axes),
+            R.DEFINITION.name: DEFINITION,
+            R.TOKEN.name: s.token,
+            R.BN.name: s.bn,
+            R.ORIGIN_LOSS.name: s.origin_loss,
+            R.ORIGIN_ACCURACY.name: s.origin_accuracy,
+            R.NUM_SAMPLES.name: s.num_samples,
+            R.DIRECTIONS_INFO.name: s.directions,
+            "settings": s.settings,
+        }
     )
     if not attrs:
         out.update(provenance())
-    out.update(points_done=int(np.sum(s.done)), points_total=int(np.size(s.done)))
-    store.write(key, ds, out, complete=complete)
+    out[R.POINTS_DONE.name] = int(np.sum(s.done))
+    out[R.POINTS_TOTAL.name] = int(np.size(s.done))
+    R.SURFACE.write(store, key, values, out, complete=complete)
 
 
 def _existing(store: ResultsStore, key: str) -> Record | None:
@@ -158,6 +160,7 @@ def persistent_surface(
     attrs: Mapping[str, Any] | None = None,
     resume: bool = True,
     on_chunk: Callable[[Surface, np.ndarray], None] | None = None,
+    radius: float | None = None,
     **options: Any,
 ) -> Surface:
     """:func:`landscape.surface.surface` with the grid kept in the record ``key`` of ``store``.
@@ -181,6 +184,7 @@ def persistent_surface(
                 attrs=attrs,
                 resume=resume,
                 on_chunk=on_chunk,
+                radius=radius,
                 **options,
             )
         finally:
@@ -194,7 +198,7 @@ def persistent_surface(
         token = surface_token(
             model, data, directions, **{k: options[k] for k in _TOKEN_ARGS if k in options}
         )
-        if existing.attrs.get("token") != token:
+        if existing.attrs.get(R.TOKEN.name) != token:
             raise UserError(
                 f"{st.path}: the record {key} was computed for another model, directions, grid or data: "
                 "pass another key or output file, or resume=False (--force) to recompute it"
@@ -209,25 +213,8 @@ def persistent_surface(
 
     s = surface(model, data, directions, initial=initial, on_chunk=write, **options)
     if s.evaluated or not st.has(key):
-        _record(st, key, s, directions, attrs, complete=True)
+        _record(st, key, s, directions, attrs, complete=True, radius=radius)
     return s
-
-
-def summarize(s: Surface, radius: float | None = None) -> dict:
-    """Min loss, loss at the origin, mean loss rise at ``radius`` (sharpness), origin accuracy."""
-    r = s.default_radius if radius is None else radius
-    try:
-        rise = s.sharpness(r)
-    except UserError:
-        rise = math.nan
-    return {
-        "points": int(np.prod(s.shape)),
-        "min_loss": s.min_loss,
-        "origin_loss": s.origin_loss,
-        "rise_at_r": rise,
-        "r": float(r),
-        "origin_accuracy": s.origin_accuracy,
-    }
 
 
 def study(
@@ -260,8 +247,6 @@ def study(
         raise UserError(f"unknown split {split!r}: use train or test")
     if dims not in (1, 2):
         raise UserError(f"--dims must be 1 or 2, got {dims}")
-    if ctx.store is None:
-        raise UserError("a surface study needs an output results file (-o results.h5)")
     names = list(groups or ctx.groups)
     if ctx.progress:
         points = steps ** (2 if plane else dims)  # a plane is always 2-D
@@ -271,7 +256,6 @@ def study(
             f"({ctx.dataset(split).description['size']} samples; complete points are reused)",
             file=sys.stderr,
         )
-    rows = []
     made: list = []
 
     def get_executor():  # started only when some record needs computing
@@ -299,9 +283,7 @@ def study(
                 record = runs[0].key
                 coords = None
             key = f"{ANALYSIS}/{g}/{record}"
-            if ctx.should_skip(key):
-                s = surface_from_record(ctx.store.read(key))
-            else:
+            if not ctx.should_skip(key):
                 settings = dict(
                     steps=steps,
                     span=span,
@@ -313,8 +295,8 @@ def study(
                     split=split,
                 )
                 attrs = ctx.record_attrs(ANALYSIS, g, *runs, splits=(split,), **settings)
-                attrs["split"] = split
-                s = persistent_surface(
+                attrs[R.SPLIT.name] = split
+                persistent_surface(
                     ctx.store,
                     key,
                     models[0],
@@ -331,11 +313,9 @@ def study(
                     executor=get_executor(),
                     progress=ctx.progress,
                     desc=g,
+                    radius=radius,
                 )
-            rows.append(
-                {"group": g, "variant": ctx.variant(g), "record": record, **summarize(s, radius)}
-            )
     finally:
         for ex in made:
             ex.close()
-    return pd.DataFrame(rows)
+    return summarise(ctx.store, [ANALYSIS], full=True, groups=names)

@@ -1,35 +1,38 @@
-"""The report's figures, built from a :class:`analysis.results.Results` as plain data (:mod:`reports.spec`).
+"""The report's figures, built from a :class:`landscape.results.Results` as plain data (:mod:`reports.spec`).
 
-Every user-provided string that reaches a figure (group names, record names) is HTML-escaped
-here, because plotly renders a subset of HTML in labels: ``&lt;script&gt;`` shows as text.
+Labels here are plain text (group names, record names as the file has them); the plotly
+renderer escapes them, because plotly reads a subset of HTML in labels, and matplotlib
+shows them as they are. Every dataset and attribute is found through its record
+definition (:mod:`landscape.records`).
 """
 
 from __future__ import annotations
 
-import html
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from analysis.results import KNOWN
+from landscape import records as R
+from landscape.records import hessian as hess
+from landscape.records import interpolation as interp
+from landscape.records import surface as surf
+from landscape.records import symmetry as sym
 
 from .spec import Figure, Panel, Trace, group_colors
 
 if TYPE_CHECKING:  # pragma: no cover
-    from analysis.results import Results
+    from landscape.results import Results
 
+#: curve -> (panel title, y label)
 SPLIT_LABELS = {
-    "test_loss": ("test loss", "loss (nats)"),
-    "test_accuracy": ("test accuracy", "accuracy"),
-    "train_loss": ("train loss", "loss (nats)"),
-    "train_accuracy": ("train accuracy", "accuracy"),
+    var.at(split): (f"{split} {what}", unit)
+    for split in ("test", "train")
+    for var, what, unit in (
+        (interp.LOSS, "loss", "loss (nats)"),
+        (interp.ACCURACY, "accuracy", "accuracy"),
+    )
 }
-
-
-def esc(s: object) -> str:
-    return html.escape(str(s), quote=True)
 
 
 def _stack(curves: pd.DataFrame, col: str, x: str) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +71,8 @@ def _band_traces(
 
 
 def interpolation_figure(res: Results, colors: dict[str, str]) -> Figure | None:
-    plain, aligned = res.curves("interpolation"), res.curves("interpolation_aligned")
+    plain = res.curves(interp.INTERPOLATION.analysis)
+    aligned = res.curves(interp.INTERPOLATION_ALIGNED.analysis)
     if plain.empty and aligned.empty:
         return None
     cols = [c for c in SPLIT_LABELS if c in plain or c in aligned]
@@ -80,10 +84,10 @@ def interpolation_figure(res: Results, colors: dict[str, str]) -> Figure | None:
             for df, suffix, dash in ((plain, "", False), (aligned, " (aligned)", True)):
                 if df.empty or g not in set(df.group):
                     continue
-                x, ys = _stack(df[df.group == g], col, "alpha")
+                x, ys = _stack(df[df.group == g], col, interp.ALPHA.name)
                 if len(ys):
                     p.traces += _band_traces(
-                        esc(g) + suffix, colors[g], x, ys, f"{g}{suffix}", dash=dash
+                        g + suffix, colors[g], x, ys, f"{g}{suffix}", dash=dash
                     )
         panels.append(p)
     for p in panels[1:]:
@@ -120,25 +124,28 @@ def _matrix(
     return seeds, m
 
 
-def barrier_figure(res: Results, col: str = "test_loss_barrier_max") -> Figure | None:
+def barrier_figure(res: Results, col: str = interp.LOSS_BARRIER_MAX.at("test")) -> Figure | None:
     panels, values = [], []
-    for analysis, suffix in (("interpolation", ""), ("interpolation_aligned", " (aligned)")):
+    for analysis, suffix in (
+        (interp.INTERPOLATION.analysis, ""),
+        (interp.INTERPOLATION_ALIGNED.analysis, " (aligned)"),
+    ):
         for g in res.groups(analysis):
             got = _matrix(res, analysis, g, col)
             if got is None:
                 continue
             seeds, m = got
-            labels = [esc(s) for s in seeds]
+            labels = list(seeds)
             text = [["" if np.isnan(v) else f"{v:.3g}" for v in row] for row in m]
             panels.append(
                 Panel(
-                    esc(g) + suffix,
+                    g + suffix,
                     "seed",
                     "seed",
                     [
                         Trace(
                             "heatmap",
-                            esc(g) + suffix,
+                            g + suffix,
                             np.asarray(labels),
                             np.asarray(labels),
                             z=m,
@@ -152,13 +159,11 @@ def barrier_figure(res: Results, col: str = "test_loss_barrier_max") -> Figure |
     if not panels:
         return None
     v = np.concatenate(values)
-    what = (
-        col.replace("_", " ").replace(" max", " (max over the path)").replace(" mid", " (midpoint)")
-    )
+    what = interp.INTERPOLATION.attr(col).description
     return Figure(
         "barriers",
         "Pairwise barrier matrices",
-        f"{what.capitalize()} for every pair of seeds, one colour scale for all groups "
+        f"Barrier {what} for every pair of seeds, one colour scale for all groups "
         "(diagonal 0: a network with itself).",
         panels,
         cols=min(3, len(panels)),
@@ -168,11 +173,11 @@ def barrier_figure(res: Results, col: str = "test_loss_barrier_max") -> Figure |
 
 
 def mli_figure(res: Results, colors: dict[str, str]) -> Figure | None:
-    curves = res.curves("mli")
+    curves = res.curves(interp.MLI.analysis)
     if curves.empty:
         return None
     panels = []
-    for col in ("train_loss", "train_accuracy"):
+    for col in (interp.LOSS.at("train"), interp.ACCURACY.at("train")):
         if col not in curves:
             continue
         title, ylabel = SPLIT_LABELS[col]
@@ -180,16 +185,16 @@ def mli_figure(res: Results, colors: dict[str, str]) -> Figure | None:
             title + " from init to final",
             "alpha (0: initialisation, 1: trained)",
             ylabel,
-            ylog=(col == "train_loss"),
+            ylog=(col == interp.LOSS.at("train")),
         )
-        for g in res.groups("mli"):
+        for g in res.groups(interp.MLI.analysis):
             first = True
             for _rec, df in curves[curves.group == g].groupby("record", sort=False):
                 p.traces.append(
                     Trace(
                         "line",
-                        esc(g),
-                        df.alpha.to_numpy(float),
+                        g,
+                        df[interp.ALPHA.name].to_numpy(float),
                         df[col].to_numpy(float),
                         color=colors[g],
                         legend=first and not panels,
@@ -208,51 +213,27 @@ def mli_figure(res: Results, colors: dict[str, str]) -> Figure | None:
     )
 
 
-# -- analyses whose layout is defined by their own modules: read tolerantly ---------------------
-def _datasets_like(rec, words: Iterable[str], ndim: int) -> list[str]:
-    words = tuple(words)
-    return [d for d, a in rec.datasets.items() if np.ndim(a) == ndim and any(w in d for w in words)]
-
-
-def _coord(rec, name: str, axis_index: int, n: int) -> np.ndarray:
-    axes = rec.dataset_attrs.get(name, {}).get("axes") or []
-    if axis_index < len(axes):
-        ax = str(axes[axis_index])
-        for c in (ax, ax + "s", ax + "coordinates", ax + "_grid", "grid_" + ax):
-            if c in rec.datasets and np.ndim(rec.datasets[c]) == 1 and len(rec.datasets[c]) == n:
-                return np.asarray(rec.datasets[c], float)
-    return np.arange(n, dtype=float)
-
-
-def _axis_name(rec, name: str, i: int, default: str) -> str:
-    axes = rec.dataset_attrs.get(name, {}).get("axes") or []
-    return str(axes[i]) if i < len(axes) else default
-
-
 def hessian_figures(res: Results, colors: dict[str, str]) -> list[Figure]:
     out = []
     top = Panel("top-k eigenvalues", "k (1 = largest)", "eigenvalue")
     dens = Panel("spectral density", "eigenvalue", "density", ylog=True)
-    for g in res.groups("hessian"):
+    for g in res.groups(hess.HESSIAN.analysis):
         tops, densities = [], []
-        for k in res.keys("hessian", g):
+        for k in res.keys(hess.HESSIAN.analysis, g):
             rec = res.records[k]
-            if np.ndim(rec.datasets.get("eigenvalues")) == 1:
-                tops.append(np.sort(np.asarray(rec.datasets["eigenvalues"], float))[::-1])
-            if np.ndim(rec.datasets.get("density")) == 1:
-                densities.append(
-                    (
-                        _coord(rec, "density", 0, len(rec.datasets["density"])),
-                        np.asarray(rec.datasets["density"], float),
-                    )
-                )
+            eig, d = rec.datasets.get(hess.EIGENVALUES.name), rec.datasets.get(hess.DENSITY.name)
+            if np.ndim(eig) == 1:
+                tops.append(np.sort(np.asarray(eig, float))[::-1])
+            if np.ndim(d) == 1:
+                grid = hess.HESSIAN.coordinate(rec, hess.DENSITY.dims[0], len(d))
+                densities.append((np.asarray(grid, float), np.asarray(d, float)))
         if tops:
             n = min(len(t) for t in tops)
             ys = np.asarray([t[:n] for t in tops])
             top.traces.append(
                 Trace(
                     "markers",
-                    esc(g),
+                    g,
                     np.arange(1, n + 1, dtype=float),
                     ys.mean(0),
                     error=ys.std(0, ddof=1) if len(ys) > 1 else None,
@@ -260,16 +241,12 @@ def hessian_figures(res: Results, colors: dict[str, str]) -> list[Figure]:
                     legendgroup=g,
                 )
             )
-        if (
-            densities
-        ):  # every seed has its own grid: put them on the union range (zero outside a seed's grid)
-            lo, hi = (
-                min(float(x.min()) for x, _ in densities),
-                max(float(x.max()) for x, _ in densities),
-            )
+        if densities:  # each seed has its own grid: the union range, zero outside a seed's grid
+            lo = min(float(x.min()) for x, _ in densities)
+            hi = max(float(x.max()) for x, _ in densities)
             grid = np.linspace(lo, hi, 400)
             ys = np.asarray([np.interp(grid, x, d, left=0.0, right=0.0) for x, d in densities])
-            new = _band_traces(esc(g), colors[g], grid, np.maximum(ys, 1e-8), g)
+            new = _band_traces(g, colors[g], grid, np.maximum(ys, 1e-8), g)
             for t in new:
                 t.legend = t.legend and not top.traces
             dens.traces += new
@@ -291,46 +268,33 @@ def hessian_figures(res: Results, colors: dict[str, str]) -> list[Figure]:
 def _surface_records(res: Results):
     """(group, record name, Record) of the first complete surface record of every group."""
     out = []
-    for g in res.groups("surface"):
-        keys = res.keys("surface", g)
+    for g in res.groups(surf.SURFACE.analysis):
+        keys = res.keys(surf.SURFACE.analysis, g)
         if keys:
             out.append((g, keys[0].split("/")[-1], res.records[keys[0]]))
     return out
-
-
-def _surface_value(rec) -> tuple[str, np.ndarray]:
-    for d in ("loss", "test_loss", "train_loss"):
-        if d in rec.datasets:
-            return d, np.asarray(rec.datasets[d], float)
-    d = next(
-        d
-        for d, a in rec.datasets.items()
-        if np.ndim(a) in (1, 2) and np.asarray(a).dtype.kind == "f"
-    )
-    return d, np.asarray(rec.datasets[d], float)
 
 
 def surface_figures(res: Results, colors: dict[str, str]) -> list[Figure]:
     """2-D records: contours side by side on one colour scale plus a 3-D view; 1-D records: loss profiles overlaid."""
     grids, lines = [], []
     for g, r, rec in _surface_records(res):
-        d, z = _surface_value(rec)
-        split = rec.attrs.get("split")
-        zname = f"{split} {d}" if split and not d.startswith(str(split)) else d
-        if (
-            z.ndim == 2
-        ):  # z[i, j] at (axis0[i], axis1[j]): axis 0 horizontal, so plotly's z is the transpose
-            x, y = _coord(rec, d, 0, z.shape[0]), _coord(rec, d, 1, z.shape[1])
-            grids.append(
-                (g, r, x, y, z.T, _axis_name(rec, d, 0, "x"), _axis_name(rec, d, 1, "y"), zname)
-            )
+        if surf.LOSS.name not in rec.datasets:
+            continue
+        z = np.asarray(rec.datasets[surf.LOSS.name], float)
+        split = rec.attrs.get(surf.SPLIT.name)
+        zname = f"{split} loss" if split else "loss"
+        dims = surf.LOSS.dims
+        coords = [surf.SURFACE.coordinate(rec, dims[i], z.shape[i]) for i in range(z.ndim)]
+        if z.ndim == 2:  # z[i, j] at (x[i], y[j]): x horizontal, so plotly's z is the transpose
+            grids.append((g, r, *coords, z.T, dims[0], dims[1], zname))
         elif z.ndim == 1:
-            lines.append((g, r, _coord(rec, d, 0, len(z)), z, _axis_name(rec, d, 0, "x"), zname))
+            lines.append((g, r, coords[0], z, dims[0], zname))
     out = []
     if lines:
-        p = Panel("loss along one direction", esc(lines[0][4]), esc(lines[0][5]))
+        p = Panel("loss along one direction", lines[0][4], lines[0][5])
         p.traces = [
-            Trace("line", f"{esc(g)} ({esc(r)})", x, z, color=colors[g], legendgroup=g)
+            Trace("line", f"{g} ({r})", x, z, color=colors[g], legendgroup=g)
             for g, r, x, z, _, _ in lines
         ]
         out.append(
@@ -348,16 +312,10 @@ def surface_figures(res: Results, colors: dict[str, str]) -> list[Figure]:
     zs = np.concatenate([z[np.isfinite(z)].ravel() for *_, z, _a, _b, _c in grids])
     lo, hi = (float(zs.min()), float(np.quantile(zs, 0.98))) if zs.size else (0.0, 1.0)
     panels = [
-        Panel(
-            f"{esc(g)} ({esc(r)})",
-            esc(xl),
-            esc(yl),
-            [Trace("contour", esc(g), x, y, z=np.minimum(z, hi))],
-            square=True,
-        )
+        Panel(f"{g} ({r})", xl, yl, [Trace("contour", g, x, y, z=np.minimum(z, hi))], square=True)
         for g, r, x, y, z, xl, yl, _ in grids
     ]
-    zname = grids[0][7].replace("_", " ")
+    zname = grids[0][7]
     out.append(
         Figure(
             "surfaces",
@@ -379,12 +337,9 @@ def surface_figures(res: Results, colors: dict[str, str]) -> list[Figure]:
             [
                 Panel(
                     "",
-                    esc(grids[0][5]),
-                    esc(grids[0][6]),
-                    [
-                        Trace("surface", esc(g), x, y, z=np.minimum(z, hi))
-                        for g, r, x, y, z, *_ in grids
-                    ],
+                    grids[0][5],
+                    grids[0][6],
+                    [Trace("surface", g, x, y, z=np.minimum(z, hi)) for g, r, x, y, z, *_ in grids],
                 )
             ],
             cols=1,
@@ -405,14 +360,12 @@ def symmetry_figure(res: Results, colors: dict[str, str]) -> Figure | None:
         "relative output change",
         ylog=True,
     )
-    for g in res.groups("symmetry"):
+    for g in res.groups(sym.SYMMETRY.analysis):
         vals: dict[str, float] = {}
-        for k in res.keys("symmetry", g):
+        for k in res.keys(sym.SYMMETRY.analysis, g):
             rec = res.records[k]
-            names, change = (
-                rec.datasets.get("group_names"),
-                rec.datasets.get("group_relative_change"),
-            )
+            names = rec.datasets.get(sym.PERM_GROUP.name)
+            change = rec.datasets.get(sym.GROUP_RELATIVE_CHANGE.name)
             if names is None or change is None:
                 continue
             for n, c in zip(names, np.asarray(change, float)):
@@ -422,8 +375,8 @@ def symmetry_figure(res: Results, colors: dict[str, str]) -> Figure | None:
             p.traces.append(
                 Trace(
                     "bar",
-                    esc(g),
-                    np.asarray([esc(n) for n in vals]),
+                    g,
+                    np.asarray(list(vals)),
                     np.maximum(np.asarray(list(vals.values())), 1e-12),
                     color=colors[g],
                     legendgroup=g,
@@ -451,14 +404,14 @@ def generic_figures(res: Results, colors: dict[str, str], analysis: str) -> list
     axis = curves.columns[2]
     panels = []
     for col in curves.columns[3:]:
-        p = Panel(esc(col.replace("_", " ")), esc(axis), "")
+        p = Panel(col.replace("_", " "), axis, "")
         for g in res.groups(analysis):
             for i, (_, df) in enumerate(curves[curves.group == g].groupby("record", sort=False)):
                 if df[col].notna().any():
                     p.traces.append(
                         Trace(
                             "line",
-                            esc(g),
+                            g,
                             df[axis].to_numpy(float),
                             df[col].to_numpy(float),
                             color=colors[g],
@@ -473,8 +426,8 @@ def generic_figures(res: Results, colors: dict[str, str], analysis: str) -> list
     return [
         Figure(
             f"curves-{analysis}",
-            f"{esc(analysis)}: curves",
-            f"Every 1-D dataset of the {esc(analysis)} records, one line per record.",
+            f"{analysis}: curves",
+            f"Every 1-D dataset of the {analysis} records, one line per record.",
             panels[:6],
             cols=2,
         )
@@ -493,6 +446,6 @@ def build_figures(res: Results) -> list[Figure]:
     figs += surface_figures(res, colors)
     figs.append(symmetry_figure(res, colors))
     for a in res.analyses():
-        if a not in KNOWN:
+        if R.kind(a) is None:
             figs += generic_figures(res, colors, a)
     return [f for f in figs if f is not None]

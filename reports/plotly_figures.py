@@ -1,12 +1,30 @@
-"""Render :mod:`reports.spec` figures with plotly (interactive, for the HTML page and notebooks)."""
+"""Render :mod:`reports.spec` figures with plotly (interactive, for the HTML page and notebooks).
+
+plotly reads a subset of HTML in every label, so each label is escaped here, at render time:
+a group named ``<script>`` shows as text. The figure descriptions themselves hold plain text.
+"""
 
 from __future__ import annotations
+
+import html
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .spec import COLORSCALE, Figure, Trace
+
+
+def esc(s: object) -> str:
+    """HTML-escaped text (quotes too): what every label becomes before plotly or a page sees it."""
+    return html.escape(str(s), quote=True)
+
+
+def _labels(a) -> list | None:
+    """Category labels (strings escaped, numbers as they are)."""
+    if a is None:
+        return None
+    return [esc(v) if isinstance(v, str) else v for v in np.asarray(a).tolist()]
 
 
 def _rgba(hex_color: str | None, alpha: float) -> str | None:
@@ -26,9 +44,9 @@ def _z(a) -> list:
 
 
 def _traces(t: Trace, fig: Figure, show_scale: bool) -> list:
-    common = dict(name=t.name, legendgroup=t.legendgroup or t.name, showlegend=t.legend)
+    common = dict(name=esc(t.name), legendgroup=t.legendgroup or t.name, showlegend=t.legend)
     zr = dict(zmin=fig.zrange[0], zmax=fig.zrange[1]) if fig.zrange else {}
-    cbar = dict(title=dict(text=fig.zlabel)) if fig.zlabel else {}
+    cbar = dict(title=dict(text=esc(fig.zlabel))) if fig.zlabel else {}
     if t.kind == "line":
         return [
             go.Scatter(
@@ -70,20 +88,20 @@ def _traces(t: Trace, fig: Figure, show_scale: bool) -> list:
             )
         ]
     if t.kind == "bar":
-        return [go.Bar(x=_list(t.x), y=_list(t.y), marker=dict(color=t.color), **common)]
+        return [go.Bar(x=_labels(t.x), y=_list(t.y), marker=dict(color=t.color), **common)]
     if t.kind == "heatmap":
         extra = dict(text=t.text, texttemplate="%{text}") if t.text is not None else {}
         return [
             go.Heatmap(
-                x=_list(t.x),
-                y=_list(t.y),
+                x=_labels(t.x),
+                y=_labels(t.y),
                 z=_z(t.z),
                 colorscale=COLORSCALE,
                 showscale=show_scale,
                 colorbar=cbar,
                 **zr,
                 **extra,
-                name=t.name,
+                name=esc(t.name),
                 hovertemplate="%{y} vs %{x}: %{z:.4g}<extra></extra>",
             )
         ]
@@ -98,7 +116,7 @@ def _traces(t: Trace, fig: Figure, show_scale: bool) -> list:
                 colorbar=cbar,
                 ncontours=20,
                 contours=dict(coloring="heatmap"),
-                name=t.name,
+                name=esc(t.name),
                 **zr,
             )
         ]
@@ -111,7 +129,7 @@ def _traces(t: Trace, fig: Figure, show_scale: bool) -> list:
                 colorscale=COLORSCALE,
                 showscale=show_scale,
                 colorbar=cbar,
-                name=t.name,
+                name=esc(t.name),
                 showlegend=True,
                 cmin=zr.get("zmin"),
                 cmax=zr.get("zmax"),
@@ -130,13 +148,15 @@ def to_plotly(fig: Figure) -> go.Figure:
                 tr.visible = True if i == 0 else "legendonly"
                 out.add_trace(tr)
         out.update_layout(
-            scene=dict(xaxis_title=p.xlabel, yaxis_title=p.ylabel, zaxis_title=fig.zlabel)
+            scene=dict(
+                xaxis_title=esc(p.xlabel), yaxis_title=esc(p.ylabel), zaxis_title=esc(fig.zlabel)
+            )
         )
     else:
         out = make_subplots(
             rows=fig.rows,
             cols=fig.cols,
-            subplot_titles=[p.title for p in fig.panels],
+            subplot_titles=[esc(p.title) for p in fig.panels],
             horizontal_spacing=0.08 if fig.cols < 3 else 0.06,
             vertical_spacing=0.14,
         )
@@ -149,9 +169,11 @@ def to_plotly(fig: Figure) -> go.Figure:
                     seen += 1
                 for tr in _traces(t, fig, show_scale=(seen == n_scaled)):
                     out.add_trace(tr, row=row, col=col)
-            out.update_xaxes(title_text=p.xlabel, type="log" if p.xlog else None, row=row, col=col)
+            out.update_xaxes(
+                title_text=esc(p.xlabel), type="log" if p.xlog else None, row=row, col=col
+            )
             out.update_yaxes(
-                title_text=p.ylabel,
+                title_text=esc(p.ylabel),
                 type="log" if p.ylog else None,
                 row=row,
                 col=col,

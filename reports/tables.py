@@ -1,67 +1,14 @@
-"""Tables of the report: per-group aggregates of record frames, and the provenance rows."""
+"""Provenance tables of the report (the per-group summaries come from the record definitions)."""
 
 from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
-from analysis.results import format_mean_std, mean_std
-
 if TYPE_CHECKING:  # pragma: no cover
-    from analysis.results import Results
-
-
-def group_table(
-    df: pd.DataFrame, columns: list[str] | None = None, order: list[str] | None = None
-) -> pd.DataFrame:
-    """One row per group: record count, then per column ``k/n`` for booleans and ``mean ± std`` over records for numbers."""
-    if df is None or df.empty:
-        return pd.DataFrame()
-    cols = columns or [c for c in df.columns if c not in ("group", "variant", "record")]
-    rows = []
-    groups = order or list(dict.fromkeys(df.group))
-    for g in groups:
-        sub = df[df.group == g]
-        if sub.empty:
-            continue
-        row: dict[str, Any] = {"group": g, "records": len(sub)}
-        for c in cols:
-            if c not in sub:
-                continue
-            s = sub[c].dropna()
-            if s.empty:
-                row[c] = "-"
-            elif s.map(lambda v: isinstance(v, (bool, np.bool_))).all():
-                row[c] = f"{int(s.astype(bool).sum())}/{len(s)}"
-            elif s.map(lambda v: isinstance(v, (int, float, np.integer, np.floating))).all():
-                row[c] = format_mean_std(*mean_std(s))
-            else:
-                vals = list(dict.fromkeys(map(str, s)))
-                row[c] = ", ".join(vals[:3]) + (" …" if len(vals) > 3 else "")
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def barrier_table(res: Results) -> pd.DataFrame:
-    """Per group and alignment: every barrier (both definitions, test and train) as mean ± std over pairs."""
-    rows = []
-    for analysis, label in (("interpolation", "no"), ("interpolation_aligned", "weight matching")):
-        df = res.frame(analysis)
-        if df.empty:
-            continue
-        cols = [c for c in df.columns if "barrier" in c]
-        t = group_table(df, cols, res.groups())
-        t.insert(1, "aligned", label)
-        rows.append(t.rename(columns={"records": "pairs"}))
-    out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-    return (
-        out.rename(columns=lambda c: c.replace("_barrier_", " barrier ").replace("_", " "))
-        if not out.empty
-        else out
-    )
+    from landscape.results import Results
 
 
 def _fmt(v: Any) -> str:

@@ -120,8 +120,14 @@ def synthetic_results(
     points: int = 11,
     rng_seed: int = 0,
 ) -> Path:
-    """A results file in the studies' layouts with known numbers: group i has loss barrier ``0.5 / (i + 1)`` (+ pair noise)."""
-    from landscape.store import Dataset, ResultsStore
+    """A results file written through the record definitions with known numbers: group i has
+    loss barrier ``0.5 / (i + 1)`` (+ pair noise)."""
+    from landscape import records as R
+    from landscape.records import hessian as H
+    from landscape.records import interpolation as IP
+    from landscape.records import surface as S
+    from landscape.records import symmetry as Y
+    from landscape.store import ResultsStore
 
     rng = np.random.default_rng(rng_seed)
     store = ResultsStore(path)
@@ -138,53 +144,49 @@ def synthetic_results(
         "time": "2025-01-01T00:00:00+00:00",
         "command": "landscape run",
     }
+
+    def write(kind, key, values, attrs):
+        kind.write(store, key, values, attrs, complete=key not in incomplete)
+
     for gi, g in enumerate(groups):
         variant = g if g in ("standard", "w-asym", "sigma-asym") else "standard"
         labels = [f"seed{k}" for k in range(seeds)]
         ck = {s: f"/ckpt/{g}/{s}/final.pt" for s in labels}
         sha = {s: hashlib.sha256(ck[s].encode()).hexdigest() for s in labels}
         for a, b in itertools.combinations(labels, 2):
-            for analysis in ("interpolation", "interpolation_aligned"):
-                if analysis not in analyses or (
-                    analysis == "interpolation_aligned" and variant != "standard"
+            for kind in (IP.INTERPOLATION, IP.INTERPOLATION_ALIGNED):
+                if kind.analysis not in analyses or (
+                    kind is IP.INTERPOLATION_ALIGNED and variant != "standard"
                 ):
                     continue
                 bump = (0.5 / (gi + 1) + 0.01 * rng.standard_normal()) * (
-                    0.2 if analysis.endswith("aligned") else 1
+                    0.2 if kind is IP.INTERPOLATION_ALIGNED else 1
                 )
-                ds, attrs = {"alphas": Dataset(alphas, ("alpha",), "1", "a")}, {}
+                values, attrs = {IP.ALPHA.name: alphas}, {}
                 for split in ("test", "train"):
                     loss = _curve(alphas, bump, 0.3, 0.32)
                     acc = _curve(alphas, -bump / 5, 0.9, 0.91)
-                    ds[f"{split}_loss"] = Dataset(loss, ("alpha",), "nats", "loss")
-                    ds[f"{split}_accuracy"] = Dataset(acc, ("alpha",), "fraction", "accuracy")
+                    values[IP.LOSS.at(split)] = loss
+                    values[IP.ACCURACY.at(split)] = acc
                     chord_l, chord_a = 0.3 + 0.02 * alphas, 0.9 + 0.01 * alphas
-                    attrs.update(
-                        {
-                            f"{split}_loss_barrier_max": float((loss - chord_l).max()),
-                            f"{split}_loss_barrier_mid": float(
-                                loss[points // 2] - chord_l[points // 2]
-                            ),
-                            f"{split}_accuracy_barrier_max": float((chord_a - acc).max()),
-                            f"{split}_accuracy_barrier_mid": float(
-                                chord_a[points // 2] - acc[points // 2]
-                            ),
-                        }
-                    )
+                    mid = points // 2
+                    attrs[IP.LOSS_BARRIER_MAX.at(split)] = float((loss - chord_l).max())
+                    attrs[IP.LOSS_BARRIER_MID.at(split)] = float(loss[mid] - chord_l[mid])
+                    attrs[IP.ACCURACY_BARRIER_MAX.at(split)] = float((chord_a - acc).max())
+                    attrs[IP.ACCURACY_BARRIER_MID.at(split)] = float(chord_a[mid] - acc[mid])
+                    attrs[IP.ACCURACY_ENDPOINTS.at(split)] = [float(acc[0]), float(acc[-1])]
                 attrs.update(
                     base,
-                    analysis=analysis,
+                    analysis=kind.analysis,
                     group=g,
                     variant=variant,
                     seeds=[a, b],
                     checkpoints=[ck[a], ck[b]],
                     checkpoint_sha256=[sha[a], sha[b]],
                     settings={"num_points": points, "bn": "eval"},
-                    bn="eval",
-                    aligned=analysis.endswith("aligned"),
+                    aligned=kind is IP.INTERPOLATION_ALIGNED,
                 )
-                key = f"{analysis}/{g}/{a}-{b}"
-                store.write(key, ds, attrs, complete=key not in incomplete)
+                write(kind, f"{kind.analysis}/{g}/{a}-{b}", values, attrs)
         for s in labels:
             common = dict(
                 base,
@@ -196,12 +198,13 @@ def synthetic_results(
             )
             if "mli" in analyses:
                 loss = 2.3 * (1 - alphas) ** 2 + 0.3 + (0.05 * np.sin(6 * alphas) if gi else 0)
-                store.write(
+                write(
+                    IP.MLI,
                     f"mli/{g}/{s}",
                     {
-                        "alphas": Dataset(alphas, ("alpha",)),
-                        "train_loss": Dataset(loss, ("alpha",), "nats"),
-                        "train_accuracy": Dataset(1 - loss / 3, ("alpha",), "fraction"),
+                        IP.ALPHA.name: alphas,
+                        IP.LOSS.at("train"): loss,
+                        IP.ACCURACY.at("train"): 1 - loss / 3,
                     },
                     dict(
                         common,
@@ -211,20 +214,18 @@ def synthetic_results(
                         local_convexity=0.8,
                         global_convexity=True,
                     ),
-                    complete=f"mli/{g}/{s}" not in incomplete,
                 )
             if "hessian" in analyses:
                 top = np.sort(rng.uniform(1, 10, 5))[::-1] * (gi + 1)
                 grid = np.linspace(-5, 50, 60)
                 grid = grid + rng.uniform(0, 1)  # every seed has its own grid, as with SLQ
-                store.write(
+                write(
+                    H.HESSIAN,
                     f"hessian/{g}/{s}",
                     {
-                        "eigenvalues": Dataset(top, ("k",), "1"),
-                        "eigenvalue_grid": Dataset(grid, ("eigenvalue",)),
-                        "density": Dataset(
-                            np.exp(-((grid - 2 * gi) ** 2) / 8) + 1e-6, ("eigenvalue",)
-                        ),
+                        H.EIGENVALUES.name: top,
+                        H.EIGENVALUE.name: grid,
+                        H.DENSITY.name: np.exp(-((grid - 2 * gi) ** 2) / 8) + 1e-6,
                     },
                     dict(
                         common,
@@ -233,37 +234,34 @@ def synthetic_results(
                         lambda_min=-0.1,
                         trace=float(50 * (gi + 1) + rng.standard_normal()),
                     ),
-                    complete=f"hessian/{g}/{s}" not in incomplete,
                 )
-            if (
-                "surface" in analyses and s == "seed0"
-            ):  # layout of landscape.surface: loss[i, j] at (x[i], y[j])
+            if "surface" in analyses and s == "seed0":  # loss[i, j] at (x[i], y[j])
                 x, y = np.linspace(-1, 1, 7), np.linspace(-1, 1, 5)
-                X, Y = np.meshgrid(x, y, indexing="ij")
-                loss = 0.3 + (gi + 1) * (X**2 + 0.5 * Y**2)
-                store.write(
+                X, Y2 = np.meshgrid(x, y, indexing="ij")
+                loss = 0.3 + (gi + 1) * (X**2 + 0.5 * Y2**2)
+                write(
+                    S.SURFACE,
                     f"surface/{g}/{s}",
                     {
-                        "xcoordinates": Dataset(x, ("x",)),
-                        "ycoordinates": Dataset(y, ("y",)),
-                        "loss": Dataset(loss, ("x", "y"), "nats"),
-                        "accuracy": Dataset(1 - loss / 5, ("x", "y")),
-                        "done": Dataset(np.ones_like(loss, dtype=np.uint8), ("x", "y")),
+                        S.X.name: x,
+                        S.Y.name: y,
+                        S.LOSS.name: loss,
+                        S.ACCURACY.name: 1 - loss / 5,
+                        S.DONE.name: np.ones_like(loss, dtype=bool),
                     },
                     dict(common, analysis="surface", split="train", origin_loss=0.3),
-                    complete=f"surface/{g}/{s}" not in incomplete,
                 )
-            if "symmetry" in analyses:  # layout of analysis.alignment.study
-                names = np.array(["fc0", "fc1"], dtype=str)
+            if "symmetry" in analyses:
                 rel = np.array([1e-7, 2e-7]) if variant == "standard" else np.array([0.4, 0.7])
-                store.write(
+                write(
+                    Y.SYMMETRY,
                     f"symmetry/{g}/{s}",
                     {
-                        "group_names": Dataset(names, ("perm_group",)),
-                        "group_sizes": Dataset(np.array([16, 16]), ("perm_group",)),
-                        "group_relative_change": Dataset(rel, ("perm_group",)),
-                        "max_output_change": Dataset(np.array(rel.max() * 3), ()),
-                        "relative_output_change": Dataset(np.array(rel.max()), ()),
+                        Y.PERM_GROUP.name: np.array(["fc0", "fc1"], dtype=str),
+                        Y.GROUP_SIZES.name: np.array([16, 16]),
+                        Y.GROUP_RELATIVE_CHANGE.name: rel,
+                        Y.MAX_OUTPUT_CHANGE.name: np.array(rel.max() * 3),
+                        Y.RELATIVE_OUTPUT_CHANGE.name: np.array(rel.max()),
                     },
                     dict(
                         common,
@@ -273,8 +271,8 @@ def synthetic_results(
                         permutation_groups=2,
                         log10_group_order=26.6,
                     ),
-                    complete=f"symmetry/{g}/{s}" not in incomplete,
                 )
+    assert R.KINDS  # every analysis written above has a definition
     return Path(path)
 
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
-import pandas as pd
-
 from landscape.errors import UserError
 
 from ..common import add_data, add_output, add_roots, context_from_args, print_table
+from ..flags import renamed
 
 HELP = "Hessian spectra of every trained network: top and bottom eigenvalues (Lanczos), trace (Hutch++), spectral density (SLQ)"
 EXAMPLE = "landscape hessian runs --data digits --top-k 10 --density -o results.h5"
@@ -56,12 +53,16 @@ def add_arguments(p) -> None:
         action="store_true",
         help="also estimate the spectral density (stochastic Lanczos quadrature)",
     )
-    g.add_argument(
+    renamed(
+        g,
         "--density-runs",
-        type=int,
-        default=10,
-        metavar="R",
-        help="SLQ random vectors (default: %(default)s)",
+        g.add_argument(
+            "--num-runs",
+            type=int,
+            default=10,
+            metavar="R",
+            help="SLQ runs, one random start vector each (default: %(default)s)",
+        ),
     )
     g.add_argument(
         "--lanczos-steps",
@@ -77,18 +78,26 @@ def add_arguments(p) -> None:
         help="Gaussian broadening width (default: 1%% of the spectral range)",
     )
     g.add_argument("--no-trace", action="store_true", help="skip the trace estimate")
-    g.add_argument(
+    renamed(
+        g,
         "--trace-method",
-        default="hutch++",
-        choices=("hutch++", "hutchinson"),
-        help="trace estimator (default: %(default)s)",
+        g.add_argument(
+            "--trace-estimator",
+            default="hutch++",
+            choices=("hutch++", "hutchinson"),
+            help="trace estimator (default: %(default)s)",
+        ),
     )
-    g.add_argument(
+    renamed(
+        g,
         "--trace-queries",
-        type=int,
-        default=60,
-        metavar="M",
-        help="Hessian-vector products for the trace (default: %(default)s)",
+        g.add_argument(
+            "--num-queries",
+            type=int,
+            default=60,
+            metavar="M",
+            help="Hessian-vector products for the trace (default: %(default)s)",
+        ),
     )
     g.add_argument(
         "--seed",
@@ -99,7 +108,7 @@ def add_arguments(p) -> None:
 
 
 def _check(args) -> None:
-    for name, lo in (("top_k", 1), ("density_runs", 1), ("lanczos_steps", 1), ("trace_queries", 3)):
+    for name, lo in (("top_k", 1), ("num_runs", 1), ("lanczos_steps", 1), ("num_queries", 3)):
         if getattr(args, name) < lo:
             raise UserError(
                 f"--{name.replace('_', '-')} must be at least {lo}, got {getattr(args, name)}"
@@ -108,12 +117,6 @@ def _check(args) -> None:
         raise UserError(f"--max-steps must be positive, got {args.max_steps}")
     if not args.tol > 0:
         raise UserError(f"--tol must be positive, got {args.tol}")
-
-
-def _ms(m: float, s: float) -> str:
-    if math.isnan(m):
-        return "-"
-    return f"{m:.4g}" if math.isnan(s) else f"{m:.4g} ± {s:.2g}"
 
 
 def run(args) -> int:
@@ -130,27 +133,13 @@ def run(args) -> int:
         split=args.split,
         tol=args.tol,
         max_steps=args.max_steps,
-        num_runs=args.density_runs,
+        num_runs=args.num_runs,
         lanczos_steps=args.lanczos_steps,
         sigma=args.sigma,
-        num_queries=args.trace_queries,
-        trace_method=args.trace_method,
+        num_queries=args.num_queries,
+        trace_estimator=args.trace_estimator,
         params=params,
         seed=args.seed,
     )
-    table = pd.DataFrame(
-        {
-            "group": df.group,
-            "variant": df.variant,
-            "seeds": df.seeds,
-            **{
-                c: [_ms(m, s) for m, s in zip(df[f"{c}_mean"], df[f"{c}_std"])]
-                for c in ("lambda_max", "lambda_min", "trace")
-            },
-            "neg_mass": [
-                _ms(m, s) for m, s in zip(df["negative_mass_mean"], df["negative_mass_std"])
-            ],
-        }
-    )
-    print_table(table, f"Hessian of the {args.split} loss (mean ± std over seeds) -> {args.output}")
+    print_table(df, f"Hessian of the {args.split} loss (mean ± std over seeds) -> {args.output}")
     return 0

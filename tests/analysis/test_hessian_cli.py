@@ -18,7 +18,7 @@ ARGS = [
     "150",
     "--top-k",
     "3",
-    "--trace-queries",
+    "--num-queries",
     "12",
     "--device",
     "cpu",
@@ -34,7 +34,7 @@ def test_hessian_writes_records_and_prints_the_group_table(tiny_runs, tmp_path, 
             str(tiny_runs),
             *ARGS,
             "--density",
-            "--density-runs",
+            "--num-runs",
             "3",
             "--lanczos-steps",
             "20",
@@ -44,7 +44,8 @@ def test_hessian_writes_records_and_prints_the_group_table(tiny_runs, tmp_path, 
     )
     assert rc == 0
     text = capsys.readouterr().out
-    assert "lambda_max" in text and "neg_mass" in text and "w-asym" in text and "standard" in text
+    assert "lambda_max" in text and "negative mass" in text and "w-asym" in text
+    assert "standard" in text
     store = ResultsStore(out)
     keys = store.keys("hessian")
     assert keys == [f"hessian/{g}/seed{s}" for g in ("standard", "w-asym") for s in (0, 1)]
@@ -65,7 +66,7 @@ def test_hessian_writes_records_and_prints_the_group_table(tiny_runs, tmp_path, 
     assert (
         np.isfinite(a["trace"]) and a["trace_stderr"] > 0 and rec["trace_samples"].shape == (4,)
     )  # 12 queries: 4 + 4 + 4
-    assert np.trapezoid(rec["density"], rec["eigenvalue_grid"]) == pytest.approx(1.0, abs=1e-3)
+    assert np.trapezoid(rec["density"], rec["eigenvalue"]) == pytest.approx(1.0, abs=1e-3)
     assert (
         rec["slq_nodes"].shape == rec["slq_weights"].shape == (3, 20)
         and 0 <= a["negative_mass"] <= 1
@@ -94,7 +95,7 @@ def test_hessian_writes_records_and_prints_the_group_table(tiny_runs, tmp_path, 
                 str(tiny_runs),
                 *ARGS,
                 "--density",
-                "--density-runs",
+                "--num-runs",
                 "3",
                 "--lanczos-steps",
                 "20",

@@ -31,7 +31,7 @@ def test_interpolate_writes_every_curve_and_prints_table(tiny_runs, tmp_path, ca
         == 0
     )
     text = capsys.readouterr().out
-    assert "loss_barrier" in text and "w-asym" in text and "standard" in text
+    assert "loss barrier" in text and "w-asym" in text and "standard" in text
     store = ResultsStore(out)
     assert store.keys("interpolation") == [
         "interpolation/standard/seed0-seed1",
@@ -39,7 +39,7 @@ def test_interpolate_writes_every_curve_and_prints_table(tiny_runs, tmp_path, ca
     ]
     assert len(store.keys("mli")) == 4
     rec = store.read("interpolation/w-asym/seed0-seed1")
-    for k in ("alphas", "test_loss", "test_accuracy", "train_loss", "train_accuracy"):
+    for k in ("alpha", "test_loss", "test_accuracy", "train_loss", "train_accuracy"):
         assert rec[k].shape == (5,)
     a = rec.attrs
     assert a["test_loss_barrier_max"] == pytest.approx(

@@ -13,6 +13,7 @@ import pytest
 from analysis.cli import main
 from analysis.results import load
 from landscape.errors import UserError
+from landscape.records import format_mean_std
 from landscape.store import ResultsStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,8 +72,8 @@ def test_summary_matches_an_independent_computation(results):
         float(a["test_loss_barrier_max"])
         for a in _attrs(results.path, "interpolation", "standard").values()
     ]
-    assert (
-        fmt.loc["standard", "loss barrier"] == f"{np.mean(vals):.4g} ± {np.std(vals, ddof=1):.2g}"
+    assert fmt.loc["standard", "loss barrier"] == format_mean_std(
+        np.mean(vals), np.std(vals, ddof=1), len(vals)
     )
     assert fmt.loc["standard", "seeds"] == 4
     assert (
@@ -82,15 +83,35 @@ def test_summary_matches_an_independent_computation(results):
 
 
 def test_endpoint_accuracy_reads_each_seed_once(results):
-    acc = results.endpoint_accuracy("standard")
-    assert sorted(acc) == [f"seed{k}" for k in range(4)]
+    """The test-accuracy column: each seed's accuracy once (read off its pairs' curve ends)."""
+    num = results.summary(formatted=False).set_index("group")
+    per_seed = {}
     with h5py.File(results.path, "r") as f:
-        assert acc["seed0"] == pytest.approx(
-            f["interpolation/standard/seed0-seed1/test_accuracy"][0]
-        )
-        assert acc["seed3"] == pytest.approx(
-            f["interpolation/standard/seed2-seed3/test_accuracy"][-1]
-        )
+        for a, b in itertools.combinations(range(4), 2):
+            acc = f[f"interpolation/standard/seed{a}-seed{b}/test_accuracy"][()]
+            per_seed.setdefault(a, acc[0])
+            per_seed.setdefault(b, acc[-1])
+    assert num.loc["standard", "test accuracy_n"] == 4
+    assert num.loc["standard", "test accuracy_mean"] == pytest.approx(
+        np.mean(list(per_seed.values()))
+    )
+    assert num.loc["standard", "test accuracy_std"] == pytest.approx(
+        np.std(list(per_seed.values()), ddof=1)
+    )
+
+
+@pytest.mark.parametrize(
+    "m, s, n, text",
+    [
+        (0.9149, 0.1, 5, "0.91 ± 0.10"),
+        (0.0272, 0.005, 3, "0.0272 ± 0.0050"),
+        (123.4, 12.3, 4, "123 ± 12"),
+        (0.5, 0.0, 1, "0.5"),
+        (float("nan"), 0.0, 0, "-"),
+    ],
+)
+def test_mean_and_spread_to_the_same_decimal_place(m, s, n, text):
+    assert format_mean_std(m, s, n) == text
 
 
 def test_curves_long_table(results):

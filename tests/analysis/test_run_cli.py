@@ -43,7 +43,7 @@ def test_run_writes_every_installed_analysis(tiny_study):
     assert len(res.frame("mli")) == 4
     assert res.incomplete().query("status == 'incomplete'").empty
     # the settings from the config reached the study
-    assert len(res.record("interpolation/standard/seed0-seed1")["alphas"]) == 5
+    assert len(res.record("interpolation/standard/seed0-seed1")["alpha"]) == 5
     assert res.record("mli/w-asym/seed1").attrs["data"]["train"]["size"] == 120
     html = (tiny_study / "report.html").read_text()
     assert 'id="fig-interpolation"' in html and 'id="fig-barriers"' in html

@@ -26,6 +26,17 @@ from landscape.surface import surface
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def back_rise(rec, r: float) -> float:
+    """Mean of the bilinearly interpolated loss on 64 points of the circle of radius r, minus
+    the origin loss (an independent reading of the stored grid with scipy)."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    f = RegularGridInterpolator((rec["x"], rec["y"]), rec["loss"])
+    phi = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    ring = f(np.stack([r * np.cos(phi), r * np.sin(phi)], axis=1)).mean()
+    return float(ring - rec.attrs["origin_loss"])
+
+
 def test_surface_cli_records_summary_rerun_and_export(tiny_runs, tmp_path, capsys):
     out = tmp_path / "r.h5"
     args = [
@@ -45,7 +56,8 @@ def test_surface_cli_records_summary_rerun_and_export(tiny_runs, tmp_path, capsy
     ]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "min_loss" in text and "origin_loss" in text and "rise_at_r" in text and "w-asym" in text
+    assert "min loss" in text and "origin loss" in text and "rise at radius" in text
+    assert "w-asym" in text
     assert "centre" not in text
     store = ResultsStore(out)
     assert store.keys("surface") == ["surface/standard/seed0", "surface/w-asym/seed0"]
@@ -68,13 +80,16 @@ def test_surface_cli_records_summary_rerun_and_export(tiny_runs, tmp_path, capsy
             "loss",
             "accuracy",
             "done",
-            "xcoordinates",
-            "ycoordinates",
+            "x",
+            "y",
             "directions",
         }
         assert {"token", "definition", "bn", "num_samples", "settings", "origin_accuracy"} <= set(
             rec.attrs
         )
+        # the sharpness in the record: mean rise at the default radius (half the half-span)
+        assert rec.attrs["radius"] == pytest.approx(0.25)
+        assert rec.attrs["rise_at_radius"] == pytest.approx(back_rise(rec, 0.25))
         assert rec.attrs["settings"]["shortcut_note"].startswith("first layer")
         back = surface_from_record(rec)
         assert back.complete and np.array_equal(back.loss, rec["loss"]) and back.token
@@ -97,7 +112,7 @@ def test_surface_cli_records_summary_rerun_and_export(tiny_runs, tmp_path, capsy
     assert np.array_equal(back.values["train_loss"], loss) and np.allclose(
         back.values["train_acc"], acc
     )
-    assert np.array_equal(back.x, recs[1]["xcoordinates"]) and len(back.to_frame()) == 25
+    assert np.array_equal(back.x, recs[1]["x"]) and len(back.to_frame()) == 25
 
 
 def test_loss_landscape_orientation_on_a_non_square_grid(tmp_path):
@@ -154,9 +169,9 @@ def test_plane_through_three_seeds(tmp_path, capsys):
         )
         == 0
     )
-    assert "seed0-seed1-seed2" in capsys.readouterr().out
+    assert "w-asym" in capsys.readouterr().out
     rec = ResultsStore(out).read("surface/w-asym/seed0-seed1-seed2")
-    x = rec["xcoordinates"]
+    x = rec["x"]
     i0, i1 = int(np.flatnonzero(x == 0.0)[0]), int(np.flatnonzero(x == 1.0)[0])
     test = load_data("digits", "test", samples=60).pair
     la, lb = (
