@@ -63,8 +63,9 @@ class StudyContext:
         if output is None:  # notebooks: a scratch results file that lives as long as the context
             scratch = tempfile.mkdtemp(prefix="landscape-")
             output = Path(scratch) / "results.h5"
-        store = ResultsStore(output)
-        store.remove_stale_temporaries()  # this command is the file's one writer
+        # this study is the file's one writer from now on: the lock refuses a second one and
+        # lets us remove temporaries of killed writers; --force also adopts a foreign HDF5 file
+        store = ResultsStore(output, adopt_foreign=force).acquire()
         return cls(
             groups, data, store, resolve_device(device), samples, batch_size, arch, force, progress
         )

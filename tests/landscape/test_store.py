@@ -76,3 +76,59 @@ def test_writer_removes_temporaries_of_a_killed_write(tmp_path):
     other.write_bytes(b"not ours")
     assert s.remove_stale_temporaries() == [stale]
     assert not stale.exists() and other.exists() and s.keys() == ["a/g/r1"]
+
+
+def foreign_file(path, **attrs):
+    with h5py.File(path, "w") as f:
+        f["measurements"] = np.arange(4.0)
+        f.attrs.update(attrs)
+    return path.read_bytes()
+
+
+def test_foreign_hdf5_files_are_refused_for_writing_unless_adopted(tmp_path):
+    p = tmp_path / "theirs.h5"
+    before = foreign_file(p, creator="someone else")
+    assert ResultsStore(p).keys() == []  # reading one is harmless
+    s = ResultsStore(p)
+    with pytest.raises(UserError) as err:
+        s.write("a/g/r1", {"x": np.arange(3)})
+    assert str(err.value) == (
+        f"{p} is an HDF5 file not written by landscape: choose another -o, "
+        "or pass --force to add landscape records to it"
+    )
+    assert p.read_bytes() == before and not s.locked
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["theirs.h5"]  # not even a lock file
+    with ResultsStore(p, adopt_foreign=True) as s:
+        s.write("a/g/r1", {"x": np.arange(3)})
+    root = ResultsStore(p).root_attrs()
+    assert root["package"] == "landscape" and root["schema_version"] == SCHEMA_VERSION
+    assert root["creator"] == "someone else"
+    with h5py.File(p) as f:
+        assert f["measurements"][()].tolist() == [0, 1, 2, 3]  # their data stay
+    ResultsStore(p).write("a/g/r2", {"x": np.arange(3)})  # adopted once is ours from then on
+    assert ResultsStore(p).keys() == ["a/g/r1", "a/g/r2"]
+
+
+def test_files_of_another_package_are_refused_and_adopted_keep_their_mark(tmp_path):
+    p = tmp_path / "other.h5"
+    foreign_file(p, package="othertool", schema_version=7)
+    with pytest.raises(UserError, match="not a landscape results file"):
+        ResultsStore(p)
+    ResultsStore(p, adopt_foreign=True).write("a/g/r1", {"x": np.arange(3)})
+    root = ResultsStore(p).root_attrs()
+    assert root["package"] == "landscape" and root["adopted_package"] == "othertool"
+    assert root["adopted_schema_version"] == 7 and root["schema_version"] == SCHEMA_VERSION
+
+
+def test_study_context_adopts_a_foreign_file_only_with_force(tmp_path, monkeypatch):
+    import analysis.context as context
+
+    monkeypatch.setattr(context, "discover", lambda roots: {})
+    p = tmp_path / "theirs.h5"
+    foreign_file(p)
+    with pytest.raises(UserError, match="not written by landscape.*--force"):
+        context.StudyContext.create([tmp_path], output=p, device="cpu")
+    ctx = context.StudyContext.create([tmp_path], output=p, device="cpu", force=True)
+    ctx.store.write("a/g/r1", {"x": np.arange(3)})
+    ctx.store.close()
+    assert ResultsStore(p).keys() == ["a/g/r1"]
