@@ -24,10 +24,38 @@ VERBS = [
     "hessian",
     "surface",
     "symmetry",
+    "calibration",
+    "bnn",
+    "metanet",
     "report",
     "export",
     "inspect",
 ]
+
+
+class _UsageError(Exception):
+    """A command line argparse cannot parse: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``landscape VERB: error: MESSAGE (see landscape VERB --help)``.
+
+    argparse's own error prints the usage block and the message (several lines); the
+    usage is one ``--help`` away, and every bad input in this CLI is one line.
+    """
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(self.prog, message)
+
+
+def _one_line(text: str) -> str:
+    """A message as one printable line: a file name may hold a newline or bytes that are not UTF-8."""
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # surrogates that are not escaped bytes
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    # a name in a file (a tensor key, a path) may hold a newline or another line break
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _available():
@@ -40,7 +68,7 @@ def _available():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="landscape",
         description="Loss landscapes of standard and asymmetric networks: barriers, alignment, "
         "Hessian spectra, surfaces, symmetry audits and HTML reports.",
@@ -64,16 +92,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        prog, message = exc.args
+        verb = next((a for a in argv if a in VERBS), None)
+        if prog == parser.prog and verb:  # unknown options reach the top parser: name the verb
+            prog = f"{prog} {verb}"
+        print(_one_line(f"{prog}: error: {message} (see {prog} --help)"), file=sys.stderr)
+        return 2
     if not getattr(args, "verb", None):
         parser.print_help()
         return 2
     try:
+        from .common import check_arguments
+
+        check_arguments(args)  # names of files and folders, before any work
         return int(args._run(args) or 0)
     except UserError as exc:
         if args.debug:
             raise
-        print(f"landscape {args.verb}: error: {exc}", file=sys.stderr)
+        print(_one_line(f"landscape {args.verb}: error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

@@ -1,17 +1,162 @@
-"""Shared CLI pieces: common arguments, building a study context, printing tables."""
+"""Shared CLI pieces: common arguments, checks on names and outputs, building a study context
+(with a preflight that loads every checkpoint and the data before any work), printing tables.
+
+The checks here run before anything is computed or written, so that bad input costs one
+line and leaves the output where it was.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import math
+import os
 import sys
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from checkpoints.io import check_utf8, display, first_line, os_error_line
+from landscape.errors import UserError
+
 from .context import StudyContext
 from .results import format_mean_std
 from .results import mean_std as _mean_std
+
+
+# ----------------------------------------------------------------------------- argument types
+def int_at_least(low: int, what: str | None = None):
+    """An argparse ``type``: an integer ``>= low`` (``--batch-size 0`` is an error, not a default)."""
+    what = what or ("a positive integer" if low == 1 else f"an integer >= {low}")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+positive_int = int_at_least(1)
+nonnegative_int = int_at_least(0, "an integer >= 0")
+
+
+def finite_float(low: float | None = None, strict: bool = False):
+    """An argparse ``type``: a finite number, ``> low`` (``strict``) or ``>= low``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if low is not None and (value <= low if strict else value < low):
+            raise argparse.ArgumentTypeError(
+                f"expected a number {'>' if strict else '>='} {low:g}, got {text!r}"
+            )
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+# ----------------------------------------------------------------------------- names and outputs
+#: argparse destinations that name files or folders to read, and to write (with their option)
+INPUT_ARGS = ("roots", "path", "results", "a", "b", "config", "spec")
+OUTPUT_ARGS = {"output": "-o", "out": "--out", "static": "--static"}
+
+
+def _name_max(path: Path) -> int:
+    for p in (path, *path.parents):
+        try:
+            return os.pathconf(p, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            continue
+    return 255
+
+
+def check_name(path: str | os.PathLike, what: str = "", fix: str = "rename it") -> None:
+    """Refuse a name that is not UTF-8 or has a component longer than the file system allows."""
+    check_utf8(path, what, fix)
+    path = Path(path)
+    longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
+    if longest > _name_max(path):
+        raise UserError(
+            f"{what + ' ' if what else ''}{display(path)}: file name too long for the file system "
+            f"({longest} bytes in one name, the limit is {_name_max(path)}): use a shorter name"
+        )
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every file or folder named on the command line, before any work: UTF-8 and length."""
+    for dest in INPUT_ARGS:
+        value = getattr(args, dest, None)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str):
+                check_name(v)
+    for dest, option in OUTPUT_ARGS.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, str):
+            check_name(value, option, f"choose another {option}")
+    data = getattr(args, "data", None)
+    if isinstance(data, str):
+        check_utf8(data, "--data")
+        from checkpoints.sources import FILE_KINDS
+
+        kind, sep, arg = data.partition(":")
+        if sep and arg and kind.lower() in FILE_KINDS:
+            check_name(arg, "--data")
+
+
+def _read_only_fs(directory: Path) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def check_output(path: str | os.PathLike, option: str = "-o", *, folder: bool = False) -> Path:
+    """Refuse an output that cannot be written, before any work: a bad name, a file where a
+    folder is needed (or the reverse), or a read-only / forbidden place to create it in."""
+    path = Path(path)
+    check_name(path, option, f"choose another {option}")
+    try:
+        if folder and path.exists() and not path.is_dir():
+            raise UserError(f"{option} {path}: is a file; {option} takes an output folder")
+        if not folder and path.is_dir():
+            raise UserError(f"{option} {path}: is a folder; {option} takes a file name")
+        target = path if folder and path.is_dir() else path.parent
+        existing = next((p for p in (target, *target.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise UserError(
+                f"{option} {path}: {existing} is a file, not a folder: choose another {option}"
+            )
+    except OSError as exc:
+        raise UserError(os_error_line(path, exc, "write", f"choose another {option}")) from exc
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        code = errno.EROFS if _read_only_fs(existing) else errno.EACCES
+        raise UserError(
+            os_error_line(
+                path,
+                OSError(code, os.strerror(code)),
+                "write",
+                f"choose another {option}",
+            )
+        )
+    return path
+
+
+def write_error(path: str | os.PathLike, exc: OSError, option: str = "-o") -> UserError:
+    """The one line for a failed write of ``path``."""
+    return UserError(os_error_line(path, exc, "write", f"choose another {option}"))
 
 
 def add_roots(p: argparse.ArgumentParser, nargs: str = "+") -> None:
@@ -33,14 +178,14 @@ def add_data(p: argparse.ArgumentParser, default: str | None = "digits") -> None
     )
     g.add_argument(
         "--samples",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="seeded random subset of N samples per split (recorded in the results)",
     )
     g.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="B",
         help="evaluation batch size (default: 4096)",
@@ -67,21 +212,202 @@ def add_output(p: argparse.ArgumentParser, default: str | None = "results.h5") -
     p.add_argument(
         "--force",
         action="store_true",
-        help="recompute records that are already complete in the results file",
+        help="recompute records that are already complete in the results file; also write "
+        "into an HDF5 file that another program wrote (refused by default)",
     )
 
 
-def context_from_args(args: argparse.Namespace) -> StudyContext:
-    return StudyContext.create(
+def load_results(path: str | os.PathLike):
+    """:func:`analysis.results.load`, with an error that HDF5 raises on a corrupt file (its
+    innermost frame in h5py: an attribute of unknown type, a broken B-tree) as one line."""
+    from .results import load
+
+    try:
+        return load(path)
+    except UserError:
+        raise
+    except Exception as exc:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is None or "h5py" not in tb.tb_frame.f_code.co_filename:
+            raise  # not the file: a bug, keep its traceback
+        raise UserError(
+            f"{path}: cannot read the results file (truncated or corrupt? {type(exc).__name__}: "
+            f"{first_line(exc, 80)}): rerun the study into a new -o"
+        ) from exc
+
+
+def data_label(spec: str) -> str:
+    """What a message about the data names: the file for ``npz:``/``pt:``, else ``--data SPEC``."""
+    kind, _, arg = spec.partition(":")
+    return arg if kind.lower() in ("npz", "pt") and arg else f"--data {spec}"
+
+
+def check_data_fits(
+    model, dataset, checkpoint: str | os.PathLike, where: str, *, labels: bool = True
+) -> None:
+    """One forward pass on two samples: the data's shape (and ``labels``) against the model's.
+
+    Raises one :class:`UserError` naming the data (``where``) and the checkpoint, instead of a
+    matmul error deep inside the first evaluation.
+    """
+    import torch
+
+    from landscape.evaluation import eval_mode
+
+    first = next(iter(model.parameters()), None)
+    x = dataset.X[:2].to(first.device if first is not None else "cpu")
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(x)
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        raise UserError(
+            f"{where}: inputs of shape {tuple(dataset.X.shape[1:])} do not fit the model of "
+            f"{checkpoint} ({first_line(exc, 100)}): check --data against the checkpoint"
+        ) from exc
+    y = dataset.y
+    if not labels:
+        return
+    if y.is_floating_point():
+        if out.shape[0] and y[:2].numel() != out.numel():
+            raise UserError(
+                f"{where}: targets of shape {tuple(y.shape[1:])} do not fit the outputs "
+                f"{tuple(out.shape[1:])} of {checkpoint}: check --data against the checkpoint"
+            )
+        return
+    lo, hi = int(y.min()), int(y.max())
+    if out.dim() != 2:
+        raise UserError(
+            f"{where}: integer labels need model outputs of shape (N, classes), {checkpoint} "
+            f"gives {tuple(out.shape)}: check --data against the checkpoint"
+        )
+    if lo < 0 or hi >= out.shape[1]:
+        raise UserError(
+            f"{where}: labels range over {lo}..{hi} but the model has {out.shape[1]} outputs "
+            f"({checkpoint}): check --data against the checkpoint"
+        )
+
+
+def preflight(
+    ctx: StudyContext,
+    splits: Iterable[str] = ("test",),
+    *,
+    data: bool = True,
+    inits: bool = False,
+    keep: bool = True,
+) -> None:
+    """Load every checkpoint (finals, and inits when ``inits``), check each group is one
+    family, load the data of ``splits`` and check it fits each group's model: bad input is
+    found before any work.
+
+    ``keep``: the models stay cached in ``ctx`` for the studies (those that use every seed);
+    otherwise only each group's first model does, and the others are read, checked and let go
+    (a study that needs one model per group does not hold them all in memory).
+    """
+    from checkpoints import load_model
+    from landscape.params import check_same_family
+
+    for group, runs in ctx.groups.items():
+        if keep:
+            ctx.group_models(group)
+        else:
+            first = ctx.model(runs[0])
+            for r in runs[1:]:
+                other = load_model(r.final, arch=ctx.arch)
+                check_same_family(first, other, f"group {group}: {runs[0].final} and {r.final}")
+                del other
+        for r in runs if inits else []:
+            if r.init is not None and keep:
+                ctx.model(r, "init")
+            elif r.init is not None:
+                load_model(r.init, arch=ctx.arch)
+    if not data:
+        return
+    where = data_label(ctx.data_spec)
+    for split in dict.fromkeys(splits):
+        ds = ctx.dataset(split)
+        for runs in ctx.groups.values():
+            check_data_fits(ctx.model(runs[0]), ds, runs[0].final, where)
+
+
+def open_context(
+    roots,
+    *,
+    data: str = "digits",
+    output: str | os.PathLike,
+    device: str | None = "auto",
+    samples: int | None = None,
+    batch_size: int | None = None,
+    arch: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    splits: Iterable[str] = ("test",),
+    check_data: bool = True,
+    inits: bool = False,
+    keep: bool = True,
+    before_lock=None,
+) -> StudyContext:
+    """A study context whose checkpoints and data were all checked (:func:`preflight`) before
+    the results file is locked: bad input leaves nothing on disk, not even a lock file.
+
+    As :meth:`StudyContext.create` (the same fields), with the store's lock taken last;
+    ``before_lock`` (optional) runs just before, e.g. to create an output folder.
+    """
+    from checkpoints import discover
+    from landscape.data import resolve_device
+    from landscape.store import ResultsStore
+
+    groups = discover(roots)
+    store = ResultsStore(output, adopt_foreign=force)  # refuses a folder, a foreign file: no I/O
+    ctx = StudyContext(
+        groups=groups,
+        data_spec=data,
+        store=store,
+        device=resolve_device(device),
+        samples=samples,
+        batch_size=batch_size,
+        arch=arch,
+        force=force,
+        progress=progress,
+    )
+    preflight(ctx, splits, data=check_data, inits=inits, keep=keep)
+    if before_lock is not None:
+        before_lock()
+    store.acquire()  # this command is the file's one writer from here on
+    return ctx
+
+
+def context_from_args(
+    args: argparse.Namespace,
+    *,
+    splits: Iterable[str] | None = None,
+    data: bool = True,
+    inits: bool = False,
+    keep: bool = False,
+) -> StudyContext:
+    """The study context of a verb, after checking the output name and place, every
+    checkpoint and the data (see :func:`open_context`; ``keep``: the verb uses every model,
+    keep them all loaded): nothing is computed or written first."""
+    output = getattr(args, "output", None)
+    check_output(output)
+    if splits is None:
+        split = getattr(args, "split", None)
+        splits = [split] if split in ("train", "test") else ["test"]
+    return open_context(
         args.roots,
         data=args.data,
-        output=getattr(args, "output", None),
+        output=output,
         device=args.device,
         samples=args.samples,
         batch_size=args.batch_size,
         arch=args.arch,
         force=getattr(args, "force", False),
         progress=not args.quiet,
+        splits=splits,
+        check_data=data,
+        inits=inits,
+        keep=keep,
     )
 
 

@@ -11,6 +11,7 @@ A seed directory or file name yields the seed label as written (``seed3`` or ``3
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 
 from landscape.errors import UserError
 
-from .io import read_sidecar
+from .io import check_utf8, os_error_line, read_sidecar
 
 CKPT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
@@ -82,60 +83,77 @@ def _group_runs(group: str, d: Path) -> list[Run]:
 
 
 def discover(roots: str | Path | Iterable[str | Path]) -> dict[str, list[Run]]:
-    """Groups and their runs under one or more roots, as ``{group: [Run, ...]}`` (sorted by seed)."""
+    """Groups and their runs under one or more roots, as ``{group: [Run, ...]}`` (sorted by seed).
+
+    Every name found must be valid UTF-8 (results files and reports record group names and
+    checkpoint paths as UTF-8): a folder or file that is not is refused before any work.
+    """
     if isinstance(roots, (str, Path)):
         roots = [roots]
     groups: dict[str, list[Run]] = {}
     for root in map(Path, roots):
-        if not root.exists():
-            raise UserError(f"{root}: no such folder")
-        if root.is_file():
-            if root.suffix not in CKPT_SUFFIXES:
-                raise UserError(
-                    f"{root}: not a checkpoint file (expected {', '.join(CKPT_SUFFIXES)}) or a folder"
-                )
-            found = {
-                root.parent.name or "models": [
-                    Run(root.parent.name or "models", root.stem, root, None, read_sidecar(root))
-                ]
-            }
-        else:
-            found = {}
-            direct = _ckpts(root)
-            subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-            seed_runs = [r for s in subdirs if (r := _seed_dir_run(root.name, s)) is not None]
-            if direct:
-                found[root.name] = _flat_runs(root.name, root)
-            elif seed_runs and all(not any(q.is_dir() for q in s.iterdir()) for s in subdirs):
-                found[root.name] = seed_runs
-            else:
-                for s in subdirs:
-                    runs = _group_runs(s.name, s)
-                    if runs:
-                        found[s.name] = runs
-        if not found:
-            raise UserError(
-                f"{root}: no checkpoints found (expected ROOT/<group>/<seed>/final.pt or .pt files): point at a checkpoint folder"
-            )
+        check_utf8(root)
+        try:
+            found = _discover_root(root)
+        except OSError as exc:  # a folder we may not list, a name too long
+            raise UserError(os_error_line(exc.filename or root, exc)) from exc
         for g, runs in found.items():
             name = g if g not in groups else f"{root.name}-{g}"
             groups[name] = sorted(runs, key=lambda r: _seed_order(r.seed))
+    for g, runs in groups.items():
+        for r in runs:
+            for p in (r.final, r.init):
+                if p is not None:
+                    check_utf8(p, f"group {g!r}:" if g.isprintable() else "")
     groups = dict(sorted(groups.items(), key=lambda kv: _group_order(kv[0], kv[1])))
     for g, runs in groups.items():
-        archs = {
-            (
-                r.sidecar.get("arch"),
-                r.sidecar.get("variant"),
-                r.sidecar.get("mask_seed", (r.sidecar.get("kwargs") or {}).get("mask_seed")),
-            )
-            for r in runs
-            if r.sidecar
-        }
+        archs = {_family(r.sidecar) for r in runs if r.sidecar}
         if len(archs) > 1:
             raise UserError(
-                f"group {g}: checkpoints of different architectures or mask seeds ({sorted(map(str, archs))[:2]}): keep one family per group folder"
+                f"group {g}: checkpoints of different architectures or mask seeds ({sorted(archs)[:2]}): keep one family per group folder"
             )
     return groups
+
+
+def _family(side: dict[str, Any]) -> str:
+    """What must agree within a group, from a sidecar: arch, variant, mask seed (as text)."""
+    kwargs = side.get("kwargs") if isinstance(side.get("kwargs"), dict) else {}
+    key = (side.get("arch"), side.get("variant"), side.get("mask_seed", kwargs.get("mask_seed")))
+    return json.dumps(key, default=str)
+
+
+def _discover_root(root: Path) -> dict[str, list[Run]]:
+    if not root.exists():
+        raise UserError(f"{root}: no such folder")
+    if root.is_file():
+        if root.suffix not in CKPT_SUFFIXES:
+            raise UserError(
+                f"{root}: not a checkpoint file (expected {', '.join(CKPT_SUFFIXES)}) or a folder"
+            )
+        found = {
+            root.parent.name or "models": [
+                Run(root.parent.name or "models", root.stem, root, None, read_sidecar(root))
+            ]
+        }
+    else:
+        found = {}
+        direct = _ckpts(root)
+        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        seed_runs = [r for s in subdirs if (r := _seed_dir_run(root.name, s)) is not None]
+        if direct:
+            found[root.name] = _flat_runs(root.name, root)
+        elif seed_runs and all(not any(q.is_dir() for q in s.iterdir()) for s in subdirs):
+            found[root.name] = seed_runs
+        else:
+            for s in subdirs:
+                runs = _group_runs(s.name, s)
+                if runs:
+                    found[s.name] = runs
+    if not found:
+        raise UserError(
+            f"{root}: no checkpoints found (expected ROOT/<group>/<seed>/final.pt or .pt files): point at a checkpoint folder"
+        )
+    return found
 
 
 _VARIANT_RANK = {"standard": 0, "w-asym": 1, "sigma-asym": 2}

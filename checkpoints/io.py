@@ -12,13 +12,16 @@ needs code to unpickle is refused.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import pickle
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,46 @@ from . import zoo
 
 SIDECAR_NAME = "landscape.json"
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params")
+#: most entries one tensor, or one model built from a file's config, may have (2**31 float32 =
+#: 8 GiB): a file that declares more is corrupt or hostile, and building it would exhaust memory
+MAX_ELEMENTS = 2**31
+#: a broadcast view (``expand``) stores less than it shows; past this many bytes it is refused
+MAX_EXPANSION_BYTES = 1 << 26
+
+
+# ----------------------------------------------------------------------------- messages
+def display(path: str | os.PathLike) -> str:
+    """``path`` as printable text: bytes that are not UTF-8 shown as ``\\xff`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def first_line(exc: BaseException, limit: int = 120) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(exc).__name__
+
+
+def os_error_line(
+    path: str | os.PathLike, exc: OSError, action: str = "read", what_to_do: str = ""
+) -> str:
+    """One line for an ``OSError`` on ``path``, e.g. ``cannot write P: read-only file system: ...``."""
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"{display(path)}: file name too long for the file system: use a shorter name"
+    reason = (exc.strerror or first_line(exc)).rstrip(".")
+    reason = reason[:1].lower() + reason[1:]
+    return f"cannot {action} {display(path)}: {reason}" + (f": {what_to_do}" if what_to_do else "")
+
+
+def check_utf8(path: str | os.PathLike, what: str = "", fix: str = "rename it") -> None:
+    """Refuse a file name that is not valid UTF-8: results files and reports record names as UTF-8."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(
+            f"{what + ' ' if what else ''}{display(path)}: the name is not valid UTF-8: {fix}"
+        ) from exc
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -64,21 +107,38 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     if p is None:
         return {}
     try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{p}: sidecar is not valid JSON ({exc}): fix or delete it") from exc
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(os_error_line(p, exc)) from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{p}: sidecar is not UTF-8 text ({exc}): fix or delete it") from exc
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, over-long integers, deep nesting
+        raise UserError(
+            f"{p}: sidecar is not valid JSON ({first_line(exc)}): fix or delete it"
+        ) from exc
     if not isinstance(data, dict):
         raise UserError(f"{p}: sidecar must hold a JSON object")
     return data
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name, dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-    os.chmod(tmp, file_mode(path))
-    os.replace(tmp, path)
+def write_json_atomic(path: Path, data: dict, *, option: str = "-o") -> None:
+    """Write ``data`` as JSON to ``path`` by rename; a failed write leaves nothing behind."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + path.name, dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True, default=str)
+        os.chmod(tmp, file_mode(path))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(os_error_line(path, exc, "write", f"choose another {option}")) from exc
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -88,44 +148,106 @@ def save_checkpoint(
     *,
     sidecar: dict[str, Any] | None = None,
     sidecar_path: str | os.PathLike | None = None,
+    option: str = "-o",
 ) -> Path:
-    """Write ``model`` to ``path`` (atomically) with its zoo config embedded; optionally a sidecar."""
+    """Write ``model`` to ``path`` (atomically) with its zoo config embedded; optionally a sidecar.
+
+    A write that fails (read-only file system, no permission, disk full) raises
+    :class:`UserError` naming the file and ``option``, and leaves no partial file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     config = dict(getattr(model, "config", {}) or {})
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "landscape": json.loads(json.dumps(config, default=str)),
     }
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name, dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + path.name, dir=path.parent)
+        os.close(fd)
         torch.save(payload, tmp)
         os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(os_error_line(path, exc, "write", f"choose another {option}")) from exc
+    except RuntimeError as exc:  # torch.save reports a failed write (e.g. a full disk) this way
+        raise UserError(
+            f"cannot write {display(path)}: {first_line(exc)}: choose another {option}"
+        ) from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     if sidecar is not None:
         write_json_atomic(
-            Path(sidecar_path) if sidecar_path else path.with_suffix(".json"), sidecar
+            Path(sidecar_path) if sidecar_path else path.with_suffix(".json"),
+            sidecar,
+            option=option,
         )
     return path
 
 
 # ----------------------------------------------------------------------------- reading
-def _torch_load(path: Path) -> Any:
+#: how torch's legacy (pre-zip) format starts: a protocol-2 pickle of its magic number
+_LEGACY_TORCH_HEAD = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+
+
+def _pickle_header(path: Path) -> bool:
+    """True when the file starts as a plain pickle of protocol 2 to 5 (not random bytes, and
+    not torch's legacy format, whose own pickles a corrupt file breaks)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_TORCH_HEAD))
+    except OSError:
+        return False
+    if head == _LEGACY_TORCH_HEAD:
+        return False
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _torch_load(path: Path, what: str = "checkpoint") -> Any:
+    """``torch.load`` with ``weights_only``; whatever goes wrong reading the file is a :class:`UserError`.
+
+    A pickle that names a global (code), or a whole pickle the safe loader cannot follow, is
+    refused as such; anything else that fails (empty or truncated files, random bytes, a
+    broken zip) is a corrupt ``what``. torch's warnings about the file's pickle are not shown:
+    the one line says what is wrong.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        code = next((line for line in lines if "GLOBAL" in line), None)
+        if code is not None or _pickle_header(path):
+            # a whole pickle that the safe loader stops in: code, or opcodes it does not allow
+            why = code or "or pickle features the safe loader does not allow: " + next(
+                (line for line in lines if "Unsupported" in line), first_line(exc)
+            )
+            raise UserError(
+                f"{path}: refused, unpickling it would need code from the file ({why[:120]}); "
+                "re-save it as a plain state_dict of tensors"
+            ) from exc
+        detail = next((line for line in lines if "Unsupported" in line), first_line(exc))
         raise UserError(
-            f"{path}: refused, unpickling it would need code from the file ({str(exc).splitlines()[0][:120]}); "
-            "re-save it as a plain state_dict of tensors"
+            f"{path}: not a readable {what} (truncated or corrupt: {detail[:120]})"
         ) from exc
-    except (EOFError, RuntimeError, OSError, ValueError) as exc:
+    except OSError as exc:
+        if exc.errno in (errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR):
+            raise UserError(os_error_line(path, exc)) from exc
         raise UserError(
-            f"{path}: not a readable checkpoint (truncated or corrupt: {str(exc).splitlines()[0][:120]})"
+            f"{path}: not a readable {what} (truncated or corrupt: {first_line(exc)})"
         ) from exc
+    except MemoryError as exc:
+        raise UserError(
+            f"{path}: not a readable {what} (it declares more data than fits in memory: corrupt?)"
+        ) from exc
+    except Exception as exc:  # the unpickler and zip reader raise many types on corrupt input
+        detail = first_line(exc)
+        if detail != type(exc).__name__:
+            detail = f"{type(exc).__name__}: {detail}"
+        raise UserError(f"{path}: not a readable {what} (truncated or corrupt: {detail})") from exc
 
 
 def _load_safetensors(path: Path) -> dict[str, Tensor]:
@@ -144,15 +266,21 @@ def _load_safetensors(path: Path) -> dict[str, Tensor]:
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """``(state_dict, embedded_config)`` from a checkpoint file, unwrapping common wrappers."""
     path = Path(path)
-    if not path.exists():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as exc:  # a name too long, a folder we may not enter
+        raise UserError(os_error_line(path, exc)) from exc
+    if not exists:
         raise UserError(f"{path}: no such file")
-    if path.is_dir():
+    if is_dir:
         raise UserError(
             f"{path}: is a folder; name a checkpoint file or use a study command on the folder"
         )
-    if path.suffix == ".safetensors":
-        return _load_safetensors(path), {}
-    obj = _torch_load(path)
+    if path.stat().st_size == 0:
+        raise UserError(
+            f"{path}: empty file (0 bytes), not a checkpoint: was it written completely?"
+        )
+    obj = _load_safetensors(path) if path.suffix == ".safetensors" else _torch_load(path)
     config: dict[str, Any] = {}
     if (
         isinstance(obj, tuple) and obj and isinstance(obj[0], dict)
@@ -165,17 +293,42 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+    if (
+        not isinstance(obj, dict)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+    ):
         raise UserError(
             f"{path}: holds no state_dict of tensors (expected a state_dict or a dict with one of {', '.join(WRAPPER_KEYS)})"
         )
     sd = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in obj.items()}
     for k, v in sd.items():
+        check_tensor(path, str(k), v)
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise UserError(
                 f"{path}: tensor {k} contains NaN or Inf: the checkpoint is broken (diverged training?)"
             )
     return sd, config
+
+
+def check_tensor(path: Path | str, key: str, v: Tensor) -> None:
+    """Refuse tensors whose declared size is not backed by the file, before anything touches them."""
+    if v.layout != torch.strided:
+        raise UserError(
+            f"{path}: tensor {key} is not a dense tensor ({v.layout}): re-save the checkpoint with dense tensors"
+        )
+    n = v.numel()
+    if n > MAX_ELEMENTS:
+        raise UserError(
+            f"{path}: tensor {key} declares shape {tuple(v.shape)} ({n:,} entries), more than a "
+            f"checkpoint may hold ({MAX_ELEMENTS:,}): the file is corrupt or not a checkpoint"
+        )
+    need = n * v.element_size()
+    if need > max(v.untyped_storage().nbytes(), MAX_EXPANSION_BYTES):
+        raise UserError(
+            f"{path}: tensor {key} shows shape {tuple(v.shape)} ({need:,} bytes) over "
+            f"{v.untyped_storage().nbytes():,} stored bytes (an expanded view): re-save it with .contiguous()"
+        )
 
 
 # ----------------------------------------------------------------------------- public-code layouts
@@ -237,29 +390,50 @@ def infer_public_layout(sd: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str
     return None
 
 
+def _public_layout(sd: dict[str, Tensor], path: Path, translate_only: bool = False):
+    """:func:`infer_public_layout` with key layouts that only look like the paper's refused in one line."""
+    try:
+        found = infer_public_layout(sd)
+    except (ValueError, IndexError, KeyError, RuntimeError) as exc:
+        raise UserError(
+            f"{path}: keys look like the paper's public-code layout, but the tensors do not fit it "
+            f"({type(exc).__name__}: {first_line(exc)}): pass --arch"
+        ) from exc
+    if translate_only and found is None:
+        return None, {k: v for k, v in sd.items() if not k.endswith(".normal_mask")}
+    return found
+
+
 # ----------------------------------------------------------------------------- models
-def import_callable(spec: str) -> Callable[..., nn.Module]:
-    """``package.module:callable`` or ``path/to/file.py:callable`` (user code the user named)."""
+def import_callable(spec: str, option: str = "--arch") -> Callable[..., nn.Module]:
+    """``package.module:callable`` or ``path/to/file.py:callable`` (user code the user named).
+
+    ``option`` is the command-line option that named it, for the error messages.
+    """
     if ":" not in spec:
         raise UserError(
-            f"--arch {spec!r}: expected package.module:callable or path/to/file.py:callable"
+            f"{option} {spec!r}: expected package.module:callable or path/to/file.py:callable"
         )
     mod_name, _, attr = spec.rpartition(":")
     try:
         if mod_name.endswith(".py"):
             p = Path(mod_name)
             if not p.is_file():
-                raise UserError(f"--arch {spec!r}: no such file {p}")
+                raise UserError(f"{option} {spec!r}: no such file {p}")
             s = importlib.util.spec_from_file_location(p.stem, p)
             module = importlib.util.module_from_spec(s)
             s.loader.exec_module(module)
         else:
             module = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise UserError(f"--arch {spec!r}: cannot import {mod_name} ({exc})") from exc
+    except (ImportError, ValueError) as exc:  # ValueError: an empty module name
+        raise UserError(f"{option} {spec!r}: cannot import {mod_name} ({exc})") from exc
+    except SyntaxError as exc:
+        raise UserError(
+            f"{option} {spec!r}: {exc.filename}:{exc.lineno}: syntax error ({exc.msg})"
+        ) from exc
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise UserError(f"--arch {spec!r}: {mod_name} has no callable {attr}")
+        raise UserError(f"{option} {spec!r}: {mod_name} has no callable {attr}")
     return fn
 
 
@@ -306,11 +480,69 @@ def _zoo_name(arch: str, source: str) -> str:
     )
 
 
-def build_from_config(cfg: dict[str, Any], path: Path | str = "?") -> nn.Module:
+#: how the zoo constructors' default values read in a message about a wrong type
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_arguments(arch: str, cfg: dict[str, Any], source: str) -> None:
+    """Types of the constructor arguments a file gives, against the zoo constructor's defaults."""
+    params = inspect.signature(zoo.ARCHS[arch]).parameters
+    for k, v in cfg.items():
+        p = params.get(k)
+        if p is None or p.default in (inspect.Parameter.empty, None):
+            continue  # unknown names: the constructor's own TypeError names them
+        d = p.default
+        if isinstance(d, bool):
+            ok, kind = isinstance(v, bool), _KINDS[bool]
+        elif isinstance(d, int):
+            ok, kind = isinstance(v, int) and not isinstance(v, bool), _KINDS[int]
+        elif isinstance(d, float):
+            ok, kind = isinstance(v, (int, float)) and not isinstance(v, bool), _KINDS[float]
+        elif isinstance(d, str):
+            ok, kind = isinstance(v, str), _KINDS[str]
+        elif isinstance(d, (list, tuple)):
+            ok, kind = isinstance(v, (list, tuple)), "a list"
+        else:
+            continue
+        if not ok:
+            raise UserError(f"{source}: {k!r} must be {kind}, got {v!r}: fix the file")
+
+
+def _zoo_skeleton(arch: str, cfg: dict[str, Any], source: str) -> nn.Module:
+    """The zoo model on the meta device: its shapes, without allocating its entries.
+
+    Lets a config that declares an absurd size (``width: 1e9``) or shapes that do not fit the
+    checkpoint be refused before anything is allocated.
+    """
+    _check_arguments(arch, cfg, source)
+    try:
+        with torch.device("meta"):
+            skeleton = zoo.build(arch, **cfg)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from exc
+    except (TypeError, ValueError, RuntimeError, OverflowError, IndexError) as exc:
+        raise UserError(f"{source}: bad arguments for {arch}: {first_line(exc)}") from exc
+    n = sum(t.numel() for t in skeleton.state_dict().values())
+    if n > MAX_ELEMENTS:
+        raise UserError(
+            f"{source}: the {arch} it declares has {n:,} entries, more than this tool builds "
+            f"({MAX_ELEMENTS:,}): check width, depth and input sizes"
+        )
+    return skeleton
+
+
+def build_from_config(
+    cfg: dict[str, Any],
+    path: Path | str = "?",
+    state: dict[str, Tensor] | None = None,
+    state_path: Path | str | None = None,
+) -> nn.Module:
     """A zoo model from a config that a file holds (checkpoint or sidecar).
 
     Only zoo names are honoured: a ``module:callable`` named by a file is refused, because
-    loading a file must never decide what code runs.
+    loading a file must never decide what code runs. The model is first built on the meta
+    device, so that an oversized config, or one whose shapes do not fit ``state`` (the
+    checkpoint read from ``state_path``), is refused before any memory is allocated.
     """
     cfg = dict(cfg)
     arch = cfg.pop("arch", None)
@@ -320,6 +552,14 @@ def build_from_config(cfg: dict[str, Any], path: Path | str = "?") -> nn.Module:
             f"{path}: cannot tell the architecture (no sidecar, no embedded config, unknown key layout): pass --arch"
         )
     arch = _zoo_name(str(arch), str(path))
+    skeleton = _zoo_skeleton(arch, cfg, str(path))
+    if state is not None:
+        _check_fit(
+            skeleton.state_dict(),
+            state,
+            state_path or path,
+            "" if str(state_path or path) == str(path) else f" (architecture from {path})",
+        )
     try:
         return zoo.build(arch, **cfg)
     except UserError as exc:
@@ -334,9 +574,10 @@ def build_user_model(arch: str, kwargs: dict[str, Any], path: Path | str = "?") 
         raise UserError(f"{path}: cannot build {arch} with {kwargs}: {exc}") from exc
 
 
-def load_state(model: nn.Module, sd: dict[str, Tensor], path: Path | str) -> None:
-    """``load_state_dict`` with errors that name the first few bad keys."""
-    own = model.state_dict()
+def _check_fit(
+    own: dict[str, Tensor], sd: dict[str, Tensor], path: Path | str, origin: str = ""
+) -> None:
+    """Raise :class:`UserError` naming the first few keys unless ``sd`` has exactly ``own``'s keys and shapes."""
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected:
@@ -350,13 +591,19 @@ def load_state(model: nn.Module, sd: dict[str, Tensor], path: Path | str) -> Non
                 f"unexpected keys {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}"
             )
         raise UserError(
-            f"{path}: does not fit the architecture ({'; '.join(parts)}): check the sidecar or --arch"
+            f"{path}: does not fit the architecture{origin} ({'; '.join(parts)}): check the sidecar or --arch"
         )
     for k, v in own.items():
         if v.shape != sd[k].shape:
             raise UserError(
-                f"{path}: shape mismatch at {k}: file {tuple(sd[k].shape)}, architecture {tuple(v.shape)}: check width/depth in the sidecar"
+                f"{path}: shape mismatch at {k}: file {tuple(sd[k].shape)}, architecture {tuple(v.shape)}{origin}: check width/depth in the sidecar"
             )
+
+
+def load_state(model: nn.Module, sd: dict[str, Tensor], path: Path | str) -> None:
+    """``load_state_dict`` with errors that name the first few bad keys."""
+    own = model.state_dict()
+    _check_fit(own, sd, path)
     model.load_state_dict({k: sd[k].to(own[k].dtype) for k in own})
 
 
@@ -384,15 +631,15 @@ def load_model(
             cfg["arch"], source = arch, str(path)
         cfg.update(kwargs)
         if "arch" not in cfg:
-            found = infer_public_layout(sd)
+            found = _public_layout(sd, path)
             if found is None:
                 raise UserError(
                     f"{path}: cannot tell the architecture (no sidecar, no embedded config, unknown key layout): pass --arch"
                 )
             cfg, sd = found
         elif public:
-            sd = infer_public_layout(sd)[1]
-        model = build_from_config(cfg, source)
+            sd = _public_layout(sd, path, translate_only=True)[1]
+        model = build_from_config(cfg, source, state=sd, state_path=path)
     load_state(model, sd, path)
     model.checkpoint_path = str(path)
     if device is not None:

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -31,6 +33,8 @@ from torch import Tensor
 
 from landscape.data import subset
 from landscape.errors import UserError
+
+from .io import _torch_load, check_tensor, first_line, os_error_line
 
 SPLITS = ("train", "test")
 STATS = {
@@ -85,27 +89,67 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- IDX
+#: IDX data-type codes
+IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+#: deflate expands by at most about 1032:1, so a gzipped file cannot hold more than this per byte
+_GZIP_MAX_RATIO = 1032
+
+
+def _read_exactly(f, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = f.read(min(n - len(out), 1 << 24))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped): magic 0x0000 <dtype> <ndim>, big-endian dims."""
-    raw = path.read_bytes()
-    if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise UserError(f"{path}: truncated or corrupt gzip file") from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise UserError(f"{path}: not an IDX file (bad magic number)")
-    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    if raw[2] not in dtypes:
-        raise UserError(f"{path}: unknown IDX data type 0x{raw[2]:02x}")
-    ndim = raw[3]
-    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
-    dt = np.dtype(dtypes[raw[2]])
-    need = int(np.prod(dims)) * dt.itemsize
-    body = raw[4 + 4 * ndim :]
+    """Read an IDX file (optionally gzipped): magic 0x0000 <dtype> <ndim>, big-endian dims.
+
+    The declared size is checked against the file's size before anything is allocated, so a
+    corrupt header (dimensions of 4e9) is refused at once.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as raw_file:
+            gz = path.suffix == ".gz" or raw_file.read(2) == b"\x1f\x8b"
+        f = gzip.open(path, "rb") if gz else open(path, "rb")
+        with f:
+            head = _read_exactly(f, 4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise UserError(f"{path}: not an IDX file (bad magic number)")
+            if head[2] not in IDX_TYPES:
+                raise UserError(f"{path}: unknown IDX data type 0x{head[2]:02x}")
+            ndim = head[3]
+            raw_dims = _read_exactly(f, 4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise UserError(
+                    f"{path}: IDX header cut short ({ndim} dimensions declared, "
+                    f"{len(raw_dims) // 4} present): the file is truncated"
+                )
+            dims = struct.unpack(">" + "I" * ndim, raw_dims)
+            dt = np.dtype(IDX_TYPES[head[2]])
+            need = math.prod(dims) * dt.itemsize
+            most = (size * _GZIP_MAX_RATIO) if gz else size - 4 - 4 * ndim
+            if need > most:
+                raise UserError(
+                    f"{path}: the IDX header declares {'x'.join(map(str, dims))} entries "
+                    f"({need:,} bytes) but the file {'cannot hold' if gz else 'holds'} "
+                    f"{'that many' if gz else f'{most:,}'}: truncated or corrupt"
+                )
+            body = _read_exactly(f, need)
+    except OSError as exc:  # also a broken gzip stream (BadGzipFile)
+        if isinstance(exc, gzip.BadGzipFile) or exc.errno is None:
+            raise UserError(f"{path}: truncated or corrupt gzip file ({first_line(exc)})") from exc
+        raise UserError(os_error_line(path, exc)) from exc
+    except (EOFError, zlib.error) as exc:
+        raise UserError(f"{path}: truncated or corrupt gzip file ({first_line(exc)})") from exc
     if len(body) < need:
         raise UserError(f"{path}: truncated IDX file ({len(body)} of {need} bytes)")
-    return np.frombuffer(body[:need], dtype=dt).reshape(dims)
+    return np.frombuffer(body, dtype=dt).reshape(dims)
 
 
 def _find(dirpath: Path, names: list[str], source: str) -> Path:
@@ -125,20 +169,21 @@ def _find(dirpath: Path, names: list[str], source: str) -> Path:
 
 def _idx_source(name: str, dirpath: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     prefix = "train" if split == "train" else "t10k"
-    xs = read_idx(
-        _find(
-            dirpath,
-            [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"],
-            f"{name}:{dirpath}",
-        )
+    xs_path = _find(
+        dirpath, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"], f"{name}:{dirpath}"
     )
-    ys = read_idx(
-        _find(
-            dirpath,
-            [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"],
-            f"{name}:{dirpath}",
-        )
+    ys_path = _find(
+        dirpath, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"], f"{name}:{dirpath}"
     )
+    xs, ys = read_idx(xs_path), read_idx(ys_path)
+    if xs.ndim != 3:
+        raise UserError(
+            f"{xs_path}: images must have 3 dimensions (N, height, width), the file declares {xs.shape}"
+        )
+    if ys.ndim != 1:
+        raise UserError(
+            f"{ys_path}: labels must have 1 dimension (N), the file declares {ys.shape}"
+        )
     if xs.shape[0] != ys.shape[0]:
         raise UserError(f"{name}:{dirpath}: {xs.shape[0]} images but {ys.shape[0]} labels")
     return xs[:, None].astype(np.float32) / 255.0, ys.astype(np.int64)
@@ -188,26 +233,79 @@ def _cifar(dirpath: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- files and modules
+def _as_numeric(path: Path, name: str, d: Any) -> Tensor:
+    """Array ``name`` of an npz/pt data file ``d`` as a tensor; object, string and other
+    non-numeric arrays are refused (npz members are only read here)."""
+    try:
+        value = d[name]
+        arr = value if isinstance(value, Tensor) else np.asarray(value)
+    except ValueError as exc:  # npz members are read here: object arrays need pickles
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise UserError(
+                f"{path}: array {name} holds Python objects (dtype=object), which are never unpickled: "
+                "save it as a numeric array"
+            ) from exc
+        raise UserError(f"{path}: array {name} is not readable ({first_line(exc)})") from exc
+    except Exception as exc:  # a corrupt member of the zip archive
+        raise UserError(
+            f"{path}: array {name} is not readable (truncated or corrupt: {first_line(exc)})"
+        ) from exc
+    if isinstance(arr, Tensor):
+        check_tensor(path, name, arr)
+        if arr.layout != torch.strided or arr.is_complex() or arr.dtype == torch.bool:
+            raise UserError(f"{path}: {name} has dtype {arr.dtype}: expected real numbers")
+        return arr
+    if arr.dtype.kind not in "iuf":
+        raise UserError(f"{path}: {name} has dtype {arr.dtype}: expected an array of real numbers")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _check_npz_member(d: Any, name: str, path: Path) -> None:
+    """Refuse an npz member whose header declares more bytes than the archive holds for it."""
+    try:
+        info = d.zip.getinfo(name + ".npy")
+        with d.zip.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(f)
+    except Exception as exc:  # a corrupt member: bad magic, bad header, broken zip entry
+        raise UserError(
+            f"{path}: array {name} is not readable (truncated or corrupt: {first_line(exc)})"
+        ) from exc
+    need = math.prod(shape) * dtype.itemsize
+    if dtype.kind != "O" and need > info.file_size:
+        raise UserError(
+            f"{path}: array {name} declares shape {shape} ({need:,} bytes) but the archive holds "
+            f"{info.file_size:,} bytes for it: truncated or corrupt"
+        )
+
+
 def _array_file(kind: str, path: Path, split: str) -> tuple[Tensor, Tensor]:
-    if not path.is_file():
-        raise UserError(f"{kind}:{path}: no such file")
+    try:
+        if not path.is_file():
+            raise UserError(f"{kind}:{path}: no such file")
+    except OSError as exc:  # a name too long for the file system
+        raise UserError(os_error_line(path, exc)) from exc
     if kind == "npz":
         try:
             d = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise UserError(f"{path}: not a readable .npz file ({exc})") from exc
+        except OSError as exc:
+            raise UserError(os_error_line(path, exc)) from exc
+        except Exception as exc:  # not a zip, a broken zip directory, a .npy with a bad header
+            raise UserError(
+                f"{path}: not a readable .npz file ({first_line(exc)}): save it with numpy.savez"
+            ) from exc
+        if not hasattr(d, "files"):  # np.load of a plain .npy returns the array itself
+            raise UserError(
+                f"{path}: holds one array, not arrays X and y: save it with numpy.savez"
+            )
         keys = set(d.files)
     else:
-        try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise UserError(
-                f"{path}: refused, unpickling it would need code from the file"
-            ) from exc
-        except Exception as exc:
-            raise UserError(
-                f"{path}: not a readable .pt file ({str(exc).splitlines()[0][:100]})"
-            ) from exc
+        d = _torch_load(path, ".pt data file")
         if isinstance(d, (tuple, list)) and len(d) == 2:
             d = {"X": d[0], "y": d[1]}
         if not isinstance(d, dict):
@@ -215,20 +313,24 @@ def _array_file(kind: str, path: Path, split: str) -> tuple[Tensor, Tensor]:
         keys = set(d)
     for xk, yk in ((f"X_{split}", f"y_{split}"), ("X", "y"), ("x", "y"), ("inputs", "targets")):
         if xk in keys and yk in keys:
-            x, y = (
-                torch.as_tensor(np.asarray(d[xk]) if kind == "npz" else d[xk]),
-                torch.as_tensor(np.asarray(d[yk]) if kind == "npz" else d[yk]),
-            )
+            if kind == "npz":
+                _check_npz_member(d, xk, path)
+                _check_npz_member(d, yk, path)
+            x, y = _as_numeric(path, xk, d), _as_numeric(path, yk, d)
+            if x.dim() < 2:
+                raise UserError(
+                    f"{path}: {xk} has shape {tuple(x.shape)}: expected (samples, features...)"
+                )
             return x.float(), (y.long() if not y.is_floating_point() else y.float())
     raise UserError(
-        f"{path}: needs arrays X and y (or X_{split}/y_{split}); found {', '.join(sorted(keys)) or 'nothing'}"
+        f"{path}: needs arrays X and y (or X_{split}/y_{split}); found {', '.join(sorted(map(str, keys))) or 'nothing'}"
     )
 
 
 def _module_source(spec: str, split: str) -> tuple[Tensor, Tensor]:
     from .io import import_callable
 
-    fn = import_callable(spec)
+    fn = import_callable(spec, "--data")
     try:
         ds = fn(split=split)
     except TypeError:
@@ -277,6 +379,7 @@ def load_data(
         raise UserError(f"unknown split {split!r}: use train or test")
     kind, _, arg = spec.partition(":")
     kind = kind.lower()
+    where = f"--data {spec}"  # what messages about the data name: the file when there is one
     if kind == "digits":
         x, y = _digits(split)
         X, Y, source = (
@@ -308,7 +411,7 @@ def load_data(
         )
     elif kind in ("npz", "pt"):
         X, Y = _array_file(kind, Path(arg), split)
-        source, norm = f"{kind} file {arg}", None
+        source, norm, where = f"{kind} file {arg}", None, arg
     elif names_code(spec):
         X, Y = _module_source(spec, split)
         source, norm = f"callable {spec}", None
@@ -316,8 +419,14 @@ def load_data(
         raise UserError(
             f"unknown data spec {spec!r}: use digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, npz:FILE, pt:FILE or module:callable"
         )
-    if X.shape[0] != Y.shape[0] or X.shape[0] == 0:
-        raise UserError(f"--data {spec}: {X.shape[0]} inputs and {Y.shape[0]} labels")
+    if X.dim() == 0 or Y.dim() == 0 or X.shape[0] != Y.shape[0] or X.shape[0] == 0:
+        raise UserError(
+            f"--data {spec}: {X.shape[0] if X.dim() else 0} inputs and {Y.shape[0] if Y.dim() else 0} labels"
+        )
+    if X.is_floating_point() and not torch.isfinite(X).all():
+        raise UserError(f"{where}: the inputs contain NaN or Inf: clean the data")
+    if Y.is_floating_point() and not torch.isfinite(Y).all():
+        raise UserError(f"{where}: the targets contain NaN or Inf: clean the data")
     full = int(X.shape[0])
     X, Y, idx = subset(X, Y, samples, seed)
     desc = {

@@ -86,10 +86,12 @@ def train_group(
     mask_seed: int = 0,
     progress: bool = True,
     resume: bool = True,
+    option: str = "--out",
 ) -> list[Run]:
     """Train every (variant, seed) and write ``init``/``final`` checkpoints with a sidecar per seed.
 
     Seeds whose ``final.pt`` and sidecar already exist are skipped (resume after a kill).
+    ``option`` names ``root`` on the command line, for the message when it cannot be written.
     """
     root = Path(root)
     kw = dict(arch_kwargs or {})
@@ -110,12 +112,12 @@ def train_group(
             continue
         t0 = time.perf_counter()
         model = zoo.build(arch, variant, seed=seed, mask_seed=mask_seed, **kw)
-        save_checkpoint(model, d / "init.pt")
+        save_checkpoint(model, d / "init.pt", option=option)
         train_model(
             model, train, settings, seed=seed, progress=progress, desc=f"{variant} seed{seed}"
         )
         tr, te = evaluate(model, train.pair), evaluate(model, test.pair)
-        save_checkpoint(model, d / "final.pt")
+        save_checkpoint(model, d / "final.pt", option=option)
         cfg = dict(model.config)
         sidecar = {
             "arch": cfg.pop("arch"),
@@ -131,6 +133,6 @@ def train_group(
                 "test_accuracy": te.accuracy,
             },
         }
-        write_json_atomic(side, sidecar)
+        write_json_atomic(side, sidecar, option=option)
         runs.append(Run(variant, d.name, d / "final.pt", d / "init.pt", sidecar))
     return runs

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .figures import build_figures
+from .html import write_failed
 from .spec import COLORSCALE, Figure, Trace
 
 if TYPE_CHECKING:  # pragma: no cover
-    from analysis.results import Results
-
-
-def _label(s: str) -> str:
-    return html.unescape(
-        s
-    )  # figure labels are HTML-escaped for plotly; matplotlib shows plain text
+    from landscape.results import Results
 
 
 def _draw(ax, t: Trace, fig: Figure):
     cmap = COLORSCALE.lower()
     norm = dict(vmin=fig.zrange[0], vmax=fig.zrange[1]) if fig.zrange else {}
-    label = _label(t.name) if t.legend else None
+    label = t.name if t.legend else None
     if t.kind == "line":
         ax.plot(t.x, t.y, color=t.color, ls="--" if t.dash else "-", lw=1.6, label=label)
     elif t.kind == "band":
@@ -35,14 +29,12 @@ def _draw(ax, t: Trace, fig: Figure):
         bars = [c.patches for c in ax.containers]
         k, n = len(bars), len(t.x)
         ax.bar(np.arange(n) + 0.2 * k - 0.2, t.y, width=0.2, color=t.color, label=label)
-        ax.set_xticks(np.arange(n), [_label(s) for s in t.x], rotation=45, ha="right", fontsize=7)
+        ax.set_xticks(np.arange(n), [str(s) for s in t.x], rotation=45, ha="right", fontsize=7)
     elif t.kind == "heatmap":
         z = np.asarray(t.z, float)
         im = ax.imshow(z, cmap=cmap, origin="upper", **norm)
-        ax.set_xticks(
-            range(len(t.x)), [_label(s) for s in t.x], rotation=45, ha="right", fontsize=7
-        )
-        ax.set_yticks(range(len(t.y)), [_label(s) for s in t.y], fontsize=7)
+        ax.set_xticks(range(len(t.x)), [str(s) for s in t.x], rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(t.y)), [str(s) for s in t.y], fontsize=7)
         if t.text is not None and z.shape[0] <= 8:
             for i in range(z.shape[0]):
                 for j in range(z.shape[1]):
@@ -78,7 +70,7 @@ def draw(fig: Figure):
             vmax=fig.zrange[1] if fig.zrange else None,
             linewidth=0,
         )
-        ax.set(xlabel=p.xlabel, ylabel=p.ylabel, zlabel=fig.zlabel, title=_label(t.name))
+        ax.set(xlabel=p.xlabel, ylabel=p.ylabel, zlabel=fig.zlabel, title=t.name)
         return mfig
     mfig, axes = plt.subplots(
         fig.rows,
@@ -95,7 +87,7 @@ def draw(fig: Figure):
         p = fig.panels[i]
         for t in p.traces:
             mappable = _draw(ax, t, fig) or mappable
-        ax.set(title=_label(p.title), xlabel=p.xlabel, ylabel=p.ylabel)
+        ax.set(title=p.title, xlabel=p.xlabel, ylabel=p.ylabel)
         if p.ylog:
             ax.set_yscale("log")
         if p.square:
@@ -116,17 +108,25 @@ def write_static(
     """Write every figure of the report as ``DIR/<name>.<format>``; returns the paths written."""
     import matplotlib.pyplot as plt
 
-    from analysis.results import Results, load
+    from landscape.results import Results, load
 
     res = results if isinstance(results, Results) else load(results)
     out_dir = Path(directory)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_failed(out_dir, exc, "--static") from exc
     written = []
     for fig in build_figures(res):
         mfig = draw(fig)
-        for fmt in formats:
-            path = out_dir / f"{fig.name}.{fmt}"
-            mfig.savefig(path, dpi=150 if fmt == "png" else None)
-            written.append(path)
-        plt.close(mfig)
+        try:
+            for fmt in formats:
+                path = out_dir / f"{fig.name}.{fmt}"
+                try:
+                    mfig.savefig(path, dpi=150 if fmt == "png" else None)
+                except OSError as exc:
+                    raise write_failed(path, exc, "--static") from exc
+                written.append(path)
+        finally:
+            plt.close(mfig)
     return written

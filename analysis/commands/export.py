@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from ..common import print_table
+from ..common import check_output, print_table, write_error
 
 HELP = "export results for other tools: surfaces as loss-landscape (Li et al.) HDF5 files"
 EXAMPLE = "landscape export results.h5 --format loss-landscape -o exported/"
@@ -81,8 +81,12 @@ def write_loss_landscape_file(
 ) -> Path:
     """One loss-landscape compatible file; ``loss[i, j]`` is at ``(x[i], y[j])``, ``accuracy`` a fraction."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = h5py.File(path, "w")
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+    with f:
         f["xcoordinates"] = np.asarray(x, dtype=float)
         if y is not None:
             f["ycoordinates"] = np.asarray(y, dtype=float)
@@ -160,17 +164,19 @@ def _safe(name: str) -> str:
 
 def run(args) -> int:
     from landscape.errors import UserError
-    from landscape.store import ResultsStore
+    from landscape.records import surface as S
+    from landscape.results import read_records
 
     src = Path(args.results)
     if not src.exists():
         raise UserError(f"{src}: no such results file")
-    store = ResultsStore(src, create=False)
-    records = (
-        [r for r in map(store.read, store.keys(args.key.strip("/"))) if "loss" in r.datasets]
-        if args.key
-        else []
-    )
+    _, complete, _ = read_records(src)  # current names, whatever the file's schema
+    prefix = args.key.strip("/")
+    records = [
+        r
+        for k, r in complete.items()
+        if args.key and (k == prefix or k.startswith(prefix + "/")) and S.LOSS.name in r.datasets
+    ]
     if not records:
         raise UserError(
             f"{src}: no complete surface records under /{args.key.strip('/')}: run landscape surface first"
@@ -178,20 +184,20 @@ def run(args) -> int:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder: pass a folder to -o")
+    check_output(out, folder=True)
     rows = []
     for rec in records:
         key = rec.key
-        axes = list(rec.attrs.get("axes") or ["x", "y"])
-        x = rec[f"{axes[0]}coordinates"]
-        y = rec[f"{axes[1]}coordinates"] if len(axes) > 1 else None
-        split = str(rec.attrs.get("split", "train"))
+        x = rec[S.X.name]
+        y = rec[S.Y.name] if S.Y.name in rec.datasets else None
+        split = str(rec.attrs.get(S.SPLIT.name, "train"))
         name = _safe("__".join(key.split("/")[1:]) or key) + ".h5"
         write_loss_landscape_file(
             out / name,
             x,
             y,
-            rec["loss"],
-            rec["accuracy"],
+            rec[S.LOSS.name],
+            rec[S.ACCURACY.name],
             split,
             {"source": str(src.resolve()), "record": key, "split": split},
         )
@@ -199,7 +205,7 @@ def run(args) -> int:
             {
                 "record": key,
                 "file": str(out / name),
-                "shape": "x".join(str(s) for s in rec["loss"].shape),
+                "shape": "x".join(str(s) for s in rec[S.LOSS.name].shape),
                 "datasets": f"{split}_loss, {split}_acc",
             }
         )

@@ -7,10 +7,11 @@ from pathlib import Path
 import pandas as pd
 
 from checkpoints import load_model, read_sidecar
+from checkpoints.io import os_error_line
 from landscape.errors import UserError
 from landscape.params import ParamView
 
-from ..common import print_table
+from ..common import load_results, print_table
 
 HELP = "show what a checkpoint (architecture, variant, sizes, sidecar) or a results file (records) holds"
 EXAMPLE = "landscape inspect runs/w-asym/seed0/final.pt"
@@ -25,12 +26,14 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     path = Path(args.path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a name too long, a folder we may not enter
+        raise UserError(os_error_line(path, exc)) from exc
+    if not exists:
         raise UserError(f"{path}: no such file")
     if path.suffix in (".h5", ".hdf5"):
-        from ..results import load
-
-        res = load(path)
+        res = load_results(path)
         print(res.describe())
         return 0
     model = load_model(path, arch=args.arch)
@@ -49,9 +52,12 @@ def run(args) -> int:
     for k in ("width", "depth", "norm", "activation", "n_fix", "kappa", "mask_seed", "seed"):
         if cfg.get(k) is not None:
             rows.append((k, cfg[k]))
-    if side.get("data"):
-        rows.append(("data", side["data"].get("train", {}).get("spec", side["data"])))
-    for k, v in (side.get("metrics") or {}).items():
+    data = side.get("data")
+    if data:  # a sidecar is read as it is: show what it holds, whatever its shape
+        train = data.get("train") if isinstance(data, dict) else None
+        rows.append(("data", train.get("spec", data) if isinstance(train, dict) else data))
+    metrics = side.get("metrics")
+    for k, v in (metrics if isinstance(metrics, dict) else {}).items():
         rows.append((k, round(v, 5) if isinstance(v, float) else v))
     if side.get("aligned_to"):
         rows.append(("aligned to", side["aligned_to"]))

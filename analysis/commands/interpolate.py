@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from ..common import add_data, add_output, add_roots, context_from_args, print_table
+from landscape.errors import UserError
+
+from ..common import (
+    add_data,
+    add_output,
+    add_roots,
+    context_from_args,
+    int_at_least,
+    print_table,
+)
 
 HELP = "linear-interpolation barriers between every pair of seeds per group (optionally weight-matched) and MLI curves from init"
 EXAMPLE = "landscape interpolate runs --data digits --align -o results.h5"
@@ -15,7 +24,7 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("interpolation")
     g.add_argument(
         "--points",
-        type=int,
+        type=int_at_least(2),
         default=25,
         help="points on each curve, alpha in [0, 1] (default: %(default)s)",
     )
@@ -44,13 +53,19 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..interpolation import study
 
-    ctx = context_from_args(args)
     splits = [s for s in args.splits.split(",") if s]
-    from landscape.errors import UserError
-
+    if not splits:
+        raise UserError("--splits: name at least one split: train and/or test")
     for s in splits:
         if s not in ("train", "test"):
             raise UserError(f"--splits: unknown split {s!r}: use train and/or test")
+    needs_train = not args.no_mli or args.bn == "reset"  # MLI and BN reset use the train split
+    ctx = context_from_args(
+        args,
+        splits=[*splits, *(["train"] if needs_train else [])],
+        inits=not args.no_mli,
+        keep=True,
+    )
     df = study(
         ctx,
         num_points=args.points,

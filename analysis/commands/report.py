@@ -6,7 +6,7 @@ from pathlib import Path
 
 from landscape.errors import UserError
 
-from ..common import print_table
+from ..common import check_output, load_results, print_table
 
 HELP = "render a results file as one self-contained HTML report (plotly embedded, works offline); --static DIR for PNG/PDF figures"
 EXAMPLE = "landscape report out/study/results.h5 -o report.html --static figures"
@@ -36,12 +36,13 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from reports import render_html, write_static
 
-    from ..results import load
-
-    res = load(args.results)
     out = Path(args.output) if args.output else Path(args.results).with_name("report.html")
     if out.is_dir():
         raise UserError(f"{out}: is a folder; -o takes the HTML file to write")
+    check_output(out)
+    if args.static:
+        check_output(args.static, "--static", folder=True)
+    res = load_results(args.results)
     render_html(res, out, title=args.title)
     if args.static:
         written = write_static(res, args.static)

@@ -5,8 +5,18 @@ from __future__ import annotations
 import pandas as pd
 
 from landscape.errors import UserError
+from landscape.records.symmetry import PERM_GROUP, SYMMETRY
 
-from ..common import add_data, add_output, add_roots, context_from_args, print_table
+from ..common import (
+    add_data,
+    add_output,
+    add_roots,
+    context_from_args,
+    positive_int,
+    print_table,
+)
+
+SYMMETRY_DIMS = PERM_GROUP.dims
 
 HELP = (
     "symmetry audit: output change of each network under random permutations of its hidden units (about 1e-7 for a standard "
@@ -21,11 +31,14 @@ def add_arguments(p) -> None:
     add_output(p)
     g = p.add_argument_group("audit")
     g.add_argument(
-        "--trials", type=int, default=3, help="random permutations per group (default: %(default)s)"
+        "--trials",
+        type=positive_int,
+        default=3,
+        help="random permutations per group (default: %(default)s)",
     )
     g.add_argument(
         "--audit-samples",
-        type=int,
+        type=positive_int,
         default=256,
         metavar="N",
         help="inputs the output change is measured on (default: %(default)s; random inputs unless --data is given)",
@@ -44,11 +57,11 @@ def run(args) -> int:
         )
     data_given = args.data is not None
     args.data = args.data or "digits"
-    ctx = context_from_args(args)
+    ctx = context_from_args(args, data=data_given, keep=True)
     df = study(
         ctx,
         trials=args.trials,
-        samples=args.audit_samples,
+        audit_samples=args.audit_samples,
         seed=args.seed,
         data="test" if data_given else "random",
     )
@@ -56,16 +69,8 @@ def run(args) -> int:
     if len(runs) == 1:
         g, r = runs[0]
         rec = ctx.store.read(f"{ANALYSIS}/{g}/{r.key}")
-        names = [str(n) for n in rec["group_names"]]
-        per = pd.DataFrame(
-            {
-                "perm_group": names,
-                "size": rec["group_sizes"],
-                "log10_order": rec["group_log10_order"],
-                "max_change": rec["group_max_change"],
-                "relative_change": rec["group_relative_change"],
-            }
-        )
+        per_group = [v.name for v in SYMMETRY.variables if v.dims == SYMMETRY_DIMS]
+        per = pd.DataFrame({name: rec[name] for name in per_group})
         print_table(per, f"{r.final}: output change per permutation group")
     print_table(df, f"symmetry audit ({args.output})")
     return 0

@@ -165,7 +165,7 @@ def test_symmetry_cli_writes_records_and_resumes(tiny_runs, tmp_path, capsys):
     res = tmp_path / "r.h5"
     assert main(["symmetry", str(tiny_runs), "-o", str(res), "--trials", "1", "-q"]) == 0
     table = capsys.readouterr().out
-    assert "standard" in table and "w-asym" in table and "log10_group_order" in table
+    assert "standard" in table and "w-asym" in table and "log10 group order" in table
     store = ResultsStore(res)
     keys = store.keys("symmetry")
     assert keys == sorted(f"symmetry/{g}/seed{s}" for g in ("standard", "w-asym") for s in (0, 1))

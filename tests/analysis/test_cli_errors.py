@@ -131,3 +131,23 @@ def test_inspect_checkpoint(capsys, tiny_runs):
     assert main(["inspect", str(tiny_runs / "w-asym" / "seed0" / "final.pt")]) == 0
     out = capsys.readouterr().out
     assert "w-asym" in out and "fixed entries" in out and "test_accuracy" in out
+
+
+def test_names_with_line_breaks_stay_on_one_line(capsys, tmp_path):
+    sd = zoo.build("mlp", input_dim=4, width=2).state_dict()
+    sd["evil\nkey\u2028x"] = torch.zeros(1)
+    torch.save(
+        {"state_dict": sd, "landscape": {"arch": "mlp", "input_dim": 4, "width": 2}},
+        tmp_path / "m.pt",
+    )
+    rc, err = _run(capsys, "inspect", str(tmp_path / "m.pt"))
+    assert rc == 2 and "unexpected keys evil\\nkey\\u2028x" in _one_line(err)
+
+
+def test_parse_errors_are_one_line_naming_the_verb(capsys):
+    assert main(["interpolate", "runs", "--batch-size", "0"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("landscape interpolate: error: argument --batch-size")
+    assert "(see landscape interpolate --help)" in line
+    assert main(["inspect", "x.pt", "--nope"]) == 2
+    assert _one_line(capsys.readouterr().err).startswith("landscape inspect: error: unrecognized")

@@ -148,3 +148,77 @@ def test_no_architecture_known(tmp_path):
         load_model(tmp_path / "x.pt")
     sd, _ = read_checkpoint(tmp_path / "x.pt")
     assert list(sd) == ["a.weight"]
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "empty file"),
+        (b"\x00" * 64, "not a readable checkpoint"),
+        ("random", "not a readable checkpoint"),  # torch's unpickler raises IndexError on these
+    ],
+)
+def test_unreadable_files_are_user_errors_naming_the_file(tmp_path, content, message):
+    import numpy as np
+
+    data = np.random.default_rng(17).bytes(3000) if content == "random" else content
+    (tmp_path / "bad.pt").write_bytes(data)
+    with pytest.raises(UserError, match=message) as e:
+        read_checkpoint(tmp_path / "bad.pt")
+    assert "bad.pt" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_expanded_tensors_are_refused_before_they_are_touched(tmp_path):
+    torch.save({"w": torch.zeros(1).expand(10**6, 10**6)}, tmp_path / "huge.pt")
+    with pytest.raises(UserError, match=r"declares shape \(1000000, 1000000\)"):
+        read_checkpoint(tmp_path / "huge.pt")
+    torch.save({"w": torch.zeros(1).expand(10**4, 10**4)}, tmp_path / "view.pt")
+    with pytest.raises(UserError, match="expanded view"):
+        read_checkpoint(tmp_path / "view.pt")
+    torch.save({"w": torch.zeros(1).expand(4, 4)}, tmp_path / "small.pt")  # small views are fine
+    assert read_checkpoint(tmp_path / "small.pt")[0]["w"].shape == (4, 4)
+
+
+def test_a_config_is_checked_on_the_meta_device_before_anything_is_built(tmp_path, monkeypatch):
+    import json
+
+    sd = zoo.build("mlp", input_dim=16, width=8).state_dict()
+    torch.save(sd, tmp_path / "m.pt")
+    side = tmp_path / "m.json"
+    side.write_text(json.dumps({"arch": "mlp", "kwargs": {"input_dim": 16, "width": 10**9}}))
+    with pytest.raises(UserError, match=r"m\.json: the mlp it declares has"):
+        load_model(tmp_path / "m.pt")
+    side.write_text(json.dumps({"arch": "mlp", "kwargs": {"input_dim": 16, "width": 4096}}))
+    built = []
+    real_build = zoo.build
+    monkeypatch.setattr(zoo, "build", lambda *a, **k: built.append(k) or real_build(*a, **k))
+    with pytest.raises(UserError, match=r"shape mismatch at lins\.0\.weight.*m\.json"):
+        load_model(tmp_path / "m.pt")
+    assert len(built) == 1  # the meta skeleton only: the 4096-wide model was never allocated
+    side.write_text(json.dumps({"arch": "mlp", "kwargs": {"input_dim": 16, "width": "eight"}}))
+    with pytest.raises(UserError, match=r"m\.json: 'width' must be an integer, got 'eight'"):
+        load_model(tmp_path / "m.pt")
+
+
+def test_import_callable_names_the_option(tmp_path):
+    from checkpoints.io import import_callable
+
+    with pytest.raises(UserError, match=r"^--data 'ftp:/x': cannot import ftp"):
+        import_callable("ftp:/x", "--data")
+    (tmp_path / "broken.py").write_text("def f(:\n")
+    with pytest.raises(UserError, match="syntax error"):
+        import_callable(f"{tmp_path / 'broken.py'}:f")
+
+
+def test_a_failed_write_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import checkpoints.io
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(checkpoints.io.tempfile, "mkstemp", refuse)
+    with pytest.raises(UserError, match=r"cannot write .*m\.pt: read-only file system: choose"):
+        save_checkpoint(zoo.build("mlp", input_dim=4, width=2), tmp_path / "m.pt")
+    assert list(tmp_path.iterdir()) == []

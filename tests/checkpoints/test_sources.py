@@ -120,3 +120,39 @@ def test_module_callable(tmp_path, monkeypatch):
 def test_bad_specs(spec, msg):
     with pytest.raises(UserError, match=msg):
         load_data(spec)
+
+
+def test_idx_headers_that_lie_are_refused_before_allocating(tmp_path):
+    (tmp_path / "short").write_bytes(b"\x00\x00\x08\x03\x00\x00")
+    with pytest.raises(UserError, match="header cut short"):
+        read_idx(tmp_path / "short")
+    head = b"\x00\x00\x08\x03" + struct.pack(">III", 4_000_000_000, 28, 28)
+    (tmp_path / "huge").write_bytes(head + bytes(100))
+    with pytest.raises(UserError, match="4000000000x28x28"):
+        read_idx(tmp_path / "huge")
+    (tmp_path / "huge.gz").write_bytes(gzip.compress(head + bytes(100)))
+    with pytest.raises(UserError, match="cannot hold"):
+        read_idx(tmp_path / "huge.gz")
+    (tmp_path / "bad.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(40))
+    with pytest.raises(UserError, match="corrupt gzip"):
+        read_idx(tmp_path / "bad.gz")
+
+
+@pytest.mark.parametrize(
+    "X,message",
+    [
+        (np.array([object()] * 4, dtype=object), "holds Python objects"),
+        (np.array(["a"] * 4), "dtype <U1"),
+        (np.full((4, 2), np.nan, np.float32), "the inputs contain NaN"),
+    ],
+)
+def test_npz_contents_are_checked_naming_the_file(tmp_path, X, message):
+    np.savez(tmp_path / "d.npz", X=X, y=np.zeros(4, np.int64))
+    with pytest.raises(UserError, match=message) as e:
+        load_data(f"npz:{tmp_path / 'd.npz'}")
+    assert str(e.value).startswith(str(tmp_path / "d.npz"))
+
+
+def test_a_data_callable_is_named_as_data():
+    with pytest.raises(UserError, match=r"^--data 'nosuchmodule_x:make'"):
+        load_data("nosuchmodule_x:make")
