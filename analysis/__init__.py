@@ -61,14 +61,15 @@ def _study(
 ) -> Results:
     """Build the context (``output=None``: a scratch results file), run one study, return its results file loaded."""
     from .commands.run import study_function, study_kwargs
-    from .context import StudyContext
+    from .common import open_context
 
     fn = study_function(analysis)
     if fn is None:
         from landscape.errors import UserError
 
         raise UserError(f"the {analysis} study is not installed in this version of landscape")
-    ctx = StudyContext.create(roots, data=data, output=output, device=device or "auto", **ctx_kw)
+    # every checkpoint and the data are checked before the results file is touched
+    ctx = open_context(roots, data=data, output=output, device=device or "auto", **ctx_kw)
     fn(ctx, **study_kwargs(fn, analysis, settings, source=f"{analysis}_study"))
     return load(ctx.store.path)
 
@@ -171,13 +172,10 @@ def symmetry_study(
     arch: str | None = None,
     force: bool = False,
     progress: bool = True,
-    audit_samples: int | None = None,
     **settings: Any,
 ) -> Results:
-    """Symmetry audit of every network; settings go to ``analysis.alignment.study`` (``audit_samples``: its ``samples``,
-    the inputs of the audit, as ``samples`` here subsets the data)."""
-    if audit_samples is not None:
-        settings["samples"] = audit_samples
+    """Symmetry audit of every network; settings (``trials``, ``audit_samples``: the inputs of
+    the audit) go to ``analysis.alignment.study``; ``samples`` subsets the data, as everywhere."""
     return _study(
         "symmetry",
         roots,

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from landscape.data import Data
+from landscape.deprecation import warn_renamed
 from landscape.errors import UserError
 from landscape.matching import Permutation, activation_matching, weight_matching
 from landscape.permutation import SpecLike
@@ -91,22 +92,32 @@ def _values(audit: SymmetryAudit) -> dict[str, np.ndarray]:
 
 
 def study(
-    ctx: StudyContext, *, trials: int = 3, samples: int = 256, seed: int = 0, data: str = "test"
+    ctx: StudyContext,
+    *,
+    trials: int = 3,
+    audit_samples: int = 256,
+    seed: int = 0,
+    data: str = "test",
+    samples: int | None = None,
 ) -> pd.DataFrame:
     """Symmetry audit of every network: does permuting the architecture's unit groups change its output?
 
-    ``samples`` inputs of the ``data`` split (``"random"``: random inputs shaped for the
-    first layer), ``trials`` random permutations per group. Returns one row per group.
+    ``audit_samples`` inputs of the ``data`` split (``"random"``: random inputs shaped for
+    the first layer), ``trials`` random permutations per group. Returns one row per group.
+    ``samples`` is the deprecated name of ``audit_samples`` (it clashed with the data subset).
     """
+    if samples is not None:  # the old name, for one more release
+        warn_renamed("the symmetry study's samples=", "audit_samples=")
+        audit_samples = samples
     jobs = [(g, r) for g, runs in ctx.groups.items() for r in runs]
-    settings = dict(trials=trials, samples=samples, seed=seed, data=data)
+    settings = dict(trials=trials, audit_samples=audit_samples, seed=seed, data=data)
     for g, run in tqdm(jobs, desc="symmetry", disable=not ctx.progress):
         key = f"{ANALYSIS}/{g}/{run.key}"
         if ctx.should_skip(key):
             continue
         model = ctx.model(run)
         inputs = None if data == "random" else ctx.batches(data)
-        audit = symmetry_audit(model, inputs, trials=trials, samples=samples, seed=seed)
+        audit = symmetry_audit(model, inputs, trials=trials, samples=audit_samples, seed=seed)
         attrs = ctx.record_attrs(
             ANALYSIS, g, run, splits=() if data == "random" else (data,), **settings
         )

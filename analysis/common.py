@@ -22,8 +22,6 @@ from checkpoints.io import check_utf8, display, first_line, os_error_line
 from landscape.errors import UserError
 
 from .context import StudyContext
-from .results import format_mean_std
-from .results import mean_std as _mean_std
 
 
 # ----------------------------------------------------------------------------- argument types
@@ -354,27 +352,22 @@ def open_context(
     As :meth:`StudyContext.create` (the same fields), with the store's lock taken last;
     ``before_lock`` (optional) runs just before, e.g. to create an output folder.
     """
-    from checkpoints import discover
-    from landscape.data import resolve_device
-    from landscape.store import ResultsStore
-
-    groups = discover(roots)
-    store = ResultsStore(output, adopt_foreign=force)  # refuses a folder, a foreign file: no I/O
-    ctx = StudyContext(
-        groups=groups,
-        data_spec=data,
-        store=store,
-        device=resolve_device(device),
+    ctx = StudyContext.create(
+        roots,
+        data=data,
+        output=output,
+        device=device,
         samples=samples,
         batch_size=batch_size,
         arch=arch,
         force=force,
         progress=progress,
+        lock=False,
     )
     preflight(ctx, splits, data=check_data, inits=inits, keep=keep)
     if before_lock is not None:
         before_lock()
-    store.acquire()  # this command is the file's one writer from here on
+    ctx.store.acquire()  # this command is the file's one writer from here on
     return ctx
 
 
@@ -417,11 +410,6 @@ def fmt(x: Any, digits: int = 4) -> str:
             return "-"
         return f"{x:.{digits}g}"
     return str(x)
-
-
-def mean_std(values) -> str:
-    """``mean ± std`` (sample std) of the finite values as text; ``-`` when there are none."""
-    return format_mean_std(*_mean_std(values))
 
 
 def print_table(df: pd.DataFrame, title: str | None = None, file=None) -> None:

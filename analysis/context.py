@@ -58,14 +58,18 @@ class StudyContext:
         arch: str | None = None,
         force: bool = False,
         progress: bool = True,
+        lock: bool = True,
     ) -> StudyContext:
+        """The context of one study. ``lock=False`` leaves the results file unlocked (and
+        untouched) so a caller can check every input first, then ``ctx.store.acquire()``."""
         groups = discover(roots)
         if output is None:  # notebooks: a scratch results file that lives as long as the context
             scratch = tempfile.mkdtemp(prefix="landscape-")
             output = Path(scratch) / "results.h5"
-        # this study is the file's one writer from now on: the lock refuses a second one and
-        # lets us remove temporaries of killed writers; --force also adopts a foreign HDF5 file
-        store = ResultsStore(output, adopt_foreign=force).acquire()
+        # refuses a folder or a foreign file without I/O; --force adopts a foreign HDF5 file
+        store = ResultsStore(output, adopt_foreign=force)
+        if lock:  # the file's one writer from now on: a second one is refused, and temporaries
+            store.acquire()  # of killed writers can be removed
         return cls(
             groups, data, store, resolve_device(device), samples, batch_size, arch, force, progress
         )

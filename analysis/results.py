@@ -8,9 +8,8 @@ from typing import Any
 
 from landscape import results as _results
 from landscape.errors import UserError
-from landscape.records import format_mean_std, mean_std
 
-__all__ = ["Results", "format_mean_std", "load", "mean_std"]
+__all__ = ["Results", "load"]
 
 
 class Results(_results.Results):

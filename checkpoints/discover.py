@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from landscape.errors import UserError
+from landscape.records import VARIANT_ORDER
 
 from .io import check_utf8, os_error_line, read_sidecar
 
@@ -156,13 +157,10 @@ def _discover_root(root: Path) -> dict[str, list[Run]]:
     return found
 
 
-_VARIANT_RANK = {"standard": 0, "w-asym": 1, "sigma-asym": 2}
-
-
 def _group_order(name: str, runs: list[Run]):
     """Standard, W-Asym, sigma-Asym first (by sidecar variant, else by name), then by name."""
     variant = next((r.sidecar.get("variant") for r in runs if r.sidecar.get("variant")), name)
-    return (_VARIANT_RANK.get(str(variant), 3), name)
+    return (VARIANT_ORDER.get(str(variant), len(VARIANT_ORDER)), name)
 
 
 def _seed_order(label: str):

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -82,7 +81,6 @@ class Curve:
     accuracy: np.ndarray
     num_samples: int = 0
     bn: str = "eval"
-    meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def loss_barrier(self) -> float:

@@ -205,7 +205,8 @@ class Results:
         return self.summary(formatted=False)
 
     def incomplete(self) -> pd.DataFrame:
-        """What is missing: incomplete records, and known analyses without any record."""
+        """What is missing: incomplete records, and known analyses without any record (those a
+        study of their own writes, such as ``bnn``, only when they have incomplete records)."""
         rows = [
             {
                 "analysis": _key_parts(r)[0],
@@ -219,8 +220,8 @@ class Results:
             _key_parts(r)[0]
             for r in list(self.records.values()) + list(self.incomplete_records.values())
         }
-        for a in R.KINDS:
-            if a not in present:
+        for a, k in R.KINDS.items():
+            if a not in present and not k.optional:
                 rows.append({"analysis": a, "group": "", "record": "", "status": "not run"})
         return pd.DataFrame(rows, columns=["analysis", "group", "record", "status"])
 
@@ -281,7 +282,7 @@ def read_records(path: Path) -> tuple[dict[str, Any], dict[str, Record], dict[st
             if kind is not None:
                 rec = kind.upgrade(rec, version)
             (records if rec.complete else incomplete)[key] = rec
-    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
         if isinstance(exc, UserError):
             raise
         raise UserError(

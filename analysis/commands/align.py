@@ -183,13 +183,8 @@ def run(args) -> int:
         "sha256": sha256(a_path),
         "source": str(b_path),
         "source_sha256": sha256(b_path),
+        **perm.summary(),  # objective, sweeps, converged, function preserved, ...
         "method": f"{args.method} matching",
-        "objective": perm.objective,
-        "objective_identity": perm.objective_identity,
-        "sweeps": perm.sweeps,
-        "converged": perm.converged,
-        "function_preserved": perm.function_preserved,
-        "max_output_change": perm.max_output_change,
         "seed": args.seed,
         "restarts": args.restarts,
     }

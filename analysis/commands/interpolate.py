@@ -12,6 +12,7 @@ from ..common import (
     int_at_least,
     print_table,
 )
+from ..flags import renamed
 
 HELP = "linear-interpolation barriers between every pair of seeds per group (optionally weight-matched) and MLI curves from init"
 EXAMPLE = "landscape interpolate runs --data digits --align -o results.h5"
@@ -22,11 +23,15 @@ def add_arguments(p) -> None:
     add_data(p)
     add_output(p)
     g = p.add_argument_group("interpolation")
-    g.add_argument(
+    renamed(
+        g,
         "--points",
-        type=int_at_least(2),
-        default=25,
-        help="points on each curve, alpha in [0, 1] (default: %(default)s)",
+        g.add_argument(
+            "--num-points",
+            type=int_at_least(2),
+            default=25,
+            help="points on each curve, alpha in [0, 1] (default: %(default)s)",
+        ),
     )
     g.add_argument(
         "--bn",
@@ -68,7 +73,7 @@ def run(args) -> int:
     )
     df = study(
         ctx,
-        num_points=args.points,
+        num_points=args.num_points,
         splits=splits,
         bn=args.bn,
         align="all" if args.align_all else args.align,

@@ -91,14 +91,6 @@ def run(args) -> int:
     rows = []
     for r in runs:
         m = read_sidecar(r.final).get("metrics", {})
-        rows.append(
-            {
-                "group": r.group,
-                "seed": r.seed,
-                "train_acc": m.get("train_accuracy"),
-                "test_acc": m.get("test_accuracy"),
-                "test_loss": m.get("test_loss"),
-            }
-        )
+        rows.append({"group": r.group, "seed": r.seed, **m})  # every metric the sidecar holds
     print_table(pd.DataFrame(rows), f"trained {len(runs)} models under {args.out}")
     return 0

@@ -128,6 +128,8 @@ class RecordKind:
     records_label: str = "seeds"  # what one record is, for the count column of tables
     #: dataset and attribute names of schema-1 files that changed, old -> new
     renamed_v1: Mapping[str, str] = field(default_factory=dict)
+    #: written only by a study of its own (not by ``landscape run``): absent is not "not run"
+    optional: bool = False
 
     # -- lookup ---------------------------------------------------------------------------
     def var(self, name: str) -> Var:

@@ -74,7 +74,7 @@ def _interpolate(w: Where, *extra: str, root: Path | None = None) -> list[str]:
         str(root or w.runs),
         "--samples",
         "40",
-        "--points",
+        "--num-points",
         "3",
         "-o",
         str(w.out / "r.h5"),
@@ -468,12 +468,12 @@ def _(w):
 
 @case("points_one")
 def _(w):
-    return Case(_interpolate(w, "--points", "1"), ("--points", ">= 2"))
+    return Case(_interpolate(w, "--num-points", "1"), ("--num-points", ">= 2"))
 
 
 @case("points_not_a_number")
 def _(w):
-    return Case(_interpolate(w, "--points", "ten"), ("--points", "'ten'", "--help"))
+    return Case(_interpolate(w, "--num-points", "ten"), ("--num-points", "'ten'", "--help"))
 
 
 @case("unknown_option")

@@ -282,7 +282,7 @@ def test_fuzz_idx_files_with_interpolate(tmp_path):
                 "--splits",
                 "test",
                 "--no-mli",
-                "--points",
+                "--num-points",
                 "2",
                 "-o",
                 str(out / "r.h5"),

@@ -21,7 +21,7 @@ def test_interpolate_writes_every_curve_and_prints_table(tiny_runs, tmp_path, ca
                 "digits",
                 "--samples",
                 "100",
-                "--points",
+                "--num-points",
                 "5",
                 "-o",
                 str(out),
@@ -65,7 +65,7 @@ def test_interpolate_writes_every_curve_and_prints_table(tiny_runs, tmp_path, ca
                 "digits",
                 "--samples",
                 "100",
-                "--points",
+                "--num-points",
                 "5",
                 "-o",
                 str(out),
@@ -78,7 +78,7 @@ def test_interpolate_writes_every_curve_and_prints_table(tiny_runs, tmp_path, ca
 
 
 def test_killed_study_resumes_to_identical_numbers(tiny_runs, tmp_path):
-    args = [str(tiny_runs), "--data", "digits", "--samples", "100", "--points", "25", "-q"]
+    args = [str(tiny_runs), "--data", "digits", "--samples", "100", "--num-points", "25", "-q"]
     ref = tmp_path / "ref.h5"
     assert main(["interpolate", *args, "-o", str(ref)]) == 0
     out = tmp_path / "killed.h5"
@@ -106,3 +106,16 @@ def test_killed_study_resumes_to_identical_numbers(tiny_runs, tmp_path):
         for name, arr in a.read(k).datasets.items():
             assert np.array_equal(arr, b.read(k)[name]), (k, name)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_old_flag_still_works_with_one_deprecation_line(tiny_runs, tmp_path, capsys):
+    """Renamed flags keep their old spelling for one release (docs/glossary.md)."""
+    args = [str(tiny_runs), "--data", "digits", "--samples", "60", "--no-mli", "-q"]
+    assert main(["interpolate", *args, "--points", "3", "-o", str(tmp_path / "a.h5")]) == 0
+    err = capsys.readouterr().err
+    assert "--points is deprecated" in err and "use --num-points" in err
+    assert main(["interpolate", *args, "--num-points", "3", "-o", str(tmp_path / "b.h5")]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    a = ResultsStore(tmp_path / "a.h5").read("interpolation/standard/seed0-seed1")
+    b = ResultsStore(tmp_path / "b.h5").read("interpolation/standard/seed0-seed1")
+    assert a["alpha"].shape == (3,) and np.array_equal(a["test_loss"], b["test_loss"])

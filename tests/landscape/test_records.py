@@ -20,6 +20,23 @@ ROOT = Path(__file__).resolve().parents[2]
 FILE_CODE = ("analysis", "reports", "landscape/results.py", "landscape/store.py")
 
 
+def _study_keywords() -> set[str]:
+    """Keyword names of the study functions: a setting may share its name with the record
+    attribute that stores it (``audit_samples``), and configs spell settings."""
+    import importlib
+    import inspect
+
+    names = set()
+    for kind in R.KINDS.values():
+        for module in ("interpolation", "hessian", "surfaces", "alignment", kind.analysis):
+            try:
+                study = importlib.import_module(f"analysis.{module}").study
+            except (ImportError, AttributeError):
+                continue
+            names |= set(inspect.signature(study).parameters)
+    return names
+
+
 def _declared_names() -> set[str]:
     """Names only a results file uses: compound dataset and attribute names of every
     definition. One-word names (``loss``, ``x``, ``density``, ``smallest``...) are also plain
@@ -28,7 +45,7 @@ def _declared_names() -> set[str]:
     for kind in R.KINDS.values():
         ds, at = kind.names()
         names |= {n for n in ds | at if "_" in n}
-    return names - R.COMMON_NAMES
+    return names - R.COMMON_NAMES - _study_keywords()
 
 
 def test_no_module_outside_the_definitions_spells_a_record_name():
