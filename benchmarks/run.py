@@ -15,6 +15,7 @@ import argparse
 import csv
 import importlib
 import inspect
+import io
 import math
 import os
 import platform
@@ -29,6 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+from landscape.atomic import write_atomic
 
 from . import COMPARISON_TOOLS
 from .timing import matmul_rate_spread
@@ -332,10 +335,11 @@ def write_csv(path: Path, results: list[ModuleResult]) -> None:
     keys: list[str] = []
     for r in flat:
         keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys, restval="")
-        w.writeheader()
-        w.writerows(flat)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=keys, restval="")
+    w.writeheader()
+    w.writerows(flat)
+    write_atomic(path, text.getvalue().encode("utf-8"), option="--out", what="table")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -414,20 +418,18 @@ def main(argv: list[str] | None = None) -> int:
         results.append(res)
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.run " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
-    out.write_text(
-        render(
-            results,
-            info,
-            rate,
-            smoke=args.smoke,
-            command=command.strip(),
-            seconds=time.perf_counter() - t0,
-        )
+    page = render(
+        results,
+        info,
+        rate,
+        smoke=args.smoke,
+        command=command.strip(),
+        seconds=time.perf_counter() - t0,
     )
+    write_atomic(out, page.encode("utf-8"), option="--out", what="report")
     write_csv(out.with_suffix(".csv"), results)
 
     print(f"{'module':<16} {'status':<8} {'rows':>4} {'seconds':>8}  targets")

@@ -1,4 +1,4 @@
-"""Safe checkpoint reading and writing, sidecars, and the paper's public-code layouts.
+"""Checkpoint files: sidecars, writing, reading, and building the model they describe.
 
 A checkpoint is a ``.pt`` file holding ``{"state_dict": ..., "landscape": {config}}``
 (plain state dicts and the usual wrappers load too) and, beside it, a JSON sidecar with
@@ -6,22 +6,20 @@ the architecture, variant, constructor arguments, data, training settings and me
 Sidecars are looked up as ``<name>.json`` next to the file, then ``landscape.json`` in
 its folder and the folder above (one sidecar for a flat folder of checkpoints).
 
-Loading never runs code from a file: ``torch.load(..., weights_only=True)``; a file that
-needs code to unpickle is refused.
+Loading never runs code from a file (:mod:`checkpoints.safe_load`); a file may name only a
+zoo architecture. Checkpoints of the paper's public code are recognised by their key
+layout (:mod:`checkpoints.public_layout`). Files are written by rename
+(:func:`landscape.atomic.write_atomic`).
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import json
 import os
-import pickle
-import tempfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,53 +27,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from landscape.errors import UserError
-from landscape.store import file_mode
+from landscape.atomic import write_atomic
+from landscape.errors import UserError, display, first_line, os_error_line
 
 from . import zoo
+from .public_layout import infer_public_layout, public_layout  # noqa: F401 (public here too)
+from .safe_load import MAX_ELEMENTS, check_tensor, load_safetensors, torch_load
 
 SIDECAR_NAME = "landscape.json"
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params")
-#: most entries one tensor, or one model built from a file's config, may have (2**31 float32 =
-#: 8 GiB): a file that declares more is corrupt or hostile, and building it would exhaust memory
-MAX_ELEMENTS = 2**31
-#: a broadcast view (``expand``) stores less than it shows; past this many bytes it is refused
-MAX_EXPANSION_BYTES = 1 << 26
-
-
-# ----------------------------------------------------------------------------- messages
-def display(path: str | os.PathLike) -> str:
-    """``path`` as printable text: bytes that are not UTF-8 shown as ``\\xff`` escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def first_line(exc: BaseException, limit: int = 120) -> str:
-    """The first non-empty line of an exception's message (its type name when it has none)."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()[:limit]
-    return type(exc).__name__
-
-
-def os_error_line(
-    path: str | os.PathLike, exc: OSError, action: str = "read", what_to_do: str = ""
-) -> str:
-    """One line for an ``OSError`` on ``path``, e.g. ``cannot write P: read-only file system: ...``."""
-    if exc.errno == errno.ENAMETOOLONG:
-        return f"{display(path)}: file name too long for the file system: use a shorter name"
-    reason = (exc.strerror or first_line(exc)).rstrip(".")
-    reason = reason[:1].lower() + reason[1:]
-    return f"cannot {action} {display(path)}: {reason}" + (f": {what_to_do}" if what_to_do else "")
-
-
-def check_utf8(path: str | os.PathLike, what: str = "", fix: str = "rename it") -> None:
-    """Refuse a file name that is not valid UTF-8: results files and reports record names as UTF-8."""
-    try:
-        os.fspath(path).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise UserError(
-            f"{what + ' ' if what else ''}{display(path)}: the name is not valid UTF-8: {fix}"
-        ) from exc
+_torch_load = torch_load  # its earlier name, which checkpoints.posterior imports from here
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -125,23 +86,25 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
 
 def write_json_atomic(path: Path, data: dict, *, option: str = "-o") -> None:
     """Write ``data`` as JSON to ``path`` by rename; a failed write leaves nothing behind."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + path.name, dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
-        os.chmod(tmp, file_mode(path))
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(os_error_line(path, exc, "write", f"choose another {option}")) from exc
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+    text = json.dumps(data, indent=2, sort_keys=True, default=str)
+    write_atomic(path, text.encode("utf-8"), option=option, what="sidecar")
 
 
 # ----------------------------------------------------------------------------- writing
+def save_payload(
+    payload: dict[str, Any], path: str | os.PathLike, *, option: str = "-o", what="checkpoint"
+) -> Path:
+    """``torch.save`` of tensors and plain values to ``path``, all or nothing (see
+    :func:`landscape.atomic.write_atomic`); a failed write is one line naming ``option``."""
+    path = Path(path)
+    try:
+        return write_atomic(path, lambda f: torch.save(payload, f), option=option, what=what)
+    except RuntimeError as exc:  # torch.save's own report of a write that failed
+        raise UserError(
+            f"cannot write {display(path)}: {first_line(exc)}: choose another {option}"
+        ) from exc
+
+
 def save_checkpoint(
     model: nn.Module,
     path: str | os.PathLike,
@@ -161,23 +124,7 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "landscape": json.loads(json.dumps(config, default=str)),
     }
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + path.name, dir=path.parent)
-        os.close(fd)
-        torch.save(payload, tmp)
-        os.chmod(tmp, file_mode(path))
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(os_error_line(path, exc, "write", f"choose another {option}")) from exc
-    except RuntimeError as exc:  # torch.save reports a failed write (e.g. a full disk) this way
-        raise UserError(
-            f"cannot write {display(path)}: {first_line(exc)}: choose another {option}"
-        ) from exc
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+    save_payload(payload, path, option=option)
     if sidecar is not None:
         write_json_atomic(
             Path(sidecar_path) if sidecar_path else path.with_suffix(".json"),
@@ -188,83 +135,14 @@ def save_checkpoint(
 
 
 # ----------------------------------------------------------------------------- reading
-#: how torch's legacy (pre-zip) format starts: a protocol-2 pickle of its magic number
-_LEGACY_TORCH_HEAD = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+def read_checkpoint(
+    path: str | os.PathLike, *, allow_nonfinite: bool = False
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(state_dict, embedded_config)`` from a checkpoint file, unwrapping common wrappers.
 
-
-def _pickle_header(path: Path) -> bool:
-    """True when the file starts as a plain pickle of protocol 2 to 5 (not random bytes, and
-    not torch's legacy format, whose own pickles a corrupt file breaks)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(_LEGACY_TORCH_HEAD))
-    except OSError:
-        return False
-    if head == _LEGACY_TORCH_HEAD:
-        return False
-    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
-
-
-def _torch_load(path: Path, what: str = "checkpoint") -> Any:
-    """``torch.load`` with ``weights_only``; whatever goes wrong reading the file is a :class:`UserError`.
-
-    A pickle that names a global (code), or a whole pickle the safe loader cannot follow, is
-    refused as such; anything else that fails (empty or truncated files, random bytes, a
-    broken zip) is a corrupt ``what``. torch's warnings about the file's pickle are not shown:
-    the one line says what is wrong.
+    NaN or Inf in a floating tensor is refused unless ``allow_nonfinite`` (a population study
+    counts such networks and leaves them out).
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        code = next((line for line in lines if "GLOBAL" in line), None)
-        if code is not None or _pickle_header(path):
-            # a whole pickle that the safe loader stops in: code, or opcodes it does not allow
-            why = code or "or pickle features the safe loader does not allow: " + next(
-                (line for line in lines if "Unsupported" in line), first_line(exc)
-            )
-            raise UserError(
-                f"{path}: refused, unpickling it would need code from the file ({why[:120]}); "
-                "re-save it as a plain state_dict of tensors"
-            ) from exc
-        detail = next((line for line in lines if "Unsupported" in line), first_line(exc))
-        raise UserError(
-            f"{path}: not a readable {what} (truncated or corrupt: {detail[:120]})"
-        ) from exc
-    except OSError as exc:
-        if exc.errno in (errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR):
-            raise UserError(os_error_line(path, exc)) from exc
-        raise UserError(
-            f"{path}: not a readable {what} (truncated or corrupt: {first_line(exc)})"
-        ) from exc
-    except MemoryError as exc:
-        raise UserError(
-            f"{path}: not a readable {what} (it declares more data than fits in memory: corrupt?)"
-        ) from exc
-    except Exception as exc:  # the unpickler and zip reader raise many types on corrupt input
-        detail = first_line(exc)
-        if detail != type(exc).__name__:
-            detail = f"{type(exc).__name__}: {detail}"
-        raise UserError(f"{path}: not a readable {what} (truncated or corrupt: {detail})") from exc
-
-
-def _load_safetensors(path: Path) -> dict[str, Tensor]:
-    try:
-        from safetensors.torch import load_file
-    except ImportError as exc:
-        raise UserError(
-            f"{path}: reading .safetensors needs the optional extra: pip install 'landscape[safetensors]'"
-        ) from exc
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types
-        raise UserError(f"{path}: not a readable safetensors file ({exc})") from exc
-
-
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """``(state_dict, embedded_config)`` from a checkpoint file, unwrapping common wrappers."""
     path = Path(path)
     try:
         exists, is_dir = path.exists(), path.is_dir()
@@ -280,7 +158,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
         raise UserError(
             f"{path}: empty file (0 bytes), not a checkpoint: was it written completely?"
         )
-    obj = _load_safetensors(path) if path.suffix == ".safetensors" else _torch_load(path)
+    obj = load_safetensors(path) if path.suffix == ".safetensors" else torch_load(path)
     config: dict[str, Any] = {}
     if (
         isinstance(obj, tuple) and obj and isinstance(obj[0], dict)
@@ -304,104 +182,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     sd = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in obj.items()}
     for k, v in sd.items():
         check_tensor(path, str(k), v)
-        if v.is_floating_point() and not torch.isfinite(v).all():
+        if not allow_nonfinite and v.is_floating_point() and not torch.isfinite(v).all():
             raise UserError(
                 f"{path}: tensor {k} contains NaN or Inf: the checkpoint is broken (diverged training?)"
             )
     return sd, config
-
-
-def check_tensor(path: Path | str, key: str, v: Tensor) -> None:
-    """Refuse tensors whose declared size is not backed by the file, before anything touches them."""
-    if v.layout != torch.strided:
-        raise UserError(
-            f"{path}: tensor {key} is not a dense tensor ({v.layout}): re-save the checkpoint with dense tensors"
-        )
-    n = v.numel()
-    if n > MAX_ELEMENTS:
-        raise UserError(
-            f"{path}: tensor {key} declares shape {tuple(v.shape)} ({n:,} entries), more than a "
-            f"checkpoint may hold ({MAX_ELEMENTS:,}): the file is corrupt or not a checkpoint"
-        )
-    need = n * v.element_size()
-    if need > max(v.untyped_storage().nbytes(), MAX_EXPANSION_BYTES):
-        raise UserError(
-            f"{path}: tensor {key} shows shape {tuple(v.shape)} ({need:,} bytes) over "
-            f"{v.untyped_storage().nbytes():,} stored bytes (an expanded view): re-save it with .contiguous()"
-        )
-
-
-# ----------------------------------------------------------------------------- public-code layouts
-def infer_public_layout(sd: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
-    """Recognise checkpoints of the paper's public code; return (zoo config, translated state dict).
-
-    MLP: ``lins.i.weight|bias`` (+ ``lins.i.mask``, ``lins.i.normal_mask`` for W-Asym),
-    ``norms.i.*``, ``activations.i.C`` (sigma-Asym). ResNet: ``conv1``, ``layerK.J.*``,
-    ``linear`` with ``.mask``/``.normal_mask`` on W-Asym convs. The fixed values are
-    recovered exactly as ``weight * (1 - mask)`` (the public code writes them into ``weight``).
-    """
-    out = {k: v for k, v in sd.items() if not k.endswith(".normal_mask")}
-    for k in list(out):
-        if k.endswith(".mask") and k[: -len("mask")] + "weight" in out:
-            w, m = (
-                out[k[: -len("mask")] + "weight"],
-                out[k].to(out[k[: -len("mask")] + "weight"].dtype),
-            )
-            out[k] = m
-            out[k[: -len("mask")] + "fixed"] = w * (1 - m)
-    wasym = any(k.endswith(".mask") for k in out)
-    sigma = any(k.endswith(".C") or k.endswith(".F_mat") for k in out)
-    variant = "w-asym" if wasym else "sigma-asym" if sigma else "standard"
-    if "lins.0.weight" in sd:
-        n = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("lins."))
-        w0 = sd["lins.0.weight"]
-        norm = (
-            "batch"
-            if "norms.0.running_mean" in sd
-            else "layer"
-            if "norms.0.weight" in sd
-            else "none"
-        )
-        cfg: dict[str, Any] = dict(
-            arch="mlp",
-            variant=variant,
-            input_dim=int(w0.shape[1]),
-            num_classes=int(sd[f"lins.{n - 1}.weight"].shape[0]),
-            width=int(w0.shape[0]),
-            depth=n - 1,
-            norm=norm,
-        )
-        if wasym:
-            cfg["n_fix"] = [int((out[f"lins.{i}.mask"][0] == 0).sum()) for i in range(n)]
-        return cfg, out
-    if "conv1.weight" in sd and "layer1.0.conv1.weight" in sd and "linear.weight" in sd:
-        if sigma:
-            return None  # the public sigma ResNet mixes FiGLU and W-Asym blocks; not a zoo model
-        norm = "batch" if "bn1.running_mean" in sd else "group"
-        cfg = dict(
-            arch="resnet20",
-            variant=variant,
-            in_channels=int(sd["conv1.weight"].shape[1]),
-            num_classes=int(sd["linear.weight"].shape[0]),
-            width=int(sd["conv1.weight"].shape[0]) // 16,
-            norm=norm,
-        )
-        return cfg, out
-    return None
-
-
-def _public_layout(sd: dict[str, Tensor], path: Path, translate_only: bool = False):
-    """:func:`infer_public_layout` with key layouts that only look like the paper's refused in one line."""
-    try:
-        found = infer_public_layout(sd)
-    except (ValueError, IndexError, KeyError, RuntimeError) as exc:
-        raise UserError(
-            f"{path}: keys look like the paper's public-code layout, but the tensors do not fit it "
-            f"({type(exc).__name__}: {first_line(exc)}): pass --arch"
-        ) from exc
-    if translate_only and found is None:
-        return None, {k: v for k, v in sd.items() if not k.endswith(".normal_mask")}
-    return found
 
 
 # ----------------------------------------------------------------------------- models
@@ -631,14 +416,14 @@ def load_model(
             cfg["arch"], source = arch, str(path)
         cfg.update(kwargs)
         if "arch" not in cfg:
-            found = _public_layout(sd, path)
+            found = public_layout(sd, path)
             if found is None:
                 raise UserError(
                     f"{path}: cannot tell the architecture (no sidecar, no embedded config, unknown key layout): pass --arch"
                 )
             cfg, sd = found
         elif public:
-            sd = _public_layout(sd, path, translate_only=True)[1]
+            sd = public_layout(sd, path, translate_only=True)[1]
         model = build_from_config(cfg, source, state=sd, state_path=path)
     load_state(model, sd, path)
     model.checkpoint_path = str(path)

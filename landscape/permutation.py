@@ -46,6 +46,7 @@ from typing import Any
 import pandas as pd
 from torch import Tensor, nn
 
+from .atomic import write_atomic
 from .errors import UserError
 
 Entry = tuple[str, int]
@@ -147,7 +148,7 @@ class PermutationSpec:
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=1)
         if path is not None:
-            Path(path).write_text(text)
+            write_atomic(path, text.encode("utf-8"), what="permutation spec")
         return text
 
     @classmethod

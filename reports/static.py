@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from landscape.atomic import write_atomic, write_error
+
 from .figures import build_figures
-from .html import write_failed
 from .spec import COLORSCALE, Figure, Trace
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,6 +27,9 @@ def _draw(ax, t: Trace, fig: Figure):
         ax.fill_between(t.x, t.lo, t.hi, color=t.color, alpha=0.18, lw=0)
     elif t.kind == "markers":
         ax.errorbar(t.x, t.y, yerr=t.error, color=t.color, marker="o", ms=4, capsize=3, label=label)
+    elif t.kind == "scatter":
+        x = [str(v) for v in t.x] if np.asarray(t.x).dtype.kind in "OUS" else t.x
+        ax.errorbar(x, t.y, yerr=t.error, color=t.color, marker="o", ms=3, ls="none", label=label)
     elif t.kind == "bar":
         bars = [c.patches for c in ax.containers]
         k, n = len(bars), len(t.x)
@@ -92,7 +97,7 @@ def draw(fig: Figure):
             ax.set_yscale("log")
         if p.square:
             ax.set_aspect("equal" if not any(t.kind == "contour" for t in p.traces) else "auto")
-        if any(t.legend and t.kind in ("line", "markers") for t in p.traces):
+        if any(t.legend and t.kind in ("line", "markers", "scatter") for t in p.traces):
             ax.legend(fontsize=7)
     if mappable is not None:
         mfig.colorbar(mappable, ax=axes.ravel().tolist(), label=fig.zlabel)
@@ -115,18 +120,21 @@ def write_static(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise write_failed(out_dir, exc, "--static") from exc
+        err = write_error(out_dir, exc, "--static", what="figure")
+        if err is None:
+            raise
+        raise err from exc
     written = []
     for fig in build_figures(res):
         mfig = draw(fig)
         try:
             for fmt in formats:
+                image = io.BytesIO()  # drawn in memory, then written by rename like every output
+                mfig.savefig(image, format=fmt, dpi=150 if fmt == "png" else None)
                 path = out_dir / f"{fig.name}.{fmt}"
-                try:
-                    mfig.savefig(path, dpi=150 if fmt == "png" else None)
-                except OSError as exc:
-                    raise write_failed(path, exc, "--static") from exc
-                written.append(path)
+                written.append(
+                    write_atomic(path, image.getvalue(), option="--static", what="figure")
+                )
         finally:
             plt.close(mfig)
     return written

@@ -25,7 +25,10 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from ..common import check_output, print_table, write_error
+from landscape.atomic import write_atomic
+from landscape.hdf5 import image_of, in_memory_file
+
+from ..common import check_output, print_table
 
 HELP = "export results for other tools: surfaces as loss-landscape (Li et al.) HDF5 files"
 EXAMPLE = "landscape export results.h5 --format loss-landscape -o exported/"
@@ -80,12 +83,7 @@ def write_loss_landscape_file(
     attrs: dict | None = None,
 ) -> Path:
     """One loss-landscape compatible file; ``loss[i, j]`` is at ``(x[i], y[j])``, ``accuracy`` a fraction."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = h5py.File(path, "w")
-    except OSError as exc:
-        raise write_error(path, exc) from exc
+    f = in_memory_file()  # built in memory, then written by rename: never half a file
     with f:
         f["xcoordinates"] = np.asarray(x, dtype=float)
         if y is not None:
@@ -98,7 +96,8 @@ def write_loss_landscape_file(
         )
         for k, v in (attrs or {}).items():
             f.attrs[k] = v
-    return path
+        image = image_of(f)
+    return write_atomic(path, image, option="-o", what="export")
 
 
 @dataclass(frozen=True)

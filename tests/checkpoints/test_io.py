@@ -213,12 +213,12 @@ def test_import_callable_names_the_option(tmp_path):
 def test_a_failed_write_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     import errno
 
-    import checkpoints.io
+    import landscape.atomic
 
     def refuse(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(checkpoints.io.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(landscape.atomic.tempfile, "mkstemp", refuse)
     with pytest.raises(UserError, match=r"cannot write .*m\.pt: read-only file system: choose"):
         save_checkpoint(zoo.build("mlp", input_dim=4, width=2), tmp_path / "m.pt")
     assert list(tmp_path.iterdir()) == []

@@ -24,8 +24,9 @@ def test_records_are_self_describing(tmp_path):
         and rec.dataset_attrs["alphas"]["units"] == "1"
     )
     with h5py.File(tmp_path / "r.h5") as f:  # readable without our code
-        assert f.attrs["schema_version"] == SCHEMA_VERSION and f.attrs["package"] == "landscape"
-        assert f["interpolation/g/seed0-seed1/alphas"].attrs["description"] == "coefficient"
+        # text is fixed-length UTF-8 (no global heap): plain h5py gives bytes, xarray gives str
+        assert f.attrs["schema_version"] == SCHEMA_VERSION and f.attrs["package"] == b"landscape"
+        assert f["interpolation/g/seed0-seed1/alphas"].attrs["description"] == b"coefficient"
     assert s.keys() == ["interpolation/g/seed0-seed1"] and s.keys("interpolation") == [
         "interpolation/g/seed0-seed1"
     ]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import landscape.atomic as atomic_mod
 import landscape.store as store_mod
 from landscape.errors import UserError
 from landscape.store import ResultsStore
@@ -66,7 +67,7 @@ def test_enospc_writing_the_new_file_is_one_line_and_keeps_the_old(tmp_path, mon
             ),
         )
     else:  # file systems with delayed allocation may say it only at fsync
-        monkeypatch.setattr(store_mod.os, "fsync", full)
+        monkeypatch.setattr(atomic_mod.os, "fsync", full)
     with ResultsStore(p) as s, pytest.raises(UserError) as err:
         s.write("a/g/r2", {"x": np.arange(5.0)})
     msg = str(err.value)
@@ -104,14 +105,14 @@ def test_an_io_error_without_errno_on_a_full_disk_counts_as_full(tmp_path, monke
     def fail(*a, **k):
         raise OSError(errno.EIO, "Input/output error")  # what NFS may say when full
 
-    monkeypatch.setattr(store_mod.os, "fsync", fail)
+    monkeypatch.setattr(atomic_mod.os, "fsync", fail)
     monkeypatch.setattr(ResultsStore, "_check_space", lambda self, n: None)
-    monkeypatch.setattr(store_mod, "_free_bytes", lambda d: 0)
+    monkeypatch.setattr(atomic_mod, "free_bytes", lambda d: 0)
     with ResultsStore(p) as s, pytest.raises(UserError, match="^no space left on"):
         s.write("a/g/r2", {"x": np.arange(5.0)})
     assert p.read_bytes() == before and not temporaries(tmp_path)
     # the same error with space to spare is not a full disk: it keeps its traceback
-    monkeypatch.setattr(store_mod, "_free_bytes", lambda d: 10**12)
+    monkeypatch.setattr(atomic_mod, "free_bytes", lambda d: 10**12)
     with ResultsStore(p) as s, pytest.raises(OSError, match="Input/output"):
         s.write("a/g/r2", {"x": np.arange(5.0)})
     assert p.read_bytes() == before and not temporaries(tmp_path)
@@ -130,9 +131,9 @@ def test_first_write_of_a_new_file_on_a_full_disk_leaves_nothing(tmp_path, monke
 
 def test_clearly_too_little_space_is_refused_before_copying(tmp_path, monkeypatch):
     p, before = original(tmp_path)
-    monkeypatch.setattr(store_mod, "_free_bytes", lambda d: 1000)
+    monkeypatch.setattr(atomic_mod, "free_bytes", lambda d: 1000)
     opened = []
-    monkeypatch.setattr(store_mod, "_in_memory", lambda *a: opened.append(a))
+    monkeypatch.setattr(store_mod, "in_memory_file", lambda *a: opened.append(a))
     with ResultsStore(p) as s, pytest.raises(UserError) as err:
         s.write("a/g/r2", {"x": np.zeros(100_000)})
     msg = str(err.value)
@@ -152,9 +153,9 @@ def test_read_only_or_forbidden_output_is_one_line(tmp_path, monkeypatch, code, 
         raise OSError(code, os.strerror(code))
 
     if where == "mkstemp":
-        monkeypatch.setattr(store_mod.tempfile, "mkstemp", deny)
+        monkeypatch.setattr(atomic_mod.tempfile, "mkstemp", deny)
     else:
-        monkeypatch.setattr(store_mod.os, "replace", deny)
+        monkeypatch.setattr(atomic_mod.os, "replace", deny)
     with ResultsStore(p) as s, pytest.raises(UserError) as err:
         s.write("a/g/r2", {"x": np.arange(5.0)})
     assert str(err.value) == f"cannot write {p}: {words}: choose another -o"
