@@ -6,7 +6,7 @@ as declared in :mod:`landscape.records.surface`: the loss and accuracy on the gr
 ``done`` mask, the grid coordinates, the direction vectors, the loss at the origin and the
 sharpness at a radius, and the token that makes resuming safe.
 
-:func:`landscape.surface.surface` computes; this module persists. :func:`persistent_surface`
+:func:`landscape.surfaces.surface` computes; this module persists. :func:`persistent_surface`
 writes every chunk into the record (``complete=False`` with the ``done`` mask) and, when an
 incomplete record with the same token is there, resumes from it, so a killed run continues
 where it stopped and ends with the values of an uninterrupted one.
@@ -34,7 +34,7 @@ from landscape.errors import UserError
 from landscape.records import surface as R
 from landscape.results import summarise
 from landscape.store import Dataset, Record, ResultsStore, provenance
-from landscape.surface import DEFINITION, Surface, landmark_grid, surface, surface_token
+from landscape.surfaces import DEFINITION, Surface, landmark_grid, surface, surface_token
 
 from .context import StudyContext
 
@@ -62,9 +62,9 @@ def surface_from_record(record: Record) -> Surface:
     """The :class:`Surface` held by a record written by :func:`_record` (complete or not)."""
     a = record.attrs
     axes = tuple(a.get(R.AXES.name) or R.LOSS.dims)
-    coords = {R.X.dims[0]: R.X.name, R.Y.dims[0]: R.Y.name}
+    coords = (R.X.name, R.Y.name)[: len(axes)]  # the grid dimensions, in the directions' order
     return Surface(
-        tuple(np.asarray(record[coords[ax]], dtype=float) for ax in axes),
+        tuple(np.asarray(record[c], dtype=float) for c in coords),
         np.asarray(record[R.LOSS.name], dtype=float),
         np.asarray(record[R.ACCURACY.name], dtype=float),
         axes,
@@ -100,9 +100,9 @@ def _record(
     complete: bool,
     radius: float | None = None,
 ) -> None:
-    """Write ``s`` as the record at ``key`` through the surface definition."""
-    if tuple(s.axes) != R.LOSS.dims[: len(s.axes)]:
-        raise ValueError(f"surface axes {s.axes} are not {R.LOSS.dims}")
+    """Write ``s`` as the record at ``key`` through the surface definition: the grid
+    dimensions are ``x`` and ``y`` in the directions' order, whatever the directions are
+    called (their names stay in the ``axes`` attribute)."""
     values: dict[str, Any] = {
         R.LOSS.name: s.loss,
         R.ACCURACY.name: s.accuracy,
@@ -163,13 +163,13 @@ def persistent_surface(
     radius: float | None = None,
     **options: Any,
 ) -> Surface:
-    """:func:`landscape.surface.surface` with the grid kept in the record ``key`` of ``store``.
+    """:func:`landscape.surfaces.surface` with the grid kept in the record ``key`` of ``store``.
 
     Every chunk is written (``complete=False``, the ``done`` mask marks the points computed);
     the last write marks the record complete and adds the direction vectors. With
     ``resume``, an existing record must carry this grid's token (same model, directions,
     grid and data): its computed points are kept and only the missing ones are computed
-    (``resume=False`` recomputes all). ``options`` go to :func:`landscape.surface.surface`;
+    (``resume=False`` recomputes all). ``options`` go to :func:`landscape.surfaces.surface`;
     ``on_chunk`` is called after each chunk has been written.
     """
     if not isinstance(store, ResultsStore):
@@ -240,7 +240,7 @@ def study(
     Random directions (default): ``dims`` filter-normalised Gaussian directions with seed
     ``direction_seed`` around the group's first seed, grid ``steps`` per axis over
     ``[-span, span]`` (default span 1). ``plane="A,B,C"``: the plane through three seeds of
-    each group (origin A); without ``span`` the grid is :func:`landscape.surface.landmark_grid`
+    each group (origin A); without ``span`` the grid is :func:`landscape.grid.landmark_grid`
     (A and B on grid points). ``workers`` / ``scheduler`` run the chunks on Dask.
     """
     if split not in ("train", "test"):

@@ -302,7 +302,7 @@ class HessianOperator:
     def _products_fwd_rev(self, V: Tensor) -> Tensor:
         from torch.func import functional_call, grad, jvp, vmap
 
-        theta = self.view.get()
+        theta = self.view.get().detach()  # products are values, not part of a graph
         total = torch.zeros_like(V)
         with eval_mode(self.model):
             for x, y in self.batches:
@@ -312,7 +312,7 @@ class HessianOperator:
                         functional_call(self.model, self.view.functional(t), (x,), strict=False), y
                     )
 
-                total += vmap(lambda v: jvp(grad(f), (theta,), (v,))[1])(V)
+                total += vmap(lambda v: jvp(grad(f), (theta,), (v,))[1])(V).detach()
         return total / self.num_samples
 
 

@@ -115,6 +115,6 @@ def run(args) -> int:
     )
     print_table(
         df,
-        f"loss surfaces ({args.split} split; rise_at_r = mean loss rise at radius r) -> {ctx.store.path}",
+        f"loss surfaces ({args.split} split; rise at radius = mean loss rise on the circle of that radius) -> {ctx.store.path}",
     )
     return 0

@@ -21,7 +21,7 @@ from checkpoints import load_model, save_checkpoint, zoo
 from checkpoints.sources import load_data
 from landscape import UserError, as_batches, evaluate, random_directions
 from landscape.store import ResultsStore
-from landscape.surface import surface
+from landscape.surfaces import surface
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -227,6 +227,23 @@ def tiny():
         (torch.randn(48, 12, generator=g), torch.randint(0, 4, (48,), generator=g)), batch_size=20
     )
     return model, data
+
+
+def test_directions_of_any_name_persist_on_the_x_and_y_dimensions(tmp_path):
+    """Hessian directions are called v1, v2: the record's grid dimensions stay x and y."""
+    from landscape import hessian_directions, hessian_eigenvalues
+
+    model, data = tiny()
+    eig = hessian_eigenvalues(model, data, k=2, return_eigenvectors=True)
+    dirs = hessian_directions(model, eig.eigenvectors)
+    s = persistent_surface(
+        tmp_path / "r.h5", "surface/g/seed0", model, data, dirs, steps=3, progress=False
+    )
+    rec = ResultsStore(tmp_path / "r.h5").read("surface/g/seed0")
+    assert rec.attrs["axes"] == list(s.axes) and rec.dataset_attrs["loss"]["axes"] == ["x", "y"]
+    back = surface_from_record(rec)
+    assert back.axes == s.axes and np.array_equal(back.loss, s.loss)
+    assert all(np.array_equal(a, b) for a, b in zip(back.coordinates, s.coordinates))
 
 
 def test_resume_refuses_other_settings_and_restarts_when_asked(tmp_path):

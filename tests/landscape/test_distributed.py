@@ -12,7 +12,7 @@ from torch import nn
 
 from landscape import UserError, as_batches
 from landscape.directions import random_directions
-from landscape.surface import surface
+from landscape.surfaces import surface
 
 pytest.importorskip("distributed")
 

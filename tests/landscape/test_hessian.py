@@ -187,6 +187,15 @@ def test_forward_over_reverse_and_double_backward_agree():
         assert torch.allclose(a, H @ V.T, atol=1e-10) and torch.allclose(b, H @ V.T, atol=1e-10)
 
 
+def test_forward_over_reverse_follows_the_numpy_convention_too():
+    model, X, y, H, ev = case("w-asym-mlp")
+    op = HessianOperator(model, (X, y), hvp="forward-over-reverse")
+    v = np.random.default_rng(0).standard_normal(H.shape[0])
+    out = op @ v
+    assert isinstance(out, np.ndarray) and np.allclose(out, H.numpy() @ v, atol=1e-8)
+    assert not (op @ torch.from_numpy(v)).requires_grad
+
+
 def test_trace_estimates_lie_within_their_standard_error():
     model, X, y, H, ev = case("w-asym-mlp")
     op = HessianOperator(model, (X, y))

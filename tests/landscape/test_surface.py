@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-import landscape.surface as surface_module
+import landscape.surfaces as surface_module
 from checkpoints import zoo
 from landscape import UserError, as_batches, evaluate, reset_batchnorm
 from landscape.directions import plane_directions, random_directions
 from landscape.grid import GridTask, batches_fingerprint
 from landscape.params import ParamView
-from landscape.surface import Surface, landmark_grid, surface, surface_token
+from landscape.surfaces import Surface, landmark_grid, surface, surface_token
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -330,7 +330,7 @@ def test_grid_task_pickles_as_a_cpu_copy_and_evaluates_the_same():
 FORBIDDEN = {"landscape.store", "h5py", "analysis", "reports", "checkpoints", "distributed", "dask"}
 
 
-@pytest.mark.parametrize("module", ["surface", "grid", "first_layer"])
+@pytest.mark.parametrize("module", ["surfaces", "grid", "first_layer"])
 def test_surface_numerics_import_no_store_and_no_executor(module):
     """The numerics write no files and do not know which executor runs them."""
     tree = ast.parse((ROOT / "landscape" / f"{module}.py").read_text())
@@ -349,3 +349,12 @@ def test_surface_numerics_import_no_store_and_no_executor(module):
         or m in ("landscape.distributed",)
     }
     assert not bad, f"landscape/{module}.py imports {bad}"
+
+
+def test_the_surface_function_is_not_shadowed_by_its_module():
+    import subprocess
+    import sys
+
+    code = "import landscape.surfaces, landscape; print(callable(landscape.surface))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
