@@ -30,8 +30,16 @@ def layer_generator(mask_seed: int, layer_index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(mask_seed) * 1_000_003 + 7919 * int(layer_index) + 17)
 
 
-def random_subset_mask(rows: int, cols: int, n_fix: int, gen: torch.Generator) -> Tensor:
-    """(rows, cols) float mask with exactly ``n_fix`` zeros (fixed entries) per row."""
+def random_subset_mask(
+    rows: int, cols: int, n_fix: int, gen: torch.Generator, *, allow_all: bool = False
+) -> Tensor:
+    """(rows, cols) float mask with exactly ``n_fix`` zeros (fixed entries) per row.
+
+    ``allow_all`` lets ``n_fix == cols`` fix whole rows (the fully fixed stem of the paper's
+    W-Asym ResNet-8); otherwise a row must keep at least one trainable entry.
+    """
+    if allow_all and n_fix == cols:
+        return torch.zeros(rows, cols)
     if not 0 < n_fix < cols:
         raise UserError(
             f"n_fix={n_fix} must be between 1 and {cols - 1} for a row of {cols} inputs (fixing every entry leaves nothing to train)"
@@ -94,7 +102,7 @@ class AsymConv2d(_AsymMixin, nn.Conv2d):
     """Conv layer with ``n_fix`` fixed entries per output channel.
 
     ``mode="entry"`` fixes ``n_fix`` of the ``c_in * k * k`` entries; ``mode="filter"``
-    fixes ``n_fix`` whole ``k x k`` input filters.
+    fixes ``n_fix`` whole ``k x k`` input filters. ``allow_all`` permits fixing every entry.
     """
 
     def __init__(
@@ -108,15 +116,18 @@ class AsymConv2d(_AsymMixin, nn.Conv2d):
         mask_seed: int,
         layer_index: int,
         mode: str = "entry",
+        allow_all: bool = False,
         **kw,
     ):
         super().__init__(in_channels, out_channels, kernel_size, **kw)
         gen = layer_generator(mask_seed, layer_index)
         k = self.kernel_size[0] * self.kernel_size[1]
         if mode == "entry":
-            mask = random_subset_mask(out_channels, in_channels * k, n_fix, gen)
+            mask = random_subset_mask(
+                out_channels, in_channels * k, n_fix, gen, allow_all=allow_all
+            )
         elif mode == "filter":
-            m = random_subset_mask(out_channels, in_channels, n_fix, gen)
+            m = random_subset_mask(out_channels, in_channels, n_fix, gen, allow_all=allow_all)
             mask = m[:, :, None].expand(out_channels, in_channels, k).reshape(out_channels, -1)
         else:
             raise UserError(f"unknown W-Asym conv mask mode {mode!r}: use 'entry' or 'filter'")

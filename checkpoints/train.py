@@ -1,13 +1,27 @@
 """Training zoo models into a checkpoint directory (``ROOT/<group>/<seed>/{init,final}.pt``).
 
 Deterministic for a seed: the seed fixes the trainable initialisation (through
-:func:`checkpoints.zoo.build`) and the data order (a ``torch.Generator``); the mask seed
-of the architecture is shared by every seed of a group. Defaults follow the paper's MLP
-recipe: AdamW, lr 1e-3, weight decay 0.03, batch 64.
+:func:`checkpoints.zoo.build`), the data order and the augmentation draws (two
+``torch.Generator`` s); the mask seed of the architecture is shared by every seed of a
+group. Defaults follow the paper's MLP recipe: AdamW, lr 1e-3, weight decay 0.03, batch 64,
+constant learning rate, no label smoothing, no augmentation.
+
+Options (all recorded in the sidecar's ``training``):
+
+- learning-rate schedules over the optimiser steps ``t = 0 .. T-1`` (:func:`lr_factor`):
+  ``constant``; ``triangular`` (one cycle: linear from 0 up to ``lr`` at ``peak_epoch``,
+  then linear down to 0 at the end, as the paper's ResNet-8 zoos); ``cosine`` (linear
+  warm-up over ``warmup_epochs``, then ``(1 + cos(pi u)) / 2``);
+- label smoothing ``eps``: cross-entropy against ``(1 - eps) onehot(y) + eps / K``;
+- image augmentation (inputs ``(N, C, H, W)`` only): ``crop`` (pad by ``augment_pad`` zero
+  pixels, i.e. the normalised mean, and crop back at a random offset: a random translation by
+  up to ``augment_pad`` pixels; ``translate`` is the same), ``flip`` (horizontal, probability
+  1/2), or both (``crop+flip``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from landscape.errors import UserError
@@ -26,6 +41,9 @@ from .discover import Run
 from .io import SIDECAR_NAME, save_checkpoint, write_json_atomic
 from .sources import DataSet
 
+SCHEDULES = ("constant", "triangular", "cosine")
+AUGMENTS = ("none", "crop", "flip", "crop+flip")
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -34,6 +52,91 @@ class TrainSettings:
     weight_decay: float = 0.03
     batch_size: int = 64
     optimizer: str = "adamw"
+    schedule: str = "constant"
+    peak_epoch: float = 5.0
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    augment: str = "none"
+    augment_pad: int = 4
+
+    def check(self) -> TrainSettings:
+        """The settings, or :class:`UserError` naming the first bad one (as its CLI option)."""
+        if self.epochs < 0:
+            raise UserError(f"--epochs must be >= 0, got {self.epochs}")
+        if self.optimizer != "adamw":
+            raise UserError(f"optimizer {self.optimizer!r}: only adamw is supported")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"--schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.augment not in AUGMENTS:
+            raise UserError(f"--augment {self.augment!r}: use one of {', '.join(AUGMENTS)}")
+        if self.augment_pad < 0 or self.peak_epoch < 0 or self.warmup_epochs < 0:
+            raise UserError("--augment-pad, --peak-epoch and --warmup-epochs must be >= 0")
+        return self
+
+
+def normalise_augment(text: str) -> str:
+    """``"translate,flip"`` / ``"flip+crop"`` / ``"crop"`` ... as one of :data:`AUGMENTS`."""
+    parts = {p.strip().lower() for p in text.replace(",", "+").split("+") if p.strip()}
+    parts = {"crop" if p == "translate" else p for p in parts} - {"none"}
+    unknown = parts - {"crop", "flip"}
+    if unknown:
+        raise UserError(
+            f"--augment {text!r}: unknown augmentation {sorted(unknown)[0]!r}; use none, crop "
+            "(translate), flip or crop+flip"
+        )
+    return "+".join(a for a in ("crop", "flip") if a in parts) or "none"
+
+
+def lr_factor(settings: TrainSettings, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) over ``settings.lr``.
+
+    With ``T = epochs * steps_per_epoch`` steps and ``u = (step + 1/2) / steps_per_epoch``
+    (the step's midpoint in epochs, so neither the first nor the last step has rate 0):
+
+    - ``constant``: 1;
+    - ``triangular``: ``u / P`` for ``u <= P``, then ``(E - u) / (E - P)`` (``P`` = peak
+      epoch, at most ``E`` = epochs): the paper's single triangle;
+    - ``cosine``: ``u / W`` during the warm-up ``W`` epochs, then
+      ``(1 + cos(pi (u - W) / (E - W))) / 2``.
+    """
+    u = (step + 0.5) / steps_per_epoch
+    total = float(settings.epochs)
+    if settings.schedule == "triangular":
+        peak = min(float(settings.peak_epoch), total)
+        if u <= peak and peak > 0:
+            return u / peak
+        return max(0.0, (total - u) / (total - peak)) if total > peak else 1.0
+    if settings.schedule == "cosine":
+        warm = min(float(settings.warmup_epochs), total)
+        if u < warm:
+            return u / warm
+        rest = total - warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (u - warm) / rest))) if rest > 0 else 1.0
+    return 1.0
+
+
+def augment_batch(x: Tensor, augment: str, pad: int, gen: torch.Generator) -> Tensor:
+    """A randomly translated (``crop``) and/or horizontally flipped (``flip``) copy of ``x`` (N, C, H, W).
+
+    ``crop``: ``out[n, :, i, j] = xpad[n, :, i + dy_n, j + dx_n]`` with ``xpad`` the input
+    zero-padded by ``pad`` on every side and ``dy_n, dx_n`` uniform in ``0 .. 2 pad``;
+    ``flip``: ``x[n, :, :, ::-1]`` with probability 1/2. Draws come from ``gen`` (CPU).
+    """
+    n, _, h, w = x.shape
+    if "crop" in augment and pad > 0:
+        shift = torch.randint(0, 2 * pad + 1, (2, n), generator=gen).to(x.device)
+        padded = F.pad(x, (pad, pad, pad, pad))
+        rows = (shift[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (shift[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None, None]
+        chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        x = padded[batch, chan, rows, cols]
+    if "flip" in augment:
+        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
 
 
 def train_model(
@@ -45,9 +148,10 @@ def train_model(
     progress: bool = True,
     desc: str = "train",
 ) -> nn.Module:
-    """Train ``model`` in place with AdamW on cross-entropy; data order from ``seed``."""
-    if settings.epochs < 0:
-        raise UserError(f"--epochs must be >= 0, got {settings.epochs}")
+    """Train ``model`` in place with AdamW on (label-smoothed) cross-entropy, or squared error for
+    float targets; the learning rate follows ``settings.schedule`` (:func:`lr_factor`); data
+    order and augmentation draws from ``seed``."""
+    settings.check()
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     gen = torch.Generator().manual_seed(10_007 * int(seed) + 1)
     X, y = train.X, train.y
@@ -55,18 +159,38 @@ def train_model(
     if not y.is_floating_point():
         with torch.no_grad():
             check_targets(model.eval()(X[:2]), (int(y.min()), int(y.max())))
+    elif settings.label_smoothing:
+        raise UserError("label smoothing needs class labels; the data has float targets")
+    augment = settings.augment
+    if augment != "none" and X.dim() != 4:
+        raise UserError(
+            f"--augment {augment} needs images (N, C, H, W); the inputs have shape "
+            f"{tuple(X.shape[1:])}: use --augment none"
+        )
+    aug_gen = torch.Generator().manual_seed(10_007 * int(seed) + 2)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    per_epoch = max(1, math.ceil(n / settings.batch_size))
+    step = 0
     model.train()
     bar = tqdm(range(settings.epochs), desc=desc, leave=False, disable=not progress)
     for _ in bar:
         order = torch.randperm(n, generator=gen)
         for i in range(0, n, settings.batch_size):
             idx = order[i : i + settings.batch_size]
-            if idx.numel() < 2 and any(
-                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
-            ):
+            if settings.schedule != "constant":
+                for group in opt.param_groups:
+                    group["lr"] = settings.lr * lr_factor(settings, step, per_epoch)
+            step += 1
+            if idx.numel() < 2 and has_bn:
                 continue  # BatchNorm cannot train on one sample
+            xb = X[idx]
+            if augment != "none":
+                xb = augment_batch(xb, augment, settings.augment_pad, aug_gen)
             opt.zero_grad(set_to_none=True)
-            loss = loss_sum(model(X[idx]), y[idx]) / idx.numel()
+            if settings.label_smoothing:
+                loss = F.cross_entropy(model(xb), y[idx], label_smoothing=settings.label_smoothing)
+            else:
+                loss = loss_sum(model(xb), y[idx]) / idx.numel()
             loss.backward()
             opt.step()
     model.eval()

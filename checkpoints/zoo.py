@@ -1,7 +1,7 @@
 """Model zoo: the paper's architectures in three variants, built by one call.
 
 ``build(arch, variant="standard", *, seed=0, mask_seed=0, **kwargs)`` with ``arch`` in
-``mlp``, ``cnn``, ``resnet20`` and ``variant`` in ``standard``, ``w-asym``,
+``mlp``, ``cnn``, ``resnet20``, ``resnet8`` and ``variant`` in ``standard``, ``w-asym``,
 ``sigma-asym``. ``seed`` draws the trainable initialisation; ``mask_seed`` draws the
 asymmetry constants (W-Asym masks and fixed values, FiGLU matrices) and belongs to the
 architecture: every seed of one group shares it.
@@ -10,7 +10,9 @@ W-Asym defaults follow the paper (see the reference notes): MNIST MLP n_fix
 [64, 64, 64, 256] with kappa [1, 1, 0.5, 0.25]; at other widths n_fix keeps the paper's
 share of the fan-in (64/784 of the input layer, 64/512 of a hidden layer, 256/512 of the
 output layer). ResNet-20 (width n): stem 12 of 27, stage convs 36n/54n/72n, shortcuts
-4n/6n/8n, final linear 8, kappa 3.
+4n/6n/8n, final linear 8, kappa 3. ResNet-8 (the metanetwork zoos): kappa 2, 8 whole input
+filters per output channel in every 3x3 conv (the stem fully fixed), 8 entries per row in
+the 1x1 shortcuts and the final linear.
 """
 
 from __future__ import annotations
@@ -212,13 +214,17 @@ def conv_norm(kind: str, channels: int) -> nn.Module:
 class _ConvFactory:
     """Makes standard or W-Asym conv/linear layers with consecutive layer indices."""
 
-    def __init__(self, variant: str, mask_seed: int, kappa: float, conv_mask: str):
+    def __init__(
+        self, variant: str, mask_seed: int, kappa: float, conv_mask: str, allow_full: bool = False
+    ):
         self.variant, self.mask_seed, self.kappa, self.conv_mask = (
             variant,
             mask_seed,
             kappa,
             conv_mask,
         )
+        # allow_full: a request to fix more than a row holds fixes the whole row (ResNet-8's stem)
+        self.allow_full = allow_full
         self.index = 0
 
     def _next(self) -> int:
@@ -234,6 +240,8 @@ class _ConvFactory:
         )  # a 1-channel input has only one filter
         if mode == "filter":
             n_fix = max(1, round(n_fix / (k * k)))
+        if self.allow_full:
+            n_fix = min(n_fix, cin if mode == "filter" else cin * k * k)
         return AsymConv2d(
             cin,
             cout,
@@ -243,6 +251,7 @@ class _ConvFactory:
             mask_seed=self.mask_seed,
             layer_index=i,
             mode=mode,
+            allow_all=self.allow_full,
             **kw,
         )
 
@@ -440,6 +449,67 @@ class ResNet20(ZooModel):
                     b.layer(f"{p}.shortcut.0", stream, prev).norm(f"{p}.shortcut.1", stream)
                 prev = stream
         return b.layer("linear", None, prev).build()
+
+
+# ----------------------------------------------------------------------------- ResNet-8
+@_register("resnet8")
+class ResNet8(ResNet20):
+    """CIFAR ResNet-8 (3 stages x 1 basic block) of the paper's metanetwork zoos.
+
+    ``width`` may be fractional: the stages have ``round(16 w)``, ``round(32 w)``,
+    ``round(64 w)`` channels (the paper's parameter-matched control uses ``w = 0.875``).
+    GroupNorm(1, C) and option-B shortcuts as in ResNet-20; at ``width=1`` on CIFAR-10 it has
+    78,042 parameters.
+
+    W-Asym (the paper's ``sparse_resnet8``): ``kappa = 2``; with ``conv_mask="filter"`` every
+    3x3 conv fixes ``n_fix`` whole 3x3 input filters per output channel (the stem has only 3
+    input channels, so it is fully fixed: no trainable entry), each 1x1 shortcut and the final
+    linear layer fix ``n_fix`` entries per row; with ``conv_mask="entry"``, ``n_fix`` counts
+    entries in every layer. At ``width=1``: 60,634 trainable entries.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        *,
+        width: float = 1.0,
+        norm: str = "group",
+        variant: str = "standard",
+        kappa: float = 2.0,
+        n_fix: int = 8,
+        conv_mask: str = "filter",
+        mask_seed: int = 0,
+        input_dim: int | None = None,
+    ):
+        nn.Module.__init__(self)
+        variant = _check_variant(variant)
+        if not width > 0:
+            raise UserError(f"resnet8 width must be positive, got {width}")
+        mk = _ConvFactory(variant, mask_seed, kappa, conv_mask, allow_full=True)
+        chans = [max(1, round(c * width)) for c in (16, 32, 64)]
+        per_conv = n_fix * 9 if conv_mask == "filter" else n_fix  # the factory counts entries
+        self.conv1 = mk.conv(in_channels, chans[0], 3, per_conv, padding=1, bias=False)
+        self.bn1 = conv_norm(norm, chans[0])
+        self.act = mk.act(chans[0])
+        cin = chans[0]
+        for s, c in enumerate(chans):
+            block = BasicBlock(mk, cin, c, 2 if s else 1, norm, per_conv, n_fix)
+            setattr(self, f"layer{s + 1}", nn.Sequential(block))
+            cin = c
+        self.linear = mk.linear(chans[-1], num_classes, n_fix)
+        self.config = dict(
+            arch="resnet8",
+            variant=variant,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            width=width,
+            norm=norm,
+            kappa=kappa,
+            n_fix=n_fix,
+            conv_mask=conv_mask,
+            mask_seed=mask_seed,
+        )
 
 
 # ----------------------------------------------------------------------------- build

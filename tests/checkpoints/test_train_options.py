@@ -1,0 +1,107 @@
+"""Training options: the default path is the plain AdamW loop, schedules follow their formulas,
+label smoothing and augmentation do what they say."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from checkpoints import zoo
+from checkpoints.sources import DataSet
+from checkpoints.train import (
+    TrainSettings,
+    augment_batch,
+    lr_factor,
+    normalise_augment,
+    train_model,
+)
+from landscape.errors import UserError
+
+
+def _data(n=40, shape=(1, 6, 6), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return DataSet(torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def _hand_loop(model, data, lr, wd, batch, epochs, seed, factors=None, smoothing=0.0):
+    """The plain loop: AdamW, the seed's data order, mean cross-entropy per batch."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    gen = torch.Generator().manual_seed(10_007 * seed + 1)
+    step = 0
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(data), generator=gen)
+        for i in range(0, len(data), batch):
+            idx = order[i : i + batch]
+            if factors is not None:
+                for group in opt.param_groups:
+                    group["lr"] = lr * factors[step]
+            step += 1
+            opt.zero_grad()
+            F.cross_entropy(model(data.X[idx]), data.y[idx], label_smoothing=smoothing).backward()
+            opt.step()
+    return model.eval()
+
+
+def test_default_settings_are_the_plain_adamw_loop():
+    data = _data()
+    a = zoo.build("mlp", input_dim=36, width=8, depth=1, seed=4)
+    b = zoo.build("mlp", input_dim=36, width=8, depth=1, seed=4)
+    train_model(a, data, TrainSettings(epochs=2, batch_size=16), seed=3, progress=False)
+    _hand_loop(b, data, 1e-3, 0.03, 16, 2, seed=3)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-7)
+
+
+def test_triangular_schedule_and_label_smoothing_match_a_hand_loop():
+    data = _data()
+    s = TrainSettings(
+        epochs=3, lr=1e-2, batch_size=16, schedule="triangular", peak_epoch=1, label_smoothing=0.1
+    )
+    per_epoch = 3  # ceil(40 / 16)
+    # the step's midpoint u = (t + 1/2) / 3 epochs: up to the peak at 1, down to 0 at 3
+    factors = [(t + 0.5) / 3 if (t + 0.5) / 3 <= 1 else (3 - (t + 0.5) / 3) / 2 for t in range(9)]
+    assert [lr_factor(s, t, per_epoch) for t in range(9)] == pytest.approx(factors)
+    a = zoo.build("mlp", input_dim=36, width=8, depth=1, seed=1)
+    b = zoo.build("mlp", input_dim=36, width=8, depth=1, seed=1)
+    train_model(a, data, s, seed=0, progress=False)
+    _hand_loop(b, data, 1e-2, 0.03, 16, 3, seed=0, factors=factors, smoothing=0.1)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_cosine_with_warmup():
+    s = TrainSettings(epochs=10, schedule="cosine", warmup_epochs=2)
+    assert lr_factor(s, 0, 1) == pytest.approx(0.25)  # u = 0.5 of 2 warm-up epochs
+    assert lr_factor(s, 5, 1) == pytest.approx(0.5 * (1 + math.cos(math.pi * 3.5 / 8)))
+    assert lr_factor(TrainSettings(), 7, 3) == 1.0
+
+
+def test_crop_is_a_translation_of_the_padded_image_and_flip_mirrors():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 2, 5, 5, generator=g)
+    out = augment_batch(x, "crop", 2, torch.Generator().manual_seed(1))
+    padded = F.pad(x, (2, 2, 2, 2))
+    for n in range(6):
+        windows = [padded[n, :, i : i + 5, j : j + 5] for i in range(5) for j in range(5)]
+        assert any(torch.equal(out[n], w) for w in windows)
+    flipped = augment_batch(x, "flip", 0, torch.Generator().manual_seed(1))
+    kinds = [
+        torch.equal(flipped[n], x[n]) or torch.equal(flipped[n], x[n].flip(-1)) for n in range(6)
+    ]
+    assert all(kinds) and not torch.equal(flipped, x)
+    assert (
+        normalise_augment("translate,flip") == "crop+flip" and normalise_augment("none") == "none"
+    )
+    with pytest.raises(UserError, match="cutout"):
+        normalise_augment("cutout")
+
+
+def test_augmentation_needs_images_and_smoothing_needs_labels():
+    flat = DataSet(torch.randn(8, 5), torch.randint(0, 3, (8,)))
+    model = zoo.build("mlp", input_dim=5, width=4, depth=1, num_classes=3)
+    with pytest.raises(UserError, match="needs images"):
+        train_model(model, flat, TrainSettings(epochs=1, augment="crop"), progress=False)
+    with pytest.raises(UserError, match="--schedule"):
+        TrainSettings(schedule="step").check()
