@@ -31,6 +31,7 @@ __all__ = [
     "hessian_study",
     "surface_study",
     "symmetry_study",
+    "metanet_study",
 ]
 
 
@@ -229,3 +230,41 @@ def run_study(
         quiet=True,
     )
     return load(outdir / "results.h5")
+
+
+def metanet_study(
+    roots,
+    target: str | None = None,
+    output: str | Path | None = None,
+    *,
+    device: str | None = None,
+    arch: str | None = None,
+    strict: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    **settings: Any,
+) -> Results:
+    """Metanets predicting ``target`` (default ``test_accuracy``) from the weights of every
+    population (group) under ``roots``; settings (``metanets=``, ``seeds=``, ``epochs=``,
+    ``lrs=``, ``split=``, ...) go to ``analysis.metanet.study``."""
+    from landscape.records.metanet import DEFAULT_TARGET
+
+    from .metanet import open_study, study
+
+    target = target or DEFAULT_TARGET
+    ctx, pops = open_study(
+        roots,
+        output=output,
+        target=target,
+        strict=strict,
+        device=device or "auto",
+        arch=arch,
+        force=force,
+        progress=progress,
+        split=settings.get("split", (0.5, 0.25, 0.25)),
+    )
+    try:
+        study(ctx, target=target, populations=pops, **settings)
+    finally:
+        ctx.store.close()
+    return load(ctx.store.path)

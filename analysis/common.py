@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from checkpoints.io import check_utf8, display, first_line, os_error_line
-from landscape.errors import UserError
+from landscape import atomic
+from landscape.errors import UserError, check_utf8, display, first_line, os_error_line
 
 from .context import StudyContext
 
@@ -138,23 +138,18 @@ def check_output(path: str | os.PathLike, option: str = "-o", *, folder: bool = 
                 f"{option} {path}: {existing} is a file, not a folder: choose another {option}"
             )
     except OSError as exc:
-        raise UserError(os_error_line(path, exc, "write", f"choose another {option}")) from exc
+        raise write_error(path, exc, option) from exc
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         code = errno.EROFS if _read_only_fs(existing) else errno.EACCES
-        raise UserError(
-            os_error_line(
-                path,
-                OSError(code, os.strerror(code)),
-                "write",
-                f"choose another {option}",
-            )
-        )
+        raise write_error(path, OSError(code, os.strerror(code)), option)
     return path
 
 
 def write_error(path: str | os.PathLike, exc: OSError, option: str = "-o") -> UserError:
-    """The one line for a failed write of ``path``."""
-    return UserError(os_error_line(path, exc, "write", f"choose another {option}"))
+    """The one line for a failed write of ``path``: :func:`landscape.atomic.write_error`'s,
+    else the system's words (here the caller has decided that the error is the output's)."""
+    err = atomic.write_error(path, exc, option)
+    return err or UserError(os_error_line(path, exc, "write", f"choose another {option}"))
 
 
 def add_roots(p: argparse.ArgumentParser, nargs: str = "+") -> None:

@@ -3,6 +3,7 @@
 from . import zoo
 from .discover import Run, discover
 from .io import load_model, read_checkpoint, read_sidecar, save_checkpoint, sha256
+from .posterior import is_posterior, load_posterior, save_posterior
 from .sources import DataSet, load_data
 from .zoo import build
 
@@ -12,6 +13,9 @@ __all__ = [
     "Run",
     "discover",
     "load_model",
+    "load_posterior",
+    "save_posterior",
+    "is_posterior",
     "read_checkpoint",
     "read_sidecar",
     "save_checkpoint",

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from landscape.errors import UserError
+from landscape.errors import UserError, check_utf8, os_error_line
 from landscape.records import VARIANT_ORDER
 
-from .io import check_utf8, os_error_line, read_sidecar
+from .io import read_sidecar
 
 CKPT_SUFFIXES = (".pt", ".pth", ".safetensors")
 

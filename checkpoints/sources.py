@@ -32,9 +32,9 @@ import torch
 from torch import Tensor
 
 from landscape.data import subset
-from landscape.errors import UserError
+from landscape.errors import UserError, first_line, os_error_line
 
-from .io import _torch_load, check_tensor, first_line, os_error_line
+from .safe_load import check_tensor, torch_load
 
 SPLITS = ("train", "test")
 STATS = {
@@ -305,7 +305,7 @@ def _array_file(kind: str, path: Path, split: str) -> tuple[Tensor, Tensor]:
             )
         keys = set(d.files)
     else:
-        d = _torch_load(path, ".pt data file")
+        d = torch_load(path, ".pt data file")
         if isinstance(d, (tuple, list)) and len(d) == 2:
             d = {"X": d[0], "y": d[1]}
         if not isinstance(d, dict):

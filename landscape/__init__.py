@@ -41,7 +41,28 @@ _EXPORTS = {
         "plane_directions",
         "random_directions",
     ],
-    "surface": ["Surface", "surface"],
+    "surfaces": ["Surface", "surface"],
+    "bnn": [
+        "PosteriorSettings",
+        "TrainingCurves",
+        "VariationalNet",
+        "VariationalTrainer",
+        "predictive_log_probs",
+        "variational",
+    ],
+    "calibration": ["Calibration", "calibrate", "calibration_metrics"],
+    "metanet": [
+        "FlatPermuter",
+        "MetanetFit",
+        "MetanetSettings",
+        "fit_metanet",
+        "kendall_tau",
+        "population_matrix",
+        "prepare_inputs",
+        "r2_score",
+        "split_population",
+        "tensor_statistics",
+    ],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
@@ -61,6 +82,15 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
+    from .bnn import (
+        PosteriorSettings,
+        TrainingCurves,
+        VariationalNet,
+        VariationalTrainer,
+        predictive_log_probs,
+        variational,
+    )
+    from .calibration import Calibration, calibrate, calibration_metrics
     from .data import Batches, as_batches, resolve_device
     from .directions import (
         Directions,
@@ -84,9 +114,21 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     )
     from .lanczos import EigenResult, SpectralDensity, TraceEstimate
     from .matching import Permutation, activation_matching, weight_matching
+    from .metanet import (
+        FlatPermuter,
+        MetanetFit,
+        MetanetSettings,
+        fit_metanet,
+        kendall_tau,
+        population_matrix,
+        prepare_inputs,
+        r2_score,
+        split_population,
+        tensor_statistics,
+    )
     from .params import ParamView, check_same_family, fixed_buffers, state_buffers
     from .permutation import PermutationSpec
     from .spec_resolution import apply_permutation, permutation_spec, validate_spec
     from .store import SCHEMA_VERSION, ResultsStore
-    from .surface import Surface, surface
+    from .surfaces import Surface, surface
     from .symmetry import SymmetryAudit, symmetry_audit

@@ -445,6 +445,12 @@ def build_figures(res: Results) -> list[Figure]:
     figs += hessian_figures(res, colors)
     figs += surface_figures(res, colors)
     figs.append(symmetry_figure(res, colors))
+    from .bnn_figures import bnn_figures  # here: bnn_figures reuses this module's band helpers
+
+    figs += bnn_figures(res, colors)
+    from .metanet_figures import metanet_figures
+
+    figs += metanet_figures(res, colors)
     for a in res.analyses():
         if R.kind(a) is None:
             figs += generic_figures(res, colors, a)

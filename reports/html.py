@@ -17,15 +17,22 @@ import pandas as pd
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from analysis.results import KNOWN
+from landscape.atomic import write_atomic
+from landscape.records import kind
 
-from .figures import build_figures, esc
-from .plotly_figures import to_plotly
+from .bnn_figures import SECTION as BNN_SECTION
+from .bnn_figures import has_section as has_bnn_section
+from .bnn_figures import section_body as bnn_section_body
+from .figures import build_figures
+from .metanet_figures import SECTION as METANET_SECTION
+from .metanet_figures import has_section as has_metanet_section
+from .metanet_figures import section_body as metanet_section_body
+from .plotly_figures import esc, to_plotly
 from .spec import Figure
-from .tables import barrier_table, group_table, provenance_tables
+from .tables import provenance_tables
 
 if TYPE_CHECKING:  # pragma: no cover
-    from analysis.results import Results
+    from landscape.results import Results
 
 CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"}}
 CSS = """
@@ -73,7 +80,7 @@ SECTIONS = [  # id, title, explanation
     (
         "hessian",
         "Hessian spectra",
-        "Curvature of the training loss at each trained network: top eigenvalues (Lanczos), trace (Hutchinson) "
+        "Curvature of the training loss at each trained network: top eigenvalues (Lanczos), trace (Hutch++ by default) "
         "and spectral density (stochastic Lanczos quadrature).",
     ),
     (
@@ -87,6 +94,8 @@ SECTIONS = [  # id, title, explanation
         "Which permutation symmetries each network has: a symmetric network keeps its function under the "
         "permutation, an asymmetric one should not.",
     ),
+    BNN_SECTION,
+    METANET_SECTION,
     (
         "other",
         "Other analyses",
@@ -99,18 +108,6 @@ SECTIONS = [  # id, title, explanation
     ),
 ]
 EXPLAIN = {s: e for s, _, e in SECTIONS}
-HESSIAN_COLUMNS = [
-    "lambda_max",
-    "lambda_min",
-    "trace",
-    "trace_stderr",
-    "negative_mass",
-    "all_converged",
-    "coordinates",
-    "samples",
-    "loss",
-    "seconds",
-]
 RUN_HINT = {
     "interpolation": "landscape interpolate",
     "interpolation_aligned": "landscape interpolate --align",
@@ -181,77 +178,56 @@ def sections(res: Results) -> list[tuple[str, str, str]]:
         title = next(t for s, t, _ in SECTIONS if s == sid)
         out.append((sid, title, _section(sid, title, body)))
 
+    def table(analysis: str, heading: str | None = None) -> list[str]:
+        """The definition's per-group summary of one analysis (what the CLI prints too)."""
+        t = res.summary([analysis], full=True)
+        if t.empty:
+            return []
+        return ([f"<h3>{esc(heading)}</h3>"] if heading else []) + [table_html(t)]
+
+    def fig(*names: str) -> list[str]:
+        return [figure_html(figs[n]) for n in names if n in figs]
+
+    interp, aligned, mli = "interpolation", "interpolation_aligned", "mli"
     add("overview", [table_html(res.summary())])
     missing = res.incomplete()
     if len(missing):
         add("missing", [table_html(missing)])
-    body = [figure_html(figs["interpolation"])] if "interpolation" in figs else []
-    bt = barrier_table(res)
-    if not bt.empty:
-        body += ["<h3>Barriers, both definitions (mean ± std over pairs)</h3>", table_html(bt)]
-    add("interpolation", body + [_absent(res, ["interpolation", "interpolation_aligned"])])
+    add(
+        "interpolation",
+        fig("interpolation")
+        + table(interp, "Barriers, both definitions (mean ± std over pairs)")
+        + table(aligned, "After weight matching")
+        + [_absent(res, [interp, aligned])],
+    )
     if "barriers" in figs:
-        add("barriers", [figure_html(figs["barriers"])])
-    mcols = ["delta", "monotonic", "local_convexity", "global_convexity"]
-    mli = res.frame("mli")
-    add(
-        "mli",
-        ([figure_html(figs["mli"])] if "mli" in figs else [])
-        + (
-            [
-                table_html(
-                    group_table(mli, [c for c in mcols if c in mli], res.groups()).rename(
-                        columns={"records": "seeds"}
-                    )
-                )
-            ]
-            if not mli.empty
-            else []
-        )
-        + [_absent(res, ["mli"])],
-    )
-    hess = res.frame("hessian")
-    add(
-        "hessian",
-        ([figure_html(figs["hessian"])] if "hessian" in figs else [])
-        + (
-            [
-                table_html(
-                    group_table(
-                        hess, [c for c in HESSIAN_COLUMNS if c in hess] or None, res.groups()
-                    ).rename(columns={"records": "seeds"})
-                )
-            ]
-            if not hess.empty
-            else []
-        )
-        + [_absent(res, ["hessian"])],
-    )
-    sf = res.frame("surface")
+        add("barriers", fig("barriers"))
+    add("mli", fig("mli") + table(mli) + [_absent(res, [mli])])
+    add("hessian", fig("hessian") + table("hessian") + [_absent(res, ["hessian"])])
     add(
         "surfaces",
-        [figure_html(figs[n]) for n in ("surfaces", "surface3d", "surfaces-1d") if n in figs]
-        + ([table_html(group_table(sf, order=res.groups()))] if not sf.empty else [])
+        fig("surfaces", "surface3d", "surfaces-1d")
+        + table("surface")
         + [_absent(res, ["surface"])],
     )
     sym = res.frame("symmetry")
     add(
         "symmetry",
-        ([table_html(group_table(sym, order=res.groups()))] if not sym.empty else [])
-        + ([figure_html(figs["symmetry"])] if "symmetry" in figs else [])
+        table("symmetry")
+        + fig("symmetry")
         + (["<h3>Per network</h3>", table_html(sym)] if not sym.empty else [])
         + [_absent(res, ["symmetry"])],
     )
-    others = [a for a in res.analyses() if a not in KNOWN]
+    if has_bnn_section(res):
+        add("bnn", bnn_section_body(res, figs))
+    if has_metanet_section(res):
+        add("metanet", metanet_section_body(res, figs))
+    others = [a for a in res.analyses() if kind(a) is None]
     if others:
         body = []
         for a in others:
-            body += [
-                f"<h3>{esc(a)}</h3>",
-                table_html(group_table(res.frame(a), order=res.groups())),
-            ]
-            if f"curves-{a}" in figs:
-                body.append(figure_html(figs[f"curves-{a}"]))
+            body += [f"<h3>{esc(a)}</h3>", table_html(res.frame(a))]
+            body += fig(f"curves-{a}")
         add("other", body)
     prov = provenance_tables(res)
     add("provenance", [f"<h3>{esc(k)}</h3>{table_html(v)}" for k, v in prov.items()])
@@ -278,16 +254,15 @@ def report_html(res: Results, title: str | None = None) -> str:
 
 
 def render_html(results: Results | str | Path, path: str | Path, title: str | None = None) -> Path:
-    """Write the report of a results file (or a loaded :class:`~analysis.results.Results`) to ``path``."""
-    from analysis.results import Results, load
+    """Write the report of a results file (or a loaded :class:`~landscape.results.Results`) to ``path``."""
+    from landscape.results import Results, load
 
     res = results if isinstance(results, Results) else load(results)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(report_html(res, title), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    html = report_html(res, title)
+    # a corrupt results file may hold text that is not UTF-8: escaped, never a crash
+    page = html.encode("utf-8", errors="backslashreplace")
+    return write_atomic(path, page, option="-o", what="report")
 
 
 _PLOTLYJS_SENT = False

@@ -87,6 +87,14 @@ def _traces(t: Trace, fig: Figure, show_scale: bool) -> list:
                 **common,
             )
         ]
+    if t.kind == "scatter":
+        err = dict(error_y=dict(type="data", array=_list(t.error))) if t.error is not None else {}
+        x = _labels(t.x) if np.asarray(t.x).dtype.kind in "OUS" else _list(t.x)
+        return [
+            go.Scatter(
+                x=x, y=_list(t.y), mode="markers", marker=dict(color=t.color), **err, **common
+            )
+        ]
     if t.kind == "bar":
         return [go.Bar(x=_labels(t.x), y=_list(t.y), marker=dict(color=t.color), **common)]
     if t.kind == "heatmap":

@@ -42,7 +42,8 @@ class Trace:
     """One drawn thing.
 
     kinds: ``line`` (x, y), ``band`` (x, lo, hi: a filled range), ``markers`` (x, y, optional
-    symmetric ``error``), ``heatmap`` / ``contour`` (x, y, z with z[i, j] at y[i], x[j]),
+    symmetric ``error``; joined by lines), ``scatter`` (x, y, optional ``error``; points only, x
+    numbers or categories), ``heatmap`` / ``contour`` (x, y, z with z[i, j] at y[i], x[j]),
     ``surface`` (3-D, same layout as contour), ``bar`` (categories x, heights y).
     """
 

@@ -25,7 +25,7 @@ samples = 120
 num_points = 5
 [symmetry]
 trials = 1
-samples = 32
+audit_samples = 32
 [hessian]
 top_k = 2
 tol = 0.01
@@ -115,7 +115,16 @@ def synthetic_results(
     path,
     groups=("standard", "w-asym"),
     seeds: int = 3,
-    analyses=("interpolation", "interpolation_aligned", "mli", "hessian", "surface", "symmetry"),
+    analyses=(
+        "interpolation",
+        "interpolation_aligned",
+        "mli",
+        "hessian",
+        "surface",
+        "symmetry",
+        "calibration",
+        "bnn",
+    ),
     incomplete: tuple[str, ...] = (),
     points: int = 11,
     rng_seed: int = 0,
@@ -123,6 +132,8 @@ def synthetic_results(
     """A results file written through the record definitions with known numbers: group i has
     loss barrier ``0.5 / (i + 1)`` (+ pair noise)."""
     from landscape import records as R
+    from landscape.records import bnn as BN
+    from landscape.records import calibration as CA
     from landscape.records import hessian as H
     from landscape.records import interpolation as IP
     from landscape.records import surface as S
@@ -270,6 +281,57 @@ def synthetic_results(
                         asymmetric_groups=0 if variant == "standard" else 2,
                         permutation_groups=2,
                         log10_group_order=26.6,
+                    ),
+                )
+            if "calibration" in analyses:  # group i: overconfident by 0.05 * i
+                edges = np.linspace(0, 1, 16)
+                conf = np.append((edges[:-1] + edges[1:]) / 2, 1.0)
+                count = np.append(rng.integers(0, 30, 15), 40 * (gi + 1))
+                acc = np.clip(conf - 0.05 * gi + 0.02 * rng.standard_normal(16), 0, 1)
+                write(
+                    CA.CALIBRATION,
+                    f"calibration/{g}/{s}",
+                    {
+                        CA.BIN.name: conf,
+                        CA.BIN_LOWER.name: np.append(edges[:-1], 1.0),
+                        CA.BIN_UPPER.name: np.append(edges[1:], 1.0),
+                        CA.BIN_CONFIDENCE.name: np.where(count > 0, conf, np.nan),
+                        CA.BIN_ACCURACY.name: np.where(count > 0, acc, np.nan),
+                        CA.BIN_COUNT.name: count,
+                    },
+                    dict(
+                        common,
+                        analysis="calibration",
+                        accuracy=0.95 - 0.01 * gi,
+                        nll=0.2 + 0.05 * gi + 0.01 * rng.standard_normal(),
+                        ece=float((count * np.abs(acc - conf)).sum() / count.sum()),
+                        brier=0.08 + 0.01 * gi,
+                        mc_samples=25 if gi else 0,
+                    ),
+                )
+            if "bnn" in analyses:
+                steps = np.arange(1, 11) * 20.0
+                nll = 2.0 * np.exp(-steps / 50) + 0.05 * (gi + 1) + 0.01 * rng.random(10)
+                kl = np.full(10, 25.0 - 3 * gi)
+                write(
+                    BN.BNN,
+                    f"bnn/{g}/{s}",
+                    {
+                        BN.STEP.name: steps,
+                        BN.ELBO.name: -(nll + kl),
+                        BN.NLL_TERM.name: nll,
+                        BN.KL_TERM.name: kl,
+                        BN.TRAIN_ACCURACY.name: 1 - nll / 3,
+                        BN.SECONDS.name: steps / 100,
+                    },
+                    dict(
+                        common,
+                        analysis="bnn",
+                        final_elbo=float(-(nll[-1] + kl[-1])),
+                        final_nll_term=float(nll[-1]),
+                        final_kl_term=float(kl[-1]),
+                        final_train_accuracy=float(1 - nll[-1] / 3),
+                        steps=200,
                     ),
                 )
     assert R.KINDS  # every analysis written above has a definition

@@ -9,8 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from checkpoints import load_model, read_sidecar, save_checkpoint, sha256
-from checkpoints.io import first_line, os_error_line
-from landscape.errors import UserError
+from landscape.errors import UserError, first_line, os_error_line
 
 from ..common import (
     check_data_fits,

@@ -1,8 +1,10 @@
 """landscape demo: train the embedded default set and run every analysis on it.
 
 MLP on the embedded 8x8 digits, variants standard, W-Asym and sigma-Asym, 4 seeds each,
-trained into ``OUTDIR/checkpoints``; then ``landscape run`` with settings small enough for
-a laptop CPU (a couple of minutes on 2 cores), writing ``OUTDIR/results.h5`` and
+trained into ``OUTDIR/checkpoints``, and a small BNN comparison (digits MLP posteriors,
+standard vs W-Asym, ``OUTDIR/bnn``) and a small metanet population (``OUTDIR/populations``:
+40 digits MLPs per variant, StatNN and MLP metanets); then ``landscape run`` with settings
+small enough for a laptop CPU (a couple of minutes on 2 cores), writing ``OUTDIR/results.h5`` and
 ``OUTDIR/report.html``. Rerunning reuses the trained networks and complete records.
 """
 
@@ -13,6 +15,7 @@ from typing import Any
 
 from landscape.errors import UserError
 
+from ..common import check_output, int_at_least, nonnegative_int, positive_int
 from .run import execute
 
 HELP = "train the embedded default set (MLP on digits: standard, W-Asym, sigma-Asym x 4 seeds) and run every analysis on it"
@@ -23,7 +26,7 @@ VARIANTS = ("standard", "w-asym", "sigma-asym")
 DEMO_CONFIG: dict[str, dict[str, Any]] = {
     "study": {"data": "digits"},
     "interpolation": {"num_points": 15},
-    "symmetry": {"trials": 2, "samples": 128},
+    "symmetry": {"trials": 2, "audit_samples": 128},
     "hessian": {"top_k": 3, "num_runs": 2, "lanczos_steps": 30, "num_queries": 10, "seeds": 1},
     "surface": {"steps": 15},
 }
@@ -37,14 +40,22 @@ def add_arguments(p) -> None:
         metavar="OUTDIR",
         help="output folder (default: %(default)s)",
     )
-    p.add_argument("--seeds", type=int, default=4, help="seeds per variant (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs (default: %(default)s)")
-    p.add_argument("--width", type=int, default=128, help="MLP hidden width (default: %(default)s)")
-    p.add_argument("--depth", type=int, default=None, help="MLP hidden layers (default: the zoo's)")
+    p.add_argument(
+        "--seeds", type=int_at_least(2), default=4, help="seeds per variant (default: %(default)s)"
+    )
+    p.add_argument(
+        "--epochs", type=nonnegative_int, default=10, help="training epochs (default: %(default)s)"
+    )
+    p.add_argument(
+        "--width", type=positive_int, default=128, help="MLP hidden width (default: %(default)s)"
+    )
+    p.add_argument(
+        "--depth", type=positive_int, default=None, help="MLP hidden layers (default: the zoo's)"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: %(default)s)")
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="torch CPU threads (default: torch's choice; 1 is fastest for these tiny models on a busy machine)",
@@ -54,6 +65,18 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--force", action="store_true", help="recompute analysis records that are already complete"
+    )
+    p.add_argument(
+        "--bnn-seeds",
+        type=nonnegative_int,
+        default=3,
+        help="seeds of the small BNN comparison (digits MLP, standard vs W-Asym; 0: none; default: %(default)s)",
+    )
+    p.add_argument(
+        "--population",
+        type=nonnegative_int,
+        default=40,
+        help="networks per variant of the small metanet population (digits MLP; 0: none; default: %(default)s)",
     )
 
 
@@ -83,6 +106,35 @@ def train_demo(
         TrainSettings(epochs=epochs),
         arch_kwargs=kw,
         progress=progress,
+        option="-o",
+    )
+
+
+def bnn_demo(
+    out: Path,
+    *,
+    seeds: int = 3,
+    device: str = "auto",
+    threads: int | None = 1,
+    force: bool = False,
+    progress: bool = True,
+):
+    """The small BNN comparison: digits MLP posteriors, standard vs W-Asym, into ``out/bnn`` and
+    ``out/results.h5`` (groups ``bnn-standard``, ``bnn-w-asym``), trained on ``threads`` torch threads."""
+    from ..bnn import study
+
+    return study(
+        out / "bnn",
+        variants=("standard", "w-asym"),
+        seeds=seeds,
+        data="digits",
+        preset="digits-mlp",
+        output=out / "results.h5",
+        device=device,
+        group_prefix="bnn-",
+        threads=threads,
+        force=force,
+        progress=progress,
     )
 
 
@@ -96,6 +148,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file; -o takes an output folder")
+    check_output(out, folder=True)
     train_demo(
         out / "checkpoints",
         seeds=args.seeds,
@@ -104,6 +157,21 @@ def run(args) -> int:
         depth=args.depth,
         progress=not args.quiet,
     )
+    if args.bnn_seeds:
+        bnn_demo(
+            out,
+            seeds=args.bnn_seeds,
+            device=args.device,
+            threads=args.threads or 1,  # small models: one thread is fastest (docs/bnn.md)
+            force=args.force,
+            progress=not args.quiet,
+        )
+    if args.population:
+        from ..metanet import demo as metanet_demo
+
+        metanet_demo(
+            out, size=args.population, device=args.device, force=args.force, progress=not args.quiet
+        )
     rc = execute(
         [out / "checkpoints"],
         out,

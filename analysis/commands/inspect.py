@@ -7,8 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from checkpoints import load_model, read_sidecar
-from checkpoints.io import os_error_line
-from landscape.errors import UserError
+from landscape.errors import UserError, os_error_line
 from landscape.params import ParamView
 
 from ..common import load_results, print_table

@@ -2,7 +2,7 @@
 
 The studies run in this order, each when its module is installed: interpolation (pairwise
 barriers, aligned barriers for standard groups, MLI), symmetry audit, Hessian spectra,
-surfaces. Settings come from small defaults, then an optional TOML config, then the
+surfaces, calibration. Settings come from small defaults, then an optional TOML config, then the
 command line. Complete records are reused, so rerunning resumes a killed study.
 
 Config (every table optional)::
@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from checkpoints.io import first_line, os_error_line
 from landscape.errors import UserError
 
-from ..common import add_data, add_roots, print_table
+from ..common import add_data, add_roots, check_output, open_context, print_table, write_error
 
 HELP = "run every analysis on a checkpoint set: OUTDIR/results.h5, OUTDIR/report.html and a summary table"
 EXAMPLE = "landscape run runs --data digits -o out/study --config study.toml"
@@ -39,6 +39,7 @@ STUDIES: dict[str, tuple[str, dict[str, Any]]] = {
     "symmetry": ("analysis.alignment", {}),
     "hessian": ("analysis.hessian", {}),
     "surface": ("analysis.surfaces", {}),
+    "calibration": ("analysis.calibration", {}),
 }
 #: small defaults, used where the study accepts the keyword (names it does not take are dropped)
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -74,7 +75,10 @@ def add_arguments(p) -> None:
         "--static", metavar="DIR", help="also write every figure as PNG and PDF into DIR"
     )
     p.add_argument(
-        "--force", action="store_true", help="recompute records that are already complete"
+        "--force",
+        action="store_true",
+        help="recompute records that are already complete; also write into an OUTDIR/results.h5 "
+        "that another program wrote (refused by default)",
     )
 
 
@@ -89,24 +93,110 @@ def read_config(path: str | Path | None) -> dict[str, dict[str, Any]]:
         raise UserError(f"{path}: no such config file")
     try:
         cfg = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(os_error_line(path, exc)) from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid TOML ({exc}): fix the file") from exc
+        raise UserError(f"{path}: not valid TOML ({first_line(exc)}): fix the file") from exc
+    validate_config(cfg, str(path))
+    return cfg
+
+
+#: [study] keys: (accepted types, how a message names them)
+_STUDY_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "data": ((str,), 'a string (a data spec such as "digits" or "npz:FILE")'),
+    "device": ((str,), 'a string ("auto", "cpu" or "cuda:N")'),
+    "arch": ((str,), "a string (a zoo model name)"),
+    "samples": ((int,), "a positive integer"),
+    "batch_size": ((int,), "a positive integer"),
+    "analyses": ((list, str), f"a list of analysis names (from {', '.join(STUDIES)})"),
+}
+
+
+def validate_config(cfg: Mapping[str, Any], source: str = "config") -> None:
+    """Check a whole config before anything runs or is created: tables, [study] keys and
+    their types, and each analysis's keys and types against its study function's signature."""
     unknown = set(cfg) - set(STUDIES) - {"study"}
     if unknown:
         raise UserError(
-            f"{path}: unknown table(s) {sorted(unknown)}; expected [study], "
+            f"{source}: unknown table(s) {sorted(unknown)}; expected [study], "
             + ", ".join(f"[{s}]" for s in STUDIES)
         )
     for k, v in cfg.items():
-        if not isinstance(v, dict):
-            raise UserError(f"{path}: {k} must be a table ([{k}]), got a value")
-    bad = set(cfg.get("study", {})) - STUDY_KEYS
+        if not isinstance(v, Mapping):
+            raise UserError(f"{source}: {k} must be a table ([{k}]), got a value")
+    study = cfg.get("study", {})
+    bad = set(study) - STUDY_KEYS
     if bad:
         raise UserError(
-            f"{path}: unknown key(s) {sorted(bad)} in [study]; expected {sorted(STUDY_KEYS)}"
+            f"{source}: unknown key(s) {sorted(bad)} in [study]; expected {sorted(STUDY_KEYS)}"
         )
-    _refuse_code(cfg.get("study", {}), path)
-    return cfg
+    for k, v in study.items():
+        types, kind = _STUDY_TYPES[k]
+        ok = isinstance(v, types) and not isinstance(v, bool)
+        if ok and k in ("samples", "batch_size"):
+            ok = v >= 1
+        if ok and k == "analyses":
+            ok = isinstance(v, str) or all(isinstance(a, str) for a in v)
+        if not ok:
+            raise UserError(f"{source}: [study] {k} = {v!r}: must be {kind}; fix the file")
+    if "analyses" in study:
+        try:
+            select(study["analyses"])
+        except UserError as exc:
+            raise UserError(f"{source}: [study] analyses: {exc}") from exc
+    _refuse_code(study, Path(source))
+    for analysis in STUDIES:
+        settings = cfg.get(analysis)
+        fn = study_function(analysis) if settings else None
+        if fn is not None:
+            study_kwargs(fn, analysis, settings, source)  # unknown keys
+            _check_types(fn, analysis, settings, source)
+
+
+def _expected_types(param: inspect.Parameter) -> tuple[set[type], str] | None:
+    """What a study keyword accepts, from its annotation (or its default's type); None: anything."""
+    names = {
+        "int": ({int}, "an integer"),
+        "float": ({int, float}, "a number"),
+        "bool": ({bool}, "true or false"),
+        "str": ({str}, "a string"),
+    }
+    ann = param.annotation
+    if isinstance(ann, type):
+        ann = ann.__name__
+    if not isinstance(ann, str) or ann == "":
+        d = param.default
+        if d is inspect.Parameter.empty or d is None:
+            return None
+        ann = type(d).__name__
+    types: set[type] = set()
+    kinds = []
+    for part in (p.strip() for p in ann.split("|")):
+        if part == "None":
+            continue
+        if part.split("[")[0] in ("Sequence", "list", "tuple", "Iterable", "Collection"):
+            types.add(list)
+            kinds.append("a list")
+        elif part in names:
+            types |= names[part][0]
+            kinds.append(names[part][1])
+        else:
+            return None  # a type the config cannot spell: left to the study
+    return (types, " or ".join(kinds)) if types else None
+
+
+def _check_types(fn: Callable, analysis: str, settings: Mapping[str, Any], source: str) -> None:
+    params = inspect.signature(fn).parameters
+    for k, v in settings.items():
+        expected = params.get(k) and _expected_types(params[k])
+        if not expected:
+            continue
+        types, kind = expected
+        ok = any(isinstance(v, t) for t in types)
+        if isinstance(v, bool) and bool not in types:
+            ok = False
+        if not ok:
+            raise UserError(f"{source}: [{analysis}] {k} = {v!r}: must be {kind}; fix the file")
 
 
 def _refuse_code(study: Mapping[str, Any], path: Path) -> None:
@@ -170,9 +260,12 @@ def run_studies(
     analyses: list[str] | None = None,
     *,
     source: str = "config",
-    log=print,
 ) -> list[tuple[str, str, float]]:
-    """Run the installed studies on ``ctx``; returns ``(analysis, status, seconds)`` rows. A study's bad-input error is reported, not fatal."""
+    """Run the installed studies on ``ctx``; returns ``(analysis, status, seconds)`` rows.
+
+    The first bad-input error stops the run (one :class:`UserError`, prefixed with the
+    analysis): the records written so far are complete, and a rerun resumes.
+    """
     settings = settings or {}
     rows = []
     for analysis in analyses or list(STUDIES):
@@ -184,11 +277,10 @@ def run_studies(
         t0 = time.perf_counter()
         try:
             fn(ctx, **kw)
-            status = "done"
         except UserError as exc:
-            status = "failed"
-            log(f"landscape run: {analysis}: {exc}", file=sys.stderr)
-        rows.append((analysis, status, time.perf_counter() - t0))
+            where = f" (settings from {source})" if settings.get(analysis) else ""
+            raise UserError(f"{analysis}{where}: {exc}") from exc
+        rows.append((analysis, "done", time.perf_counter() - t0))
     return rows
 
 
@@ -224,30 +316,45 @@ def execute(
     """The body of ``landscape run`` (also used by ``landscape demo``): returns the exit status."""
     import pandas as pd
 
-    from ..context import StudyContext
     from ..results import load
 
     cfg = dict(config or {})
+    validate_config(cfg, source)
     st = cfg.get("study", {})
-    outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise UserError(
-            f"{outdir}: is a file; -o takes an output folder (results.h5 and report.html go inside)"
-        )
-    outdir.mkdir(parents=True, exist_ok=True)
-    ctx = StudyContext.create(
-        roots,
-        data=data or st.get("data", "digits"),
-        output=outdir / "results.h5",
-        device=device or st.get("device", "auto"),
-        samples=samples if samples is not None else st.get("samples"),
-        batch_size=batch_size or st.get("batch_size"),
-        arch=arch or st.get("arch"),
-        force=force,
-        progress=progress,
-    )
     names = select(analyses if analyses is not None else st.get("analyses"))
-    rows = run_studies(ctx, cfg, names, source=source)
+    outdir = check_output(outdir, "-o", folder=True)
+    if static:
+        check_output(static, "--static", folder=True)
+    existed = outdir.exists()
+    ctx = None
+
+    # every checkpoint and the data are loaded and checked before OUTDIR is created
+    def make_outdir() -> None:
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(outdir, exc) from exc
+
+    try:
+        ctx = open_context(
+            roots,
+            data=data or st.get("data", "digits"),
+            output=outdir / "results.h5",
+            device=device or st.get("device", "auto"),
+            samples=samples if samples is not None else st.get("samples"),
+            batch_size=batch_size or st.get("batch_size"),
+            arch=arch or st.get("arch"),
+            force=force,
+            progress=progress,
+            splits=("test", "train"),
+            inits="interpolation" in names,
+            before_lock=make_outdir,
+        )
+        rows = run_studies(ctx, cfg, names, source=source)
+    except UserError:
+        if not existed:
+            _remove_if_unused(outdir, ctx)
+        raise
     from reports import render_html, write_static
 
     res = load(outdir / "results.h5")
@@ -261,7 +368,24 @@ def execute(
         )
         print_table(res.summary(), f"summary ({outdir / 'results.h5'})")
         print(f"report: {report}")
-    return 2 if any(s == "failed" for _, s, _ in rows) else 0
+    return 0
+
+
+def _remove_if_unused(folder: Path, ctx) -> None:
+    """Leave no OUTDIR behind a run that created it and stopped on bad input before writing any
+    result: at most the results file's lock is in it (released here). Content is never removed."""
+    if ctx is not None and ctx.store is not None:
+        ctx.store.close()
+        lock = ctx.store.lock_path
+        try:
+            if [p.name for p in folder.iterdir()] == [lock.name]:
+                lock.unlink()
+        except OSError:
+            return
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def run(args) -> int:

@@ -30,14 +30,28 @@ from .base import (
     format_mean_std,
     mean_std,
 )
+from .bnn import BNN
+from .calibration import CALIBRATION
 from .hessian import HESSIAN
 from .interpolation import INTERPOLATION, INTERPOLATION_ALIGNED, MLI
+from .metanet import METANET
 from .surface import SURFACE
 from .symmetry import SYMMETRY
 
-#: every analysis with a definition, in report order
+#: every analysis with a definition, in report order (a new analysis adds one line)
 KINDS: dict[str, RecordKind] = {
-    k.analysis: k for k in (INTERPOLATION, INTERPOLATION_ALIGNED, MLI, HESSIAN, SURFACE, SYMMETRY)
+    k.analysis: k
+    for k in (
+        INTERPOLATION,
+        INTERPOLATION_ALIGNED,
+        MLI,
+        HESSIAN,
+        SURFACE,
+        SYMMETRY,
+        CALIBRATION,
+        BNN,
+        METANET,
+    )
 }
 
 
@@ -47,6 +61,8 @@ def kind(analysis: str) -> RecordKind | None:
 
 
 __all__ = [
+    "BNN",
+    "CALIBRATION",
     "COMMON",
     "COMMON_NAMES",
     "COUNT_TRUE",

@@ -515,6 +515,116 @@ def _(w):
     return Case(argv, ("foreign.h5", "not written by landscape"))
 
 
+# ----------------------------------------------------------------------------- populations and metanets
+def _metanet(w: Where, *extra: str) -> list[str]:
+    return [
+        "metanet",
+        str(w.runs),
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "-o",
+        str(w.out / "m.h5"),
+        "-q",
+        *extra,
+    ]
+
+
+def _edit_sidecar(path: Path, edit: Callable[[dict], None]) -> None:
+    side = json.loads(path.read_text())
+    edit(side)
+    path.write_text(json.dumps(side))
+
+
+def _nan_weight(path: Path) -> None:
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["lins.0.weight"][0, 0] = float("nan")
+    torch.save(payload, path)
+
+
+@case("metanet_variants_mixed_in_a_group")
+def _(w):
+    shutil.copytree(w.runs / "standard" / "seed1", w.runs / "w-asym" / "seed2")
+    return Case(_metanet(w), ("group w-asym", "different architectures"))
+
+
+@case("metanet_widths_mixed_in_a_group")
+def _(w):
+    d = w.runs / "standard" / "seed2"
+    save_checkpoint(zoo.build("mlp", input_dim=64, width=8, depth=2), d / "final.pt")
+    shutil.copy(w.runs / "standard" / "seed0" / "landscape.json", d / "landscape.json")
+    _edit_sidecar(d / "landscape.json", lambda s: s["kwargs"].update(width=8))
+    return Case(_metanet(w), ("population standard", "differ in arguments width", "seed2/final.pt"))
+
+
+@case("metanet_target_missing_from_some_sidecars")
+def _(w):
+    side = w.runs / "w-asym" / "seed1" / "landscape.json"
+    _edit_sidecar(side, lambda s: s["metrics"].pop("test_accuracy"))
+    return Case(
+        _metanet(w), ("'test_accuracy' is missing from 1 of 2", "w-asym/seed1/landscape.json")
+    )
+
+
+@case("metanet_too_few_networks_for_the_split")
+def _(w):
+    return Case(_metanet(w), ("population standard", "2 networks are too few", "train more"))
+
+
+@case("metanet_nan_weights_strict")
+def _(w):
+    _nan_weight(w.runs / "standard" / "seed1" / "final.pt")
+    return Case(
+        _metanet(w, "--strict"), ("standard/seed1/final.pt", "NaN or Inf weights", "--strict")
+    )
+
+
+@case("metanet_nan_target_strict")
+def _(w):
+    side = w.runs / "standard" / "seed0" / "landscape.json"
+    _edit_sidecar(side, lambda s: s["metrics"].update(test_accuracy=float("nan")))
+    return Case(_metanet(w, "--strict"), ("standard/seed0/final.pt", "NaN or Inf target"))
+
+
+@case("metanet_nan_weights_skipped_leave_too_few")
+def _(w):
+    _nan_weight(w.runs / "standard" / "seed1" / "final.pt")
+    return Case(_metanet(w), ("population standard (1 non-finite left out)", "too few"))
+
+
+@case("metanet_unknown_metanet")
+def _(w):
+    return Case(_metanet(w, "--metanets", "mlp,resnet"), ("--metanets", "'resnet'"))
+
+
+def _population(w: Where, toml: str, *extra: str) -> list[str]:
+    (w.tmp / "pop.toml").write_text(toml)
+    argv = ["train", "--population", "4", "--population-config", str(w.tmp / "pop.toml")]
+    return argv + ["--out", str(w.out / "pop"), "-q", *extra]
+
+
+@case("population_distribution_low_above_high")
+def _(w):
+    argv = _population(
+        w, '[population]\nlr = {distribution = "log_uniform", low = 0.5, high = 0.005}\n'
+    )
+    return Case(argv, ("pop.toml", "[population] lr", "above high"))
+
+
+@case("population_config_unknown_key")
+def _(w):
+    return Case(
+        _population(w, "[population]\nlearning_rate = 0.1\n"), ("pop.toml", "learning_rate")
+    )
+
+
+@case("population_control_without_a_width")
+def _(w):
+    argv = ["train", "--population", "4", "--arch", "resnet20", "--variants", "standard-small"]
+    return Case(argv + ["--out", str(w.out / "pop"), "-q"], ("standard-small", "resnet20"))
+
+
 # ----------------------------------------------------------------------------- read-only outputs
 @case("readonly_interpolate")
 def _(w):
@@ -573,19 +683,21 @@ def _fail_with(code: int):
 
 @case("write_fails_align")
 def _(w):
-    import checkpoints.io
+    import landscape.atomic
 
     a, b = (w.runs / "standard" / s / "final.pt" for s in ("seed0", "seed1"))
     argv = ["align", str(a), str(b), "-o", str(w.out / "b.pt")]
-    patch = (checkpoints.io.tempfile, "mkstemp", _fail_with(errno.EROFS))
+    patch = (landscape.atomic.tempfile, "mkstemp", _fail_with(errno.EROFS))
     return Case(argv, ("cannot write", "b.pt", "read-only file system", "-o"), patches=[patch])
 
 
 @case("write_fails_report")
 def _(w):
+    import landscape.atomic
+
     src = _results(w)
     argv = ["report", str(src), "-o", str(w.out / "r.html")]
-    patch = (Path, "write_text", _fail_with(errno.EACCES))
+    patch = (landscape.atomic.tempfile, "mkstemp", _fail_with(errno.EACCES))
     return Case(argv, ("cannot write", "r.html", "permission denied", "-o"), patches=[patch])
 
 

@@ -148,6 +148,7 @@ def test_incomplete_records_are_listed_not_used(tmp_path, write_results):
         "hessian",
         "surface",
         "symmetry",
+        "calibration",  # bnn records come only from `landscape bnn`: never "not run"
     }
     with pytest.raises(UserError, match="incomplete"):
         res.record("interpolation/standard/seed0-seed1")

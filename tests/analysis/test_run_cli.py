@@ -30,6 +30,7 @@ def test_run_writes_every_installed_analysis(tiny_study):
         ("symmetry", "alignment"),
         ("hessian", "hessian"),
         ("surface", "surfaces"),
+        ("calibration", "calibration"),
     ):
         if run.study_function(analysis) is not None:
             expected.add(analysis)
@@ -120,9 +121,38 @@ def test_demo_trains_then_runs(tmp_path, monkeypatch, capsys):
         "interpolation": {"num_points": 3},
     }
     monkeypatch.setattr(demo, "DEMO_CONFIG", tiny)
+    from dataclasses import replace
+
+    from analysis import bnn
+
+    small = replace(
+        bnn.PRESETS["digits-mlp"], steps=10, log_every=5, arch_kwargs={"width": 8, "depth": 1}
+    )
+    monkeypatch.setitem(bnn.PRESETS, "digits-mlp", small)
+    from analysis import metanet
+
+    monkeypatch.setattr(metanet, "DEMO_SETTINGS", {"seeds": 1, "epochs": 2, "lrs": (1e-3,)})
     out = tmp_path / "demo"
     assert (
-        main(["demo", "-o", str(out), "--seeds", "2", "--epochs", "1", "--width", "8", "-q"]) == 0
+        main(
+            [
+                "demo",
+                "-o",
+                str(out),
+                "--seeds",
+                "2",
+                "--epochs",
+                "1",
+                "--width",
+                "8",
+                "--bnn-seeds",
+                "2",
+                "--population",
+                "8",
+                "-q",
+            ]
+        )
+        == 0
     )
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "sigma-asym",
@@ -131,7 +161,17 @@ def test_demo_trains_then_runs(tmp_path, monkeypatch, capsys):
     ]
     assert (out / "report.html").is_file()
     res = load(out / "results.h5")
-    assert res.groups() == ["standard", "w-asym", "sigma-asym"]
+    assert [g for g in res.groups() if not g.startswith(("bnn-", "pop-"))] == [
+        "standard",
+        "w-asym",
+        "sigma-asym",
+    ]
+    # the small BNN comparison: its own groups, curves and test calibration in the same file
+    assert sorted(g for g in res.groups("bnn")) == ["bnn-standard", "bnn-w-asym"]
+    assert len(res.keys("calibration")) == 2 * 2  # posteriors only: the config runs interpolation
+    # the small metanet population: MLP and StatNN on every variant's population
+    assert len(res.keys("metanet")) == 4 * 2
     assert "report.html" in capsys.readouterr().out
-    assert np.isfinite(res.summary(formatted=False)["loss barrier_mean"]).all()
+    table = res.summary(formatted=False).set_index("group")
+    assert np.isfinite(table.loc[["standard", "w-asym", "sigma-asym"], "loss barrier_mean"]).all()
     assert main(["demo", "-o", str(out), "--seeds", "1"]) == 2

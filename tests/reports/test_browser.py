@@ -154,3 +154,25 @@ def test_group_names_show_as_text(browser, tmp_path, write_results):
     )
     assert evil in legend
     assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_bnn_and_calibration_figures_draw(browser, tmp_path, write_results):
+    """The synthetic writer's file holds every analysis, BNN curves and reliability diagrams
+    included: every figure the report builds draws with data."""
+    res = load(write_results(tmp_path / "all.h5", seeds=2))
+    page = render_html(res, tmp_path / "all.html")
+    _open(browser, page)
+    expected = [
+        f.name for f in __import__("reports.figures", fromlist=["build_figures"]).build_figures(res)
+    ]
+    assert {"bnn-curves", "reliability"} <= set(expected)
+    figures = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.plotly-graph-div')).map(e => ({id: e.id,"
+        " svg: e.querySelectorAll('.main-svg').length, traces: (e.data || []).length,"
+        " full: (e._fullData || []).length, marks: e.querySelectorAll('.trace, .hm, .contour,"
+        " .gl-container, .barlayer .point').length}))"
+    )
+    assert [f["id"] for f in figures] == [f"fig-{n}" for n in expected]
+    for f in figures:
+        assert f["svg"] > 0 and f["traces"] > 0 and f["full"] == f["traces"] and f["marks"] > 0, f
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

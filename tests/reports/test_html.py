@@ -51,6 +51,7 @@ def test_every_section_and_figure(full):
         "hessian",
         "surfaces",
         "symmetry",
+        "bnn",
         "provenance",
     ):
         assert f'<section id="{sid}">' in html
@@ -62,6 +63,8 @@ def test_every_section_and_figure(full):
         "surfaces",
         "surface3d",
         "symmetry",
+        "bnn-curves",
+        "reliability",
     ):
         assert f'id="fig-{name}"' in html
     assert 'id="missing"' not in html
@@ -79,8 +82,8 @@ def test_every_section_and_figure(full):
         html,
     )
     assert (
-        row and row.group(1) == sha and int(row.group(2)) == 3 + 3 + 4
-    )  # plain and aligned pairs; MLI, Hessian, surface, symmetry
+        row and row.group(1) == sha and int(row.group(2)) == 3 + 3 + 6
+    )  # plain and aligned pairs; MLI, Hessian, surface, symmetry, calibration, bnn
 
 
 def test_group_colours_are_consistent_across_figures(full):
