@@ -31,6 +31,7 @@ __all__ = [
     "hessian_study",
     "surface_study",
     "symmetry_study",
+    "calibration_study",
     "metanet_study",
 ]
 
@@ -75,121 +76,63 @@ def _study(
     return load(ctx.store.path)
 
 
-def interpolation_study(
-    roots,
-    data: str = "digits",
-    output: str | Path | None = None,
-    *,
-    device: str | None = None,
-    samples: int | None = None,
-    batch_size: int | None = None,
-    arch: str | None = None,
-    force: bool = False,
-    progress: bool = True,
-    **settings: Any,
-) -> Results:
-    """Pairwise interpolation barriers (aligned for standard groups) and MLI; settings go to ``analysis.interpolation.study``."""
-    return _study(
-        "interpolation",
+def _notebook_study(analysis: str, module: str, what: str):
+    """The notebook function of one study: same checks as its CLI verb, returns the file loaded."""
+
+    def study(
         roots,
-        data,
-        output,
-        settings,
-        device=device,
-        samples=samples,
-        batch_size=batch_size,
-        arch=arch,
-        force=force,
-        progress=progress,
+        data: str = "digits",
+        output: str | Path | None = None,
+        *,
+        device: str | None = None,
+        samples: int | None = None,
+        batch_size: int | None = None,
+        arch: str | None = None,
+        force: bool = False,
+        progress: bool = True,
+        **settings: Any,
+    ) -> Results:
+        return _study(
+            analysis,
+            roots,
+            data,
+            output,
+            settings,
+            device=device,
+            samples=samples,
+            batch_size=batch_size,
+            arch=arch,
+            force=force,
+            progress=progress,
+        )
+
+    study.__name__ = study.__qualname__ = f"{analysis}_study"
+    study.__doc__ = (
+        f"{what}; settings go to ``analysis.{module}.study``. ``samples`` subsets the data "
+        "(seeded); ``output=None`` writes a scratch results file."
     )
+    return study
 
 
-def hessian_study(
-    roots,
-    data: str = "digits",
-    output: str | Path | None = None,
-    *,
-    device: str | None = None,
-    samples: int | None = None,
-    batch_size: int | None = None,
-    arch: str | None = None,
-    force: bool = False,
-    progress: bool = True,
-    **settings: Any,
-) -> Results:
-    """Hessian top eigenvalues, trace and spectral density per network; settings go to ``analysis.hessian.study``."""
-    return _study(
-        "hessian",
-        roots,
-        data,
-        output,
-        settings,
-        device=device,
-        samples=samples,
-        batch_size=batch_size,
-        arch=arch,
-        force=force,
-        progress=progress,
-    )
-
-
-def surface_study(
-    roots,
-    data: str = "digits",
-    output: str | Path | None = None,
-    *,
-    device: str | None = None,
-    samples: int | None = None,
-    batch_size: int | None = None,
-    arch: str | None = None,
-    force: bool = False,
-    progress: bool = True,
-    **settings: Any,
-) -> Results:
-    """1-D/2-D loss surfaces per group; settings go to ``analysis.surfaces.study``."""
-    return _study(
-        "surface",
-        roots,
-        data,
-        output,
-        settings,
-        device=device,
-        samples=samples,
-        batch_size=batch_size,
-        arch=arch,
-        force=force,
-        progress=progress,
-    )
-
-
-def symmetry_study(
-    roots,
-    data: str = "digits",
-    output: str | Path | None = None,
-    *,
-    device: str | None = None,
-    samples: int | None = None,
-    batch_size: int | None = None,
-    arch: str | None = None,
-    force: bool = False,
-    progress: bool = True,
-    **settings: Any,
-) -> Results:
-    """Symmetry audit of every network; settings (``trials``, ``audit_samples``: the inputs of
-    the audit) go to ``analysis.alignment.study``; ``samples`` subsets the data, as everywhere."""
-    return _study(
-        "symmetry",
-        roots,
-        data,
-        output,
-        settings,
-        device=device,
-        samples=samples,
-        batch_size=batch_size,
-        arch=arch,
-        force=force,
-        progress=progress,
-    )
+interpolation_study = _notebook_study(
+    "interpolation",
+    "interpolation",
+    "Pairwise interpolation barriers (aligned for standard groups) and MLI",
+)
+hessian_study = _notebook_study(
+    "hessian", "hessian", "Hessian top eigenvalues, trace and spectral density per network"
+)
+surface_study = _notebook_study("surface", "surfaces", "1-D/2-D loss surfaces per group")
+symmetry_study = _notebook_study(
+    "symmetry",
+    "alignment",
+    "Symmetry audit of every network (``trials``, ``audit_samples``: the inputs of the audit)",
+)
+calibration_study = _notebook_study(
+    "calibration",
+    "calibration",
+    "Accuracy, NLL, Brier score, ECE and reliability bins of every network or posterior",
+)
 
 
 def run_study(
