@@ -515,6 +515,60 @@ def _(w):
     return Case(argv, ("foreign.h5", "not written by landscape"))
 
 
+# ----------------------------------------------------------------------------- Bayesian networks
+def _posterior_root(w: Where, *, break_factors: bool = False) -> Path:
+    """A posterior checkpoint (untrained, from the tiny standard network) in its own root."""
+    from checkpoints import load_model, save_posterior
+    from landscape.bnn import variational
+
+    root = w.tmp / "posteriors"
+    model = load_model(w.runs / "standard" / "seed0" / "final.pt")
+    path = root / "standard" / "seed0" / "posterior.pt"
+    save_posterior(variational(model, rank=2), path)
+    if break_factors:
+        payload = torch.load(path, weights_only=True)
+        layer = next(iter(payload["posterior"]["layers"].values()))
+        layer["weight_factors"] = layer["weight_factors"][:, :, :-1].clone()
+        torch.save(payload, path)
+    return root
+
+
+def _bnn(w: Where, *extra: str) -> list[str]:
+    base = ["bnn", "--variants", "standard", "--seeds", "1", "--out", str(w.out / "bnn")]
+    return [*base, "--samples", "100", "--steps", "5", "-q", "--no-report", *extra]
+
+
+@case("posterior_factors_do_not_fit_the_architecture")
+def _(w):
+    root = _posterior_root(w, break_factors=True)
+    argv = ["calibration", str(root), "--samples", "40", "-o", str(w.out / "r.h5"), "-q"]
+    return Case(argv, ("posterior.pt", "do not match the architecture"))
+
+
+@case("calibration_mc_samples_zero")
+def _(w):
+    argv = ["calibration", str(w.runs), "--mc-samples", "0", "-o", str(w.out / "r.h5")]
+    return Case(argv, ("--mc-samples",))
+
+
+@case("calibration_labels_beyond_the_classes")
+def _(w):
+    X = np.random.default_rng(0).normal(size=(30, 64)).astype(np.float32)
+    np.savez(w.tmp / "d.npz", X=X, y=np.arange(30) % 12)
+    argv = ["calibration", str(w.runs), "--data", f"npz:{w.tmp / 'd.npz'}"]
+    return Case([*argv, "-o", str(w.out / "r.h5"), "-q"], ("d.npz", "labels range over 0..11"))
+
+
+@case("bnn_rank_above_a_layer_size")
+def _(w):
+    return Case(_bnn(w, "--rank", "100", "--width", "4"), ("above the size of layer",))
+
+
+@case("bnn_negative_prior_precision")
+def _(w):
+    return Case(_bnn(w, "--prior-precision", "-1"), ("--prior-precision",))
+
+
 # ----------------------------------------------------------------------------- populations and metanets
 def _metanet(w: Where, *extra: str) -> list[str]:
     return [
