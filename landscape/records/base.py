@@ -258,14 +258,13 @@ def _value(rec: Record, source: str) -> Any:
 
 
 def aggregate(col: Column, records: Sequence[Record]) -> tuple[float, float, int]:
-    """``(mean, std, n)`` of a column over the records of one group (``COUNT_TRUE``: the
-    share in ``mean`` and the count of true values in ``std``'s place is not used)."""
+    """``(mean, std, n)`` of a column over the records of one group. ``COUNT_TRUE``: the
+    share of true values, 0, and the count; ``FIRST``: the first record's value, 0, 1;
+    ``PER_SEED``: mean ± std over seeds of per-seed values read off pairs (each seed once)."""
     if col.how == PER_SEED:
         per_seed: dict[str, float] = {}
         for r in records:
             vals, seeds = _value(r, col.source), r.attrs.get("seeds") or []
-            if vals is None:
-                vals = r.attrs.get(col.source)
             for s, v in zip(seeds, np.atleast_1d(vals if vals is not None else [])):
                 per_seed.setdefault(str(s), float(v))
         return mean_std(per_seed.values())
@@ -274,17 +273,17 @@ def aggregate(col: Column, records: Sequence[Record]) -> tuple[float, float, int
     if col.how == COUNT_TRUE:
         if not vals:
             return math.nan, math.nan, 0
-        k = sum(bool(v) for v in vals)
-        return k / len(vals), float(k), len(vals)
+        return sum(bool(v) for v in vals) / len(vals), 0.0, len(vals)
     if col.how == FIRST:
         return (float(vals[0]), 0.0, 1) if vals else (math.nan, math.nan, 0)
     return mean_std(vals)
 
 
 def format_cell(col: Column, stats: tuple[float, float, int]) -> str:
+    """The table text of :func:`aggregate`'s result: ``k/n``, a value, or ``mean ± std``."""
     m, s, n = stats
     if col.how == COUNT_TRUE:
-        return f"{int(s)}/{n}" if n else "-"
+        return f"{round(m * n)}/{n}" if n else "-"
     if col.how == FIRST:
         return "-" if n == 0 else f"{m:.4g}"
     return format_mean_std(m, s, n)
