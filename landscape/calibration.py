@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .data import Data, as_batches
 from .errors import UserError
-from .evaluation import check_targets, eval_mode
+from .evaluation import batch_outputs, check_targets
 
 DEFAULT_BINS = 15
 
@@ -178,19 +178,16 @@ def calibrate(
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise UserError(f"the number of Monte Carlo samples S must be at least 1, got {samples!r}")
     batches = as_batches(data, device=device)
-    rng = batches.label_range()
-    if rng is None:
+    if batches.label_range() is None:
         raise UserError("calibration needs integer class labels, the data has float targets")
     variational = isinstance(model, VariationalNet)
     if variational:
         model.reseed(seed)
     sums = CalibrationSums(n_bins, batches.device)
-    with eval_mode(model):
-        for i, (x, y) in enumerate(batches):
-            lp = predictive_log_probs(model, x, samples)
-            if i == 0:
-                check_targets(lp, rng)
-            sums.add(lp, y)
+    for lp, y in batch_outputs(
+        model, batches, forward=lambda x: predictive_log_probs(model, x, samples)
+    ):
+        sums.add(lp, y)
     res = sums.result(samples if variational else 0)
     if not math.isfinite(res.nll):
         raise UserError(

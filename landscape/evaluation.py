@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -83,27 +84,45 @@ def loss_sum(outputs: Tensor, targets: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def batch_outputs(
+    model: nn.Module,
+    data: Data,
+    *,
+    device=None,
+    forward: Callable[[Tensor], Tensor] | None = None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """The one loop over the data: ``(outputs, targets)`` per batch, model in eval mode
+    (its train/eval state restored afterwards), labels checked against the outputs once.
+
+    ``forward`` replaces ``model(x)`` (a Monte Carlo predictive, say); it runs under the same
+    eval mode. Consumers sum per-sample quantities, so means are exact over samples.
+    """
+    batches = as_batches(data, device=device)
+    with eval_mode(model):
+        for i, (x, y) in enumerate(batches):
+            out = model(x) if forward is None else forward(x)
+            if i == 0:
+                check_targets(out, batches.label_range())
+            yield out, y
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, data: Data, *, device=None, check_finite: bool = True) -> Evaluation:
     """Loss and accuracy of ``model`` (in eval mode) on ``data``.
 
     The model's train/eval state is restored afterwards. A NaN or infinite loss is bad input
     (:class:`UserError`) unless ``check_finite=False`` (a surface far from its centre may diverge).
     """
-    batches = as_batches(data, device=device)
     # accumulate on the device: one host sync per evaluation, not per batch
     total, correct, n, classify = None, None, 0, True
-    with eval_mode(model):
-        for i, (x, y) in enumerate(batches):
-            out = model(x)
-            if i == 0:
-                check_targets(out, batches.label_range())
-            s = loss_sum(out, y).double()
-            total = s if total is None else total + s
-            classify = classify and not y.is_floating_point()
-            if classify:
-                c = (out.argmax(dim=1) == y).sum()
-                correct = c if correct is None else correct + c
-            n += y.shape[0]
+    for out, y in batch_outputs(model, data, device=device):
+        s = loss_sum(out, y).double()
+        total = s if total is None else total + s
+        classify = classify and not y.is_floating_point()
+        if classify:
+            c = (out.argmax(dim=1) == y).sum()
+            correct = c if correct is None else correct + c
+        n += y.shape[0]
     total = float(total)
     correct = int(correct) if classify else 0
     loss = total / n
