@@ -37,8 +37,10 @@ from checkpoints import zoo
 from checkpoints.discover import Run
 from checkpoints.io import (
     SIDECAR_NAME,
+    model_sidecar,
     os_error_line,
     read_sidecar,
+    refuse_other_settings,
     save_payload,
     write_json_atomic,
 )
@@ -244,26 +246,6 @@ def _curves_from(d: dict[str, Any]) -> TrainingCurves:
     )
 
 
-def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _differences(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k} {va!r} vs {vb!r}")
-    return out
-
-
-def _refuse_other(folder: Path, what: str, have: dict[str, Any], want: dict[str, Any]) -> None:
-    diff = _differences(have, want)
-    if diff:
-        raise UserError(
-            f"{folder}: holds a {what} trained with other settings ({'; '.join(diff[:2])}): "
-            "use --force to retrain it, or another --out"
-        )
-
-
 def train_seed(
     folder: str | Path,
     group: str,
@@ -286,7 +268,7 @@ def train_seed(
     fp = fingerprint(recipe, variant, seed, train)
     if not force and side_path.is_file() and post_path.is_file():
         side = read_sidecar(post_path)
-        _refuse_other(folder, "posterior", side.get("bnn", {}).get("fingerprint", {}), fp)
+        refuse_other_settings(folder, "a posterior", side.get("bnn", {}).get("fingerprint", {}), fp)
         curves = _curves_from(side.get("bnn", {}).get("curves", {}))
         return SeedResult(group, variant, seed, str(folder), curves, side, False, recipe.steps)
     dev = resolve_device(device)
@@ -310,7 +292,9 @@ def train_seed(
                 f"{state_path}: cannot read the saved training state ({type(exc).__name__}): "
                 "delete it to start this seed again, or use --force"
             ) from exc
-        _refuse_other(folder, "partly trained posterior", state.get("fingerprint", {}), fp)
+        refuse_other_settings(
+            folder, "a partly trained posterior", state.get("fingerprint", {}), fp
+        )
         trainer.load_state_dict(state["trainer"])
         resumed = trainer.step
 
@@ -326,12 +310,8 @@ def train_seed(
         desc=f"{group} seed{seed}",
     )
     save_posterior(model, post_path)
-    cfg = dict(model.config)
     side = {
-        "arch": cfg.pop("arch"),
-        "variant": cfg.pop("variant"),
-        "seed": cfg.pop("seed"),
-        "kwargs": cfg,
+        **model_sidecar(model),
         "data": {"train": train.description},
         "training": {**recipe.to_dict(), "seconds": round(float(trainer.seconds), 3)},
         "metrics": {

@@ -62,6 +62,37 @@ def find_sidecar(path: str | os.PathLike) -> Path | None:
     return next((p for p in sidecar_paths(Path(path)) if p.is_file()), None)
 
 
+def model_sidecar(model: nn.Module) -> dict[str, Any]:
+    """The sidecar keys that rebuild a zoo model: ``arch``, ``variant``, ``seed``, ``kwargs``."""
+    cfg = dict(model.config)
+    return {
+        "arch": cfg.pop("arch"),
+        "variant": cfg.pop("variant"),
+        "seed": cfg.pop("seed"),
+        "kwargs": cfg,
+    }
+
+
+def setting_differences(have: Any, want: Any, prefix: str = "") -> list[str]:
+    """``key old vs new`` for every leaf where two nested settings dicts differ."""
+    if isinstance(have, dict) and isinstance(want, dict):
+        out = []
+        for k in sorted(set(have) | set(want)):
+            out += setting_differences(have.get(k), want.get(k), f"{prefix}{k}.")
+        return out
+    return [] if have == want else [f"{prefix.rstrip('.')} {have!r} vs {want!r}"]
+
+
+def refuse_other_settings(where: str | os.PathLike, what: str, have: Any, want: Any) -> None:
+    """A folder trained with other settings is never silently reused or overwritten."""
+    diff = setting_differences(have, want)
+    if diff:
+        raise UserError(
+            f"{where}: holds {what} trained with other settings ({'; '.join(diff[:2])}): "
+            "use --force to retrain it, or another --out"
+        )
+
+
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     """The sidecar that describes checkpoint ``path`` (empty dict when there is none)."""
     p = find_sidecar(path)

@@ -28,7 +28,6 @@ most temporaries, which the rerun removes before retraining those networks from 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -44,6 +43,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from landscape import locking
 from landscape.errors import UserError
 from landscape.evaluation import evaluate
 
@@ -51,8 +51,10 @@ from . import zoo
 from .io import (
     SIDECAR_NAME,
     first_line,
+    model_sidecar,
     os_error_line,
     read_sidecar,
+    refuse_other_settings,
     save_checkpoint,
     write_json_atomic,
 )
@@ -84,7 +86,7 @@ __all__ = [
 ]
 
 SPEC_FILE = "population.json"
-LOCK_FILE = ".population.lock"
+LOCK_NAME = "population"  # the lock file is ROOT/.population.lock
 
 
 # ----------------------------------------------------------------------------- one network
@@ -125,15 +127,6 @@ def fingerprint(
     )
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [f"{prefix.rstrip('.')} {a!r} vs {b!r}"]
-
-
 def _stale_temporaries(folder: Path) -> list[Path]:
     parent = folder.parent
     if not parent.is_dir():
@@ -163,12 +156,9 @@ def train_network(
     fp = fingerprint(spec, variant, index, train, test)
     if complete(folder) and not force:
         side = read_sidecar(folder / "final.pt")
-        diff = _differences(side.get("population", {}).get("fingerprint"), fp)
-        if diff:
-            raise UserError(
-                f"{folder}: holds a network trained with other settings ({'; '.join(diff[:2])}): "
-                "use --force to retrain it, or another --out"
-            )
+        refuse_other_settings(
+            folder, "a network", side.get("population", {}).get("fingerprint"), fp
+        )
         return NetworkResult(group, index, str(folder), side.get("metrics", {}), False, 0.0)
     t0 = time.perf_counter()
     try:
@@ -205,13 +195,9 @@ def train_network(
         "loss_gap": te.loss - tr.loss,
         "finite_weights": bool(finite),
     }
-    cfg = dict(model.config)
     seconds = time.perf_counter() - t0
     sidecar = {
-        "arch": cfg.pop("arch"),
-        "variant": cfg.pop("variant"),
-        "seed": cfg.pop("seed"),
-        "kwargs": cfg,
+        **model_sidecar(model),
         "population": {
             "group": group,
             "variant": variant,
@@ -274,29 +260,6 @@ class NetworkTask:
 
 
 # ----------------------------------------------------------------------------- the population
-class _Lock:
-    """``flock`` on ``ROOT/.population.lock``: one client writes a population at a time."""
-
-    def __init__(self, root: Path):
-        self.path = root / LOCK_FILE
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise UserError(os_error_line(self.path, exc, "write", "choose another --out")) from exc
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(self.fd)
-            raise UserError(
-                f"{root}: another process is training this population (lock {self.path}): "
-                "wait for it to finish, or choose another --out"
-            ) from exc
-
-    def release(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-
-
 def expected_cost(spec: PopulationSpec, train: DataSet, todo: int, total: int) -> str:
     """One line: networks, mean epochs and optimiser steps, and the passes over the data."""
     epochs = spec.epochs.mean() * spec.epochs_scale
@@ -348,7 +311,13 @@ def train_population(
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(os_error_line(root, exc, "write", "choose another --out")) from exc
-    lock = _Lock(root)
+    # one client writes a population at a time (ROOT/.population.lock)
+    lock, _ = locking.acquire(
+        root / LOCK_NAME,
+        wait=False,
+        subject=f"the population {root}",
+        instead="choose another --out",
+    )
     try:
         _write_spec(root, spec, force)
         if progress:
@@ -386,7 +355,7 @@ def train_population(
             )
         return [results[j] for j in jobs]
     finally:
-        lock.release()
+        locking.release(lock)
 
 
 def _variant_of(spec: PopulationSpec, group: str) -> str:
@@ -427,14 +396,12 @@ def _write_spec(root: Path, spec: PopulationSpec, force: bool) -> None:
             old = json.loads(path.read_text(encoding="utf-8")).get("population", {})
         except (OSError, ValueError):
             old = {}
-        diff = _differences(
-            {k: v for k, v in old.items() if k not in ("size", "variants")},
-            {k: v for k, v in data["population"].items() if k not in ("size", "variants")},
-        )
-        if old and diff:
-            raise UserError(
-                f"{path}: this folder holds a population with other settings ({'; '.join(diff[:2])}): "
-                "use --force to retrain it, or another --out"
+        if old:
+            refuse_other_settings(
+                path,
+                "a population",
+                {k: v for k, v in old.items() if k not in ("size", "variants")},
+                {k: v for k, v in data["population"].items() if k not in ("size", "variants")},
             )
         if old:
             data["population"]["size"] = max(int(old.get("size", 0)), spec.size)

@@ -38,7 +38,7 @@ from landscape.evaluation import check_targets, evaluate, loss_sum
 
 from . import zoo
 from .discover import Run
-from .io import SIDECAR_NAME, save_checkpoint, write_json_atomic
+from .io import SIDECAR_NAME, model_sidecar, save_checkpoint, write_json_atomic
 from .sources import DataSet
 
 SCHEDULES = ("constant", "triangular", "cosine")
@@ -242,12 +242,8 @@ def train_group(
         )
         tr, te = evaluate(model, train.pair), evaluate(model, test.pair)
         save_checkpoint(model, d / "final.pt", option=option)
-        cfg = dict(model.config)
         sidecar = {
-            "arch": cfg.pop("arch"),
-            "variant": cfg.pop("variant"),
-            "seed": cfg.pop("seed"),
-            "kwargs": cfg,
+            **model_sidecar(model),
             "data": {"train": train.description, "test": test.description},
             "training": {**settings.__dict__, "seconds": round(time.perf_counter() - t0, 2)},
             "metrics": {

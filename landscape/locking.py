@@ -182,13 +182,22 @@ def _holder(pid: int | None) -> str:
     return f"process {pid}" if pid is not None else "another process"
 
 
-def acquire(path: Path, wait: bool | float) -> tuple[_Lock, bool]:
-    """This process's writer lock of results file ``path``, and whether it was taken just now.
+def acquire(
+    path: Path,
+    wait: bool | float,
+    *,
+    subject: str | None = None,
+    instead: str = "write to another -o file",
+) -> tuple[_Lock, bool]:
+    """This process's writer lock of ``path`` (a results file, or anything one process at a
+    time writes: the lock file is ``.<name>.lock`` beside it), and whether it was taken now.
 
     ``wait``: when another process holds it, ``False`` refuses with a :class:`UserError`
     naming the holder, ``True`` waits (saying so once on stderr), a number waits at most that
-    many seconds. The caller owns one use of the lock and gives it back with :func:`release`.
+    many seconds. ``subject`` and ``instead`` word the message (default: the path, and
+    another ``-o``). The caller owns one use of the lock and gives it back with :func:`release`.
     """
+    subject = subject or str(path)
     lock = lock_path(path)
     key = os.path.realpath(lock)
     deadline = None if (wait is True or not wait) else time.monotonic() + float(wait)
@@ -216,13 +225,13 @@ def acquire(path: Path, wait: bool | float) -> tuple[_Lock, bool]:
         if not wait or (deadline is not None and now >= deadline):
             waited = "" if not wait else f" after waiting {float(wait):g} s"
             raise UserError(
-                f"{path} is being written by {_holder(holder)} (lock {lock.name}){waited}: "
-                "wait for it to finish or write to another -o file"
+                f"{subject} is being written by {_holder(holder)} (lock {lock.name}){waited}: "
+                f"wait for it to finish or {instead}"
             )
         if not announced:
             limit = "" if deadline is None else f" (at most {float(wait):g} s)"
             print(
-                f"landscape: {path} is being written by {_holder(holder)} "
+                f"landscape: {subject} is being written by {_holder(holder)} "
                 f"(lock {lock.name}): waiting for it to finish{limit}",
                 file=sys.stderr,
                 flush=True,

@@ -211,12 +211,11 @@ class FlatPermuter:
     For a permutation ``pi`` of every group of the model's spec, the permuted network's
     coordinates are ``theta'[i] = theta[g_pi(i)]``, ``g_pi`` the gather index obtained by
     moving an index tensor of each parameter by the spec
-    (:func:`landscape.permute.permute_tensor`). The model must have no fixed buffers (masks,
+    (the axes and groups of :func:`landscape.permute.permute_tensor`). The model must have no fixed buffers (masks,
     FiGLU matrices): a permutation of their networks is not a symmetry.
     """
 
     def __init__(self, model: nn.Module, spec=None):
-        from .permute import permute_tensor
         from .spec_resolution import checked_spec
 
         if fixed_buffers(model):
@@ -226,20 +225,10 @@ class FlatPermuter:
             )
         self.spec = checked_spec(model, spec)
         self.view = ParamView(model)
-        self._permute = permute_tensor
         moves = self.spec.moves()
         self.parts = [
             (s.start, s.shape, moves.get(s.name, [])) for s in self.view.slots
         ]  # masks are excluded above, so each slot covers its whole tensor
-
-    def index(self, gen: torch.Generator) -> Tensor:
-        """One random gather index ``(D,)``."""
-        perms = {g: torch.randperm(n, generator=gen) for g, n in self.spec.sizes.items()}
-        out = []
-        for start, shape, mv in self.parts:
-            idx = torch.arange(start, start + shape.numel()).reshape(shape)
-            out.append(self._permute(idx, [(a, perms[g]) for a, g in mv]).reshape(-1))
-        return torch.cat(out)
 
     def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
         """Every row of ``x`` (B, D) moved by its own random permutation (all rows at once:
