@@ -10,9 +10,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,27 @@ def pytest_configure(config):
 
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def shown_warnings():
+    """The warnings that ``python -m analysis.cli`` would print on stderr (pytest records them
+    instead), as text: each is more than the one line a bad input may cost (used by the
+    bad-input catalogue and the fuzz test)."""
+    shown: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for quiet in (
+            DeprecationWarning,
+            PendingDeprecationWarning,
+            ImportWarning,
+            ResourceWarning,
+        ):
+            warnings.filterwarnings("ignore", category=quiet)
+        yield shown
+    shown.extend(
+        warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught
+    )
 
 
 def randomise_norms(model, seed: int = 0):

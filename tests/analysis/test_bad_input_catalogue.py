@@ -9,7 +9,6 @@ no empty OUTDIR, no lock file.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import json
@@ -18,7 +17,6 @@ import pickle
 import shutil
 import struct
 import subprocess
-import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import shown_warnings
 
 from analysis.cli import main
 from checkpoints import save_checkpoint, zoo
@@ -756,26 +755,6 @@ def _(w):
 
 
 # ----------------------------------------------------------------------------- the test
-@contextlib.contextmanager
-def shown_warnings():
-    """The warnings that ``python -m analysis.cli`` would print on stderr (pytest records them
-    instead), as text: each is more than the one line a bad input may cost."""
-    shown: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
-        for quiet in (
-            DeprecationWarning,
-            PendingDeprecationWarning,
-            ImportWarning,
-            ResourceWarning,
-        ):
-            warnings.filterwarnings("ignore", category=quiet)
-        yield shown
-    shown.extend(
-        warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught
-    )
-
-
 def _snapshot(folder: Path) -> list[tuple[str, int, int]] | None:
     """Every file and folder under ``folder`` (hidden ones too) with size and mtime; None when absent."""
     if not folder.exists():

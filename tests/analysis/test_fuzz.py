@@ -22,13 +22,13 @@ import struct
 import sys
 import time
 import traceback
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import shown_warnings
 
 from analysis.cli import main
 from checkpoints import save_checkpoint, zoo
@@ -74,26 +74,6 @@ def _verdict(rc, err: str) -> str | None:
     if rc == 2 and len(lines) != 1:
         return f"exit 2 with {len(lines)} lines: {err[-1500:]}"
     return None
-
-
-@contextlib.contextmanager
-def shown_warnings():
-    """The warnings that the command line would print on stderr (pytest records them instead),
-    as text (the same helper as in test_bad_input_catalogue)."""
-    shown: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
-        for quiet in (
-            DeprecationWarning,
-            PendingDeprecationWarning,
-            ImportWarning,
-            ResourceWarning,
-        ):
-            warnings.filterwarnings("ignore", category=quiet)
-        yield shown
-    shown.extend(
-        warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught
-    )
 
 
 def _run_here(argv: list[str]) -> tuple[object, str]:
