@@ -97,19 +97,23 @@ def _traces(t: Trace, fig: Figure, show_scale: bool) -> list:
         ]
     if t.kind == "bar":
         return [go.Bar(x=_labels(t.x), y=_list(t.y), marker=dict(color=t.color), **common)]
+    # what every coloured grid shares: values, the one colour scale, its bar, the name
+    grid = dict(
+        z=_z(t.z) if t.z is not None else None,
+        colorscale=COLORSCALE,
+        showscale=show_scale,
+        colorbar=cbar,
+        name=esc(t.name),
+    )
     if t.kind == "heatmap":
         extra = dict(text=t.text, texttemplate="%{text}") if t.text is not None else {}
         return [
             go.Heatmap(
                 x=_labels(t.x),
                 y=_labels(t.y),
-                z=_z(t.z),
-                colorscale=COLORSCALE,
-                showscale=show_scale,
-                colorbar=cbar,
+                **grid,
                 **zr,
                 **extra,
-                name=esc(t.name),
                 hovertemplate="%{y} vs %{x}: %{z:.4g}<extra></extra>",
             )
         ]
@@ -118,13 +122,9 @@ def _traces(t: Trace, fig: Figure, show_scale: bool) -> list:
             go.Contour(
                 x=_list(t.x),
                 y=_list(t.y),
-                z=_z(t.z),
-                colorscale=COLORSCALE,
-                showscale=show_scale,
-                colorbar=cbar,
+                **grid,
                 ncontours=20,
                 contours=dict(coloring="heatmap"),
-                name=esc(t.name),
                 **zr,
             )
         ]
@@ -133,11 +133,7 @@ def _traces(t: Trace, fig: Figure, show_scale: bool) -> list:
             go.Surface(
                 x=_list(t.x),
                 y=_list(t.y),
-                z=_z(t.z),
-                colorscale=COLORSCALE,
-                showscale=show_scale,
-                colorbar=cbar,
-                name=esc(t.name),
+                **grid,
                 showlegend=True,
                 cmin=zr.get("zmin"),
                 cmax=zr.get("zmax"),
