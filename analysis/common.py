@@ -210,27 +210,6 @@ def add_output(p: argparse.ArgumentParser, default: str | None = "results.h5") -
     )
 
 
-def load_results(path: str | os.PathLike):
-    """:func:`analysis.results.load`, with an error that HDF5 raises on a corrupt file (its
-    innermost frame in h5py: an attribute of unknown type, a broken B-tree) as one line."""
-    from .results import load
-
-    try:
-        return load(path)
-    except UserError:
-        raise
-    except Exception as exc:
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        if tb is None or "h5py" not in tb.tb_frame.f_code.co_filename:
-            raise  # not the file: a bug, keep its traceback
-        raise UserError(
-            f"{path}: cannot read the results file (truncated or corrupt? {type(exc).__name__}: "
-            f"{first_line(exc, 80)}): rerun the study into a new -o"
-        ) from exc
-
-
 def data_label(spec: str) -> str:
     """What a message about the data names: the file for ``npz:``/``pt:``, else ``--data SPEC``."""
     kind, _, arg = spec.partition(":")

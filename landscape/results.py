@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import records as R
-from .errors import UserError
+from .errors import UserError, first_line
 from .store import Record, ResultsStore
 
 
@@ -282,14 +282,24 @@ def read_records(path: Path) -> tuple[dict[str, Any], dict[str, Record], dict[st
             if kind is not None:
                 rec = kind.upgrade(rec, version)
             (records if rec.complete else incomplete)[key] = rec
-    except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
-        if isinstance(exc, UserError):
-            raise
+    except UserError:
+        raise
+    except Exception as exc:
+        if not isinstance(exc, (OSError, KeyError, RuntimeError, ValueError)) and not _in_h5py(exc):
+            raise  # not the file: a bug, keep its traceback
         raise UserError(
-            f"{path}: cannot read the results file (truncated or corrupt? {type(exc).__name__}): "
-            "rerun the study into a new -o"
+            f"{path}: cannot read the results file (truncated or corrupt? {type(exc).__name__}: "
+            f"{first_line(exc, 80)}): rerun the study into a new -o"
         ) from exc
     return root, records, incomplete
+
+
+def _in_h5py(exc: BaseException) -> bool:
+    """Raised inside h5py (an attribute of unknown type, a broken B-tree): the file's fault."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "h5py" in tb.tb_frame.f_code.co_filename
 
 
 def load(path: str | Path, cls: type[Results] = Results) -> Results:

@@ -288,7 +288,10 @@ class ResultsStore:
             def visit(name, obj):
                 if isinstance(obj, h5py.Group) and "complete" in obj.attrs:
                     if complete is None or bool(read_attr(obj, "complete")) == complete:
-                        out.append(name)
+                        # h5py gives a name that is not UTF-8 (a corrupt file) as bytes
+                        out.append(
+                            name if isinstance(name, str) else name.decode("utf-8", "replace")
+                        )
 
             root = f if analysis is None else f.get(analysis)
             if root is not None:

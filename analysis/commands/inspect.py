@@ -10,7 +10,8 @@ from checkpoints import load_model, read_sidecar
 from landscape.errors import UserError, os_error_line
 from landscape.params import ParamView
 
-from ..common import load_results, print_table
+from ..common import print_table
+from ..results import load
 
 HELP = "show what a checkpoint (architecture, variant, sizes, sidecar) or a results file (records) holds"
 EXAMPLE = "landscape inspect runs/w-asym/seed0/final.pt"
@@ -32,7 +33,7 @@ def run(args) -> int:
     if not exists:
         raise UserError(f"{path}: no such file")
     if path.suffix in (".h5", ".hdf5"):
-        res = load_results(path)
+        res = load(path)
         print(res.describe())
         return 0
     model = load_model(path, arch=args.arch)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from landscape.errors import UserError
 
-from ..common import check_output, load_results, print_table
+from ..common import check_output, print_table
+from ..results import load
 
 HELP = "render a results file as one self-contained HTML report (plotly embedded, works offline); --static DIR for PNG/PDF figures"
 EXAMPLE = "landscape report out/study/results.h5 -o report.html --static figures"
@@ -42,7 +43,7 @@ def run(args) -> int:
     check_output(out)
     if args.static:
         check_output(args.static, "--static", folder=True)
-    res = load_results(args.results)
+    res = load(args.results)
     render_html(res, out, title=args.title)
     if args.static:
         written = write_static(res, args.static)
