@@ -72,7 +72,10 @@ def _study(
         raise UserError(f"the {analysis} study is not installed in this version of landscape")
     # every checkpoint and the data are checked before the results file is touched
     ctx = open_context(roots, data=data, output=output, device=device or "auto", **ctx_kw)
-    fn(ctx, **study_kwargs(fn, analysis, settings, source=f"{analysis}_study"))
+    try:
+        fn(ctx, **study_kwargs(fn, analysis, settings, source=f"{analysis}_study"))
+    finally:
+        ctx.close()  # the workers stop with the study
     return load(ctx.store.path)
 
 
@@ -90,6 +93,9 @@ def _notebook_study(analysis: str, module: str, what: str):
         arch: str | None = None,
         force: bool = False,
         progress: bool = True,
+        workers: int | str | None = None,
+        scheduler: str | None = None,
+        gpus: str | None = None,
         **settings: Any,
     ) -> Results:
         return _study(
@@ -104,12 +110,16 @@ def _notebook_study(analysis: str, module: str, what: str):
             arch=arch,
             force=force,
             progress=progress,
+            workers=workers,
+            scheduler=scheduler,
+            gpus=gpus,
         )
 
     study.__name__ = study.__qualname__ = f"{analysis}_study"
     study.__doc__ = (
         f"{what}; settings go to ``analysis.{module}.study``. ``samples`` subsets the data "
-        "(seeded); ``output=None`` writes a scratch results file."
+        '(seeded); ``output=None`` writes a scratch results file; ``workers=N`` / ``"gpu"``, '
+        "``gpus=`` or ``scheduler=`` run the records on Dask workers."
     )
     return study
 
@@ -148,6 +158,9 @@ def run_study(
     arch: str | None = None,
     force: bool = False,
     progress: bool = True,
+    workers: int | str | None = None,
+    scheduler: str | None = None,
+    gpus: str | None = None,
 ) -> Results:
     """Every installed analysis (as ``landscape run``) into ``output`` (a folder: results.h5 and report.html; default a scratch folder)."""
     import tempfile
@@ -171,6 +184,9 @@ def run_study(
         progress=progress,
         source="run_study(config=...)",
         quiet=True,
+        workers=workers,
+        scheduler=scheduler,
+        gpus=gpus,
     )
     return load(outdir / "results.h5")
 
@@ -185,6 +201,9 @@ def metanet_study(
     strict: bool = False,
     force: bool = False,
     progress: bool = True,
+    workers: int | str | None = None,
+    scheduler: str | None = None,
+    gpus: str | None = None,
     **settings: Any,
 ) -> Results:
     """Metanets predicting ``target`` (default ``test_accuracy``) from the weights of every
@@ -205,9 +224,13 @@ def metanet_study(
         force=force,
         progress=progress,
         split=settings.get("split", (0.5, 0.25, 0.25)),
+        workers=workers,
+        scheduler=scheduler,
+        gpus=gpus,
     )
     try:
         study(ctx, target=target, populations=pops, **settings)
     finally:
+        ctx.close()
         ctx.store.close()
     return load(ctx.store.path)

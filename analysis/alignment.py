@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import numpy as np
 import pandas as pd
 from torch import nn
-from tqdm.auto import tqdm
 
 from landscape.data import Data
 from landscape.deprecation import warn_renamed
@@ -28,6 +28,7 @@ from landscape.spec_resolution import apply_permutation
 from landscape.symmetry import SymmetryAudit, symmetry_audit
 
 from .context import StudyContext
+from .executor import Workspace, run_records
 
 ANALYSIS = R.SYMMETRY.analysis
 DEFINITION = (
@@ -91,6 +92,25 @@ def _values(audit: SymmetryAudit) -> dict[str, np.ndarray]:
     }
 
 
+def audit_record(
+    ws: Workspace, job: tuple, *, trials: int, audit_samples: int, seed: int, data: str
+) -> tuple[dict[str, np.ndarray], dict]:
+    """One network's audit (values and computed attributes), on whichever process runs it."""
+    _g, run = job
+    inputs = None if data == "random" else ws.batches(data)
+    audit = symmetry_audit(ws.model(run), inputs, trials=trials, samples=audit_samples, seed=seed)
+    attrs = {
+        R.SYMMETRIC.name: audit.is_symmetric,
+        R.ASYMMETRIC_GROUPS.name: int((~audit.symmetric).sum()),
+        R.PERMUTATION_GROUPS.name: len(audit.groups),
+        R.LOG10_GROUP_ORDER.name: audit.total_log10_order,
+        R.AUDIT_SAMPLES.name: audit.samples,
+        R.TRIALS.name: trials,
+        R.DEFINITION.name: DEFINITION,
+    }
+    return _values(audit), attrs
+
+
 def study(
     ctx: StudyContext,
     *,
@@ -110,29 +130,28 @@ def study(
         warn_renamed("the symmetry study's samples=", "audit_samples=")
         audit_samples = samples
     jobs = [(g, r) for g, runs in ctx.groups.items() for r in runs]
+    todo = [(g, r) for g, r in jobs if not ctx.should_skip(f"{ANALYSIS}/{g}/{r.key}")]
     settings = dict(trials=trials, audit_samples=audit_samples, seed=seed, data=data)
-    for g, run in tqdm(jobs, desc="symmetry", disable=not ctx.progress):
-        key = f"{ANALYSIS}/{g}/{run.key}"
-        if ctx.should_skip(key):
-            continue
-        model = ctx.model(run)
-        inputs = None if data == "random" else ctx.batches(data)
-        audit = symmetry_audit(model, inputs, trials=trials, samples=audit_samples, seed=seed)
+
+    def write(job, result) -> None:
+        g, run = job
+        values, computed = result
         attrs = ctx.record_attrs(
             ANALYSIS, g, run, splits=() if data == "random" else (data,), **settings
         )
-        attrs.update(
-            {
-                R.SYMMETRIC.name: audit.is_symmetric,
-                R.ASYMMETRIC_GROUPS.name: int((~audit.symmetric).sum()),
-                R.PERMUTATION_GROUPS.name: len(audit.groups),
-                R.LOG10_GROUP_ORDER.name: audit.total_log10_order,
-                R.AUDIT_SAMPLES.name: audit.samples,
-                R.TRIALS.name: trials,
-                R.DEFINITION.name: DEFINITION,
-            }
-        )
-        R.SYMMETRY.write(ctx.store, key, _values(audit), attrs)
+        attrs.update(computed)
+        R.SYMMETRY.write(ctx.store, f"{ANALYSIS}/{g}/{run.key}", values, attrs)
+
+    run_records(
+        ctx,
+        todo,
+        partial(audit_record, trials=trials, audit_samples=audit_samples, seed=seed, data=data),
+        write,
+        splits=() if data == "random" else (data,),
+        models=[ctx.model(ctx.groups[g][0]) for g in dict.fromkeys(g for g, _ in todo)],
+        desc="symmetry",
+        label=lambda job: f"{ANALYSIS}/{job[0]}/{job[1].key}",
+    )
     return summary(ctx)
 
 

@@ -449,8 +449,10 @@ def study(
     output: str | Path | None = None,
     device: str | None = "auto",
     samples: int | None = None,
-    workers: int | None = None,
+    workers: int | str | None = None,
     scheduler: str | None = None,
+    gpus: str | None = None,
+    connect_timeout: float = 10.0,
     group_prefix: str = "",
     test_samples: int = 25,
     calibration: bool = True,
@@ -488,6 +490,8 @@ def study(
     train = load_data(data, "train", samples=samples)
     test = load_data(data, "test", samples=samples)
     _preflight(recipe, variants, train, test)
+    # bad --workers / --gpus / --scheduler fail before anything is written
+    ex = make_executor(workers, scheduler, gpus=gpus, connect_timeout=connect_timeout)
     store = ResultsStore(output, adopt_foreign=force)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -505,7 +509,7 @@ def study(
             f"on {len(train)} training samples",
             file=sys.stderr,
         )
-    inline = workers is None and scheduler is None
+    inline = not ex.remote
     if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
         raise UserError(f"--threads must be at least 1, got {threads}")
     task = SeedTask(str(root), recipe, train, str(dev), force, progress and inline, threads)
@@ -514,7 +518,7 @@ def study(
     runs: dict[str, list[Run]] = {g: [] for g in groups.values()}
     t0 = time.perf_counter()
     try:
-        with make_executor(workers, scheduler) as ex:
+        with ex:
             bar = tqdm(total=len(jobs), desc="posteriors", disable=not progress or inline)
             for res in ex.map(task, jobs):
                 bar.update(1)

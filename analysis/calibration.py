@@ -9,10 +9,10 @@ a posterior checkpoint (written by ``landscape bnn``) with the Monte Carlo predi
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from functools import partial
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from checkpoints.posterior import is_posterior, load_posterior
 from landscape.calibration import DEFAULT_BINS, Calibration, calibrate
@@ -21,6 +21,7 @@ from landscape.records import calibration as R
 from landscape.results import summarise
 
 from .context import StudyContext
+from .executor import Workspace, run_records
 
 ANALYSIS = R.CALIBRATION.analysis
 DEFINITION = (
@@ -70,6 +71,19 @@ def check_settings(mc_samples: int, n_bins: int, split: str) -> None:
         raise UserError(f"--split must be train or test, got {split!r}")
 
 
+def compute(
+    ws: Workspace, job: tuple, *, split: str, mc_samples: int, n_bins: int, seed: int
+) -> tuple[dict, dict]:
+    """One network's (or posterior's) calibration record, on whichever process runs it."""
+    _g, run = job
+    if is_posterior(run.final):
+        model = load_posterior(run.final, arch=ws.arch, device=ws.device, seed=seed)
+    else:
+        model = ws.model(run)
+    cal = calibrate(model, ws.batches(split), samples=mc_samples, n_bins=n_bins, seed=seed)
+    return record_values(cal), record_outcomes(cal, split)
+
+
 def study(
     ctx: StudyContext,
     *,
@@ -95,21 +109,29 @@ def study(
         for g, r in jobs
         if (key := f"{ANALYSIS}/{g}/{r.key}") in refresh or not ctx.should_skip(key)
     ]
-    # every posterior is read and checked against its architecture before any record is written
-    posteriors = {
-        str(r.final): load_posterior(r.final, arch=ctx.arch, device=ctx.device, seed=seed)
-        for _, r in todo
-        if is_posterior(r.final)
-    }
-    bar = tqdm(todo, desc="calibration", disable=not ctx.progress)
-    for g, run in bar:
-        key = f"{ANALYSIS}/{g}/{run.key}"
-        bar.set_postfix_str(key, refresh=False)
-        model = posteriors.get(str(run.final)) or ctx.model(run)
-        cal = calibrate(model, ctx.batches(split), samples=mc_samples, n_bins=n_bins, seed=seed)
+    # every posterior is read and checked against its architecture before any record is
+    # written (each task then loads its own copy, where it runs)
+    for _g, r in todo:
+        if is_posterior(r.final):
+            load_posterior(r.final, arch=ctx.arch, device=ctx.device, seed=seed)
+
+    def write(job, result) -> None:
+        g, run = job
+        values, outcomes = result
         attrs = ctx.record_attrs(ANALYSIS, g, run, splits=(split,), **settings)
-        attrs.update(record_outcomes(cal, split))
-        R.CALIBRATION.write(ctx.store, key, record_values(cal), attrs)
+        attrs.update(outcomes)
+        R.CALIBRATION.write(ctx.store, f"{ANALYSIS}/{g}/{run.key}", values, attrs)
+
+    run_records(
+        ctx,
+        todo,
+        partial(compute, split=split, mc_samples=mc_samples, n_bins=n_bins, seed=seed),
+        write,
+        splits=[split],
+        models=[ctx.model(r) for _g, r in todo[:1] if not is_posterior(r.final)],
+        desc="calibration",
+        label=lambda job: f"{ANALYSIS}/{job[0]}/{job[1].key}",
+    )
     return summary(ctx, names)
 
 

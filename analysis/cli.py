@@ -120,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"landscape {args.verb}: interrupted; rerun the same command to resume", file=sys.stderr
         )
         return 130
+    finally:
+        executors = sys.modules.get("landscape.distributed")
+        if executors is not None:  # the workers stop with the command, not at interpreter exit
+            executors.close_all()
 
 
 if __name__ == "__main__":

@@ -319,6 +319,10 @@ def open_context(
     inits: bool = False,
     keep: bool = True,
     before_lock=None,
+    workers: int | str | None = None,
+    scheduler: str | None = None,
+    gpus: str | None = None,
+    connect_timeout: float = 10.0,
 ) -> StudyContext:
     """A study context whose checkpoints and data were all checked (:func:`preflight`) before
     the results file is locked: bad input leaves nothing on disk, not even a lock file.
@@ -337,8 +341,13 @@ def open_context(
         force=force,
         progress=progress,
         lock=False,
+        workers=workers,
+        scheduler=scheduler,
+        gpus=gpus,
+        connect_timeout=connect_timeout,
     )
     preflight(ctx, splits, data=check_data, inits=inits, keep=keep)
+    ctx.check_executor()  # bad --workers / --gpus / --scheduler: before the file is locked
     if before_lock is not None:
         before_lock()
     ctx.store.acquire()  # this command is the file's one writer from here on
@@ -375,7 +384,61 @@ def context_from_args(
         check_data=data,
         inits=inits,
         keep=keep,
+        **executor_kwargs(args),
     )
+
+
+def executor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The executor flags of a verb (see :func:`add_executor`) as keyword arguments."""
+    return {
+        "workers": getattr(args, "workers", None),
+        "scheduler": getattr(args, "scheduler", None),
+        "gpus": getattr(args, "gpus", None),
+        "connect_timeout": getattr(args, "connect_timeout", 10.0),
+    }
+
+
+def add_executor(p: argparse.ArgumentParser, what: str = "records") -> None:
+    """``--workers N|gpu``, ``--gpus``, ``--scheduler ADDRESS``, ``--connect-timeout``: where the
+    study's independent tasks run (inline when none is given)."""
+    g = p.add_argument_group("executor (default: inline, in this process)")
+    g.add_argument(
+        "--workers",
+        type=workers_arg,
+        default=None,
+        metavar="N|gpu",
+        help=f"{what} on N local Dask worker processes (cores/N torch threads each), or 'gpu': "
+        "one worker per visible GPU, each pinned to its device",
+    )
+    g.add_argument(
+        "--gpus",
+        default=None,
+        metavar="all|0,1,...",
+        help="one worker per listed GPU (as --workers gpu, for a subset of the GPUs)",
+    )
+    g.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help=f"{what} on the Dask cluster at ADDRESS (tcp://HOST:PORT; see docs/cluster.md)",
+    )
+    g.add_argument(
+        "--connect-timeout",
+        type=finite_float(0, strict=True),
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for --scheduler (default: %(default)s)",
+    )
+
+
+def workers_arg(text: str) -> int | str:
+    """argparse type of ``--workers``: a positive count or ``gpu``."""
+    from landscape.distributed import parse_workers
+
+    try:
+        return parse_workers(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--workers ")) from None
 
 
 def fmt(x: Any, digits: int = 4) -> str:

@@ -39,6 +39,11 @@ class StudyContext:
     force: bool = False
     progress: bool = True
     sample_seed: int = 0
+    workers: int | str | None = None
+    scheduler: str | None = None
+    gpus: str | None = None
+    connect_timeout: float = 10.0
+    _executor: Any = field(default=None, repr=False)
     _models: dict[tuple[str, str], nn.Module] = field(default_factory=dict, repr=False)
     _data: dict[str, DataSet] = field(default_factory=dict, repr=False)
     _batches: dict[str, Batches] = field(default_factory=dict, repr=False)
@@ -59,9 +64,15 @@ class StudyContext:
         force: bool = False,
         progress: bool = True,
         lock: bool = True,
+        workers: int | str | None = None,
+        scheduler: str | None = None,
+        gpus: str | None = None,
+        connect_timeout: float = 10.0,
     ) -> StudyContext:
         """The context of one study. ``lock=False`` leaves the results file unlocked (and
-        untouched) so a caller can check every input first, then ``ctx.store.acquire()``."""
+        untouched) so a caller can check every input first, then ``ctx.store.acquire()``.
+        ``workers`` / ``gpus`` / ``scheduler``: where the records are computed (see
+        :meth:`executor`)."""
         groups = discover(roots)
         if output is None:  # notebooks: a scratch results file that lives as long as the context
             scratch = tempfile.mkdtemp(prefix="landscape-")
@@ -71,7 +82,19 @@ class StudyContext:
         if lock:  # the file's one writer from now on: a second one is refused, and temporaries
             store.acquire()  # of killed writers can be removed
         return cls(
-            groups, data, store, resolve_device(device), samples, batch_size, arch, force, progress
+            groups,
+            data,
+            store,
+            resolve_device(device),
+            samples,
+            batch_size,
+            arch,
+            force,
+            progress,
+            workers=workers,
+            scheduler=scheduler,
+            gpus=gpus,
+            connect_timeout=connect_timeout,
         )
 
     # -- data ------------------------------------------------------------------------------
@@ -119,6 +142,44 @@ class StudyContext:
         if v is None:
             v = (getattr(self.model(run), "config", None) or {}).get("variant", "unknown")
         return str(v)
+
+    # -- executor --------------------------------------------------------------------------
+    def check_executor(self) -> None:
+        """Bad executor flags fail here, before anything is written: ``--workers`` that is not
+        a positive number or ``gpu``, GPUs without CUDA, a scheduler that cannot be reached,
+        workers that cannot import the groups' model classes. The executor (workers, local
+        cluster) is started here and kept for every study of this context."""
+        from landscape.distributed import parse_workers, visible_gpus
+
+        self.workers = parse_workers(self.workers)
+        if self.workers == "gpu" or self.gpus is not None:
+            visible_gpus(self.gpus)
+        if self.workers is None and self.scheduler is None and self.gpus is None:
+            return
+        from .executor import code_modules
+
+        models = [self.model(runs[0]) for runs in self.groups.values() if runs]
+        try:
+            self.executor().check_importable(code_modules(models, self.arch), "the model classes")
+        except BaseException:
+            self.close()
+            raise
+
+    def executor(self):
+        """The executor every study of this context runs its records on (started once)."""
+        if self._executor is None:
+            from .executor import start_executor
+
+            self._executor = start_executor(
+                self.workers, self.scheduler, self.gpus, self.connect_timeout, self.progress
+            )
+        return self._executor
+
+    def close(self) -> None:
+        """Stop the executor (workers, local cluster) if this context started one."""
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
 
     # -- provenance ------------------------------------------------------------------------
     def file_hash(self, path: Path | None) -> str | None:

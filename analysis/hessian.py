@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from landscape.deprecation import warn_renamed
 from landscape.errors import UserError
@@ -27,6 +27,7 @@ from landscape.records import hessian as R
 from landscape.results import summarise
 
 from .context import StudyContext
+from .executor import Workspace, run_records
 
 ANALYSIS = R.HESSIAN.analysis
 
@@ -103,6 +104,18 @@ def analyse(
     return values, attrs
 
 
+def compute(
+    ws: Workspace, job: tuple, *, split: str, params, options: dict[str, Any]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """One network's record (:func:`analyse`) on whichever process runs the job."""
+    _g, run = job
+    op = HessianOperator(ws.model(run), ws.batches(split), params=params, device=ws.device)
+    try:
+        return analyse(op, **options)
+    finally:
+        del op  # frees the cached gradient graphs before the next model
+
+
 def study(
     ctx: StudyContext,
     *,
@@ -166,29 +179,38 @@ def study(
             f"hessian: {len(todo)} model(s) x about {per} Hessian-vector products (2-4 passes over the {split} data each)"
         )
     _validate(ctx, todo, top_k, split, params)
-    bar = tqdm(todo, desc="hessian", disable=not ctx.progress)
-    for g, run in bar:
-        key = f"{ANALYSIS}/{g}/{run.key}"
-        bar.set_postfix_str(key, refresh=False)
-        op = HessianOperator(ctx.model(run), ctx.batches(split), params=params, device=ctx.device)
-        ds, values = analyse(
-            op,
-            top_k=top_k,
-            tol=tol,
-            max_steps=max_steps,
-            density=density,
-            trace=trace,
-            num_runs=num_runs,
-            lanczos_steps=lanczos_steps,
-            sigma=sigma,
-            num_queries=num_queries,
-            trace_estimator=trace_estimator,
-            seed=seed,
-        )
-        del op  # frees the cached gradient graphs before the next model
+    # the keyword arguments of analyse(): one dict, the same on every executor
+    options = dict(
+        top_k=top_k,
+        tol=tol,
+        max_steps=max_steps,
+        density=density,
+        trace=trace,
+        num_runs=num_runs,
+        lanczos_steps=lanczos_steps,
+        sigma=sigma,
+        num_queries=num_queries,
+        trace_estimator=trace_estimator,
+        seed=seed,
+    )
+
+    def write(job, result) -> None:
+        g, run = job
+        ds, values = result
         attrs = ctx.record_attrs(ANALYSIS, g, run, splits=(split,), **settings)
         attrs.update(values)
-        R.HESSIAN.write(ctx.store, key, ds, attrs)
+        R.HESSIAN.write(ctx.store, f"{ANALYSIS}/{g}/{run.key}", ds, attrs)
+
+    run_records(
+        ctx,
+        todo,
+        partial(compute, split=split, params=params, options=options),
+        write,
+        splits=[split],
+        models=[ctx.model(r) for _g, r in todo[:1]],
+        desc="hessian",
+        label=lambda job: f"{ANALYSIS}/{job[0]}/{job[1].key}",
+    )
     return summary(ctx, names)
 
 

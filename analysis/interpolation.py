@@ -15,17 +15,18 @@ import itertools
 import sys
 import warnings
 from collections.abc import Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from landscape.interpolation import BARRIER_DEFINITIONS, Curve, interpolate_splits, mli_metrics
 from landscape.records import interpolation as R
 from landscape.results import summarise
 
 from .context import StudyContext
+from .executor import Workspace, run_records
 
 ANALYSIS = R.INTERPOLATION.analysis
 ALIGNED = R.INTERPOLATION_ALIGNED.analysis
@@ -63,16 +64,55 @@ def _barrier_attrs(curves: dict[str, Curve]) -> dict[str, Any]:
 
 
 def _curves(
-    ctx: StudyContext, a, b, splits: Sequence[str], num_points: int, bn: str
+    ws: Workspace, a, b, splits: Sequence[str], num_points: int, bn: str
 ) -> dict[str, Curve]:
     return interpolate_splits(
         a,
         b,
-        {s: ctx.batches(s) for s in splits},
+        {s: ws.batches(s) for s in splits},
         num_points=num_points,
         bn=bn,
-        train_data=ctx.batches("train") if bn == "reset" else None,
+        train_data=ws.batches("train") if bn == "reset" else None,
     )
+
+
+def compute(
+    ws: Workspace, job: tuple, *, num_points: int, splits: tuple[str, ...], bn: str
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """One record's curves and computed attributes (on whichever process runs the job)."""
+    analysis, _g, ra, rb = job
+    if analysis == MLI:
+        curves = _curves(ws, ws.model(ra, "init"), ws.model(ra), ("train",), num_points, bn)
+        c = curves["train"]
+        m = mli_metrics(c.alphas, c.loss)
+        attrs = {
+            R.DELTA.name: m.delta,
+            R.MONOTONIC.name: m.monotonic,
+            R.LOCAL_CONVEXITY.name: m.local_convexity,
+            R.GLOBAL_CONVEXITY.name: m.global_convexity,
+            R.MLI_DEFINITIONS.name: MLI_DEFINITIONS,
+            **_barrier_attrs(curves),
+        }
+        return _curve_values(curves), attrs
+    a, b = ws.model(ra), ws.model(rb)
+    if analysis == ALIGNED:
+        from landscape import apply_permutation, weight_matching
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            perm = weight_matching(a, b)
+        b = apply_permutation(b, perm)
+        attrs = {
+            R.ALIGNED.name: True,
+            R.ALIGNMENT.name: "weight matching (B permuted onto A)",
+            R.MATCHING_OBJECTIVE.name: float(perm.objective),
+            R.FUNCTION_PRESERVED.name: bool(perm.function_preserved),
+        }
+    else:
+        attrs = {R.ALIGNED.name: False}
+    curves = _curves(ws, a, b, splits, num_points, bn)
+    attrs.update(_barrier_attrs(curves))
+    return _curve_values(curves), attrs
 
 
 def study(
@@ -89,7 +129,8 @@ def study(
 
     ``align=True`` also weight-matches each pair of a *standard* group (B onto A) and
     stores the aligned curves; ``align="all"`` aligns asymmetric groups too (a baseline:
-    the permutation does not preserve their function). Returns :func:`summary`.
+    the permutation does not preserve their function). Records run on the context's
+    executor (:meth:`StudyContext.executor`). Returns :func:`summary`.
     """
     splits = tuple(splits)
     settings = dict(num_points=num_points, bn=bn, barrier_definitions=BARRIER_DEFINITIONS)
@@ -114,52 +155,32 @@ def study(
             f"interpolation: {len(todo)} curve(s) of {num_points} points = {passes} passes over the data ({sizes})",
             file=sys.stderr,
         )
-    bar = tqdm(todo, desc="interpolation", disable=not ctx.progress)
-    for analysis, g, ra, rb in bar:
-        key = _key(analysis, g, ra, rb)
-        bar.set_postfix_str(key, refresh=False)
+    for g in {j[1] for j in todo if j[0] != MLI}:
+        ctx.group_models(g)  # one-family check (same masks) before the group's first pair
+
+    def write(job: tuple, result: tuple[dict[str, np.ndarray], dict[str, Any]]) -> None:
+        analysis, g, ra, rb = job
+        values, computed = result
         if analysis == MLI:
-            curves = _curves(ctx, ctx.model(ra, "init"), ctx.model(ra), ("train",), num_points, bn)
-            c = curves["train"]
-            m = mli_metrics(c.alphas, c.loss)
             attrs = ctx.record_attrs(
                 MLI, g, ra, which=("init", "final"), splits=("train",), **settings
             )
-            attrs.update(
-                {
-                    R.DELTA.name: m.delta,
-                    R.MONOTONIC.name: m.monotonic,
-                    R.LOCAL_CONVEXITY.name: m.local_convexity,
-                    R.GLOBAL_CONVEXITY.name: m.global_convexity,
-                    R.MLI_DEFINITIONS.name: MLI_DEFINITIONS,
-                    **_barrier_attrs(curves),
-                }
-            )
-            R.MLI.write(ctx.store, key, _curve_values(curves), attrs)
-            continue
-        ctx.group_models(g)  # one-family check (same masks) before the group's first pair
-        a, b = ctx.model(ra), ctx.model(rb)
-        attrs = ctx.record_attrs(analysis, g, ra, rb, splits=splits, **settings)
-        if analysis == ALIGNED:
-            from landscape import apply_permutation, weight_matching
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                perm = weight_matching(a, b)
-            b = apply_permutation(b, perm)
-            attrs.update(
-                {
-                    R.ALIGNED.name: True,
-                    R.ALIGNMENT.name: "weight matching (B permuted onto A)",
-                    R.MATCHING_OBJECTIVE.name: float(perm.objective),
-                    R.FUNCTION_PRESERVED.name: bool(perm.function_preserved),
-                }
-            )
         else:
-            attrs[R.ALIGNED.name] = False
-        curves = _curves(ctx, a, b, splits, num_points, bn)
-        attrs.update(_barrier_attrs(curves))
-        KINDS[analysis].write(ctx.store, key, _curve_values(curves), attrs)
+            attrs = ctx.record_attrs(analysis, g, ra, rb, splits=splits, **settings)
+        attrs.update(computed)
+        KINDS[analysis].write(ctx.store, _key(*job), values, attrs)
+
+    used = list(splits) + (["train"] if bn == "reset" or any(j[0] == MLI for j in todo) else [])
+    run_records(
+        ctx,
+        todo,
+        partial(compute, num_points=num_points, splits=splits, bn=bn),
+        write,
+        splits=used,
+        models=[ctx.model(ctx.groups[g][0]) for g in dict.fromkeys(j[1] for j in todo)],
+        desc="interpolation",
+        label=lambda j: _key(*j),
+    )
     return summary(ctx, names)
 
 

@@ -23,6 +23,7 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -352,7 +353,8 @@ def study(
                 file=sys.stderr,
             )
     task = MetanetTask(prepared, settings, str(ctx.device))
-    with make_executor(workers, scheduler) as ex:
+    own = workers is not None or scheduler is not None
+    with make_executor(workers, scheduler) if own else nullcontext(ctx.executor()) as ex:
         bar = tqdm(total=len(jobs), desc="metanets", disable=not ctx.progress, unit="run")
         for g, m, _seed, fit in ex.map(task, jobs):
             _write(ctx, pops[g], prepared[g], target, fit, meta[g, m])
@@ -435,12 +437,13 @@ def open_study(
     force: bool = False,
     progress: bool = True,
     split: Sequence[float] = (0.5, 0.25, 0.25),
+    **executor: Any,
 ) -> tuple[StudyContext, dict[str, Population]]:
     """The context of a metanet study with every population read and checked (targets, families,
     non-finite networks, enough networks for the split) before the results file is locked."""
     ctx = StudyContext.create(
         roots, data="digits", output=output, device=device, arch=arch, force=force,
-        progress=progress, lock=False,
+        progress=progress, lock=False, **executor,
     )  # fmt: skip
     pops = {
         g: load_population(g, runs, target, strict=strict, arch=arch, progress=progress)
@@ -452,6 +455,7 @@ def open_study(
         except UserError as exc:
             skipped = f" ({len(pop.skipped)} non-finite left out)" if pop.skipped else ""
             raise UserError(f"population {g}{skipped}: {exc}") from exc
+    ctx.check_executor()
     ctx.store.acquire()
     return ctx, pops
 

@@ -37,6 +37,7 @@ from landscape.store import Dataset, Record, ResultsStore, provenance
 from landscape.surfaces import DEFINITION, Surface, landmark_grid, surface, surface_token
 
 from .context import StudyContext
+from .executor import code_modules
 
 ANALYSIS = R.SURFACE.analysis
 
@@ -241,7 +242,9 @@ def study(
     ``direction_seed`` around the group's first seed, grid ``steps`` per axis over
     ``[-span, span]`` (default span 1). ``plane="A,B,C"``: the plane through three seeds of
     each group (origin A); without ``span`` the grid is :func:`landscape.grid.landmark_grid`
-    (A and B on grid points). ``workers`` / ``scheduler`` run the chunks on Dask.
+    (A and B on grid points). Grid chunks run on ``executor`` (default: the context's,
+    :meth:`StudyContext.executor`); ``workers`` / ``scheduler`` are the older way to ask for
+    Dask workers for this study alone.
     """
     if split not in ("train", "test"):
         raise UserError(f"unknown split {split!r}: use train or test")
@@ -256,15 +259,9 @@ def study(
             f"({ctx.dataset(split).description['size']} samples; complete points are reused)",
             file=sys.stderr,
         )
-    made: list = []
-
-    def get_executor():  # started only when some record needs computing
-        if executor is not None:
-            return executor
-        if not made:
-            made.append(make_executor(workers, scheduler))
-        return made[0]
-
+    own = executor is None and (workers is not None or scheduler is not None)
+    if own:
+        executor = make_executor(workers, scheduler)
     try:
         for g in names:
             if plane:
@@ -296,6 +293,9 @@ def study(
                 )
                 attrs = ctx.record_attrs(ANALYSIS, g, *runs, splits=(split,), **settings)
                 attrs[R.SPLIT.name] = split
+                ex = executor or ctx.executor()
+                if ex.remote:  # the chunks carry the model: its class must import there
+                    ex.check_importable(code_modules(models, ctx.arch), "the model classes")
                 persistent_surface(
                     ctx.store,
                     key,
@@ -310,12 +310,12 @@ def study(
                     bn=bn,
                     train_data=ctx.batches("train") if bn == "reset" else None,
                     chunk_size=chunk_size,
-                    executor=get_executor(),
+                    executor=ex,
                     progress=ctx.progress,
                     desc=g,
                     radius=radius,
                 )
     finally:
-        for ex in made:
-            ex.close()
+        if own:
+            executor.close()
     return summarise(ctx.store, [ANALYSIS], full=True, groups=names)

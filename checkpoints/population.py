@@ -280,8 +280,10 @@ def train_population(
     train: DataSet,
     test: DataSet,
     *,
-    workers: int | None = None,
+    workers: int | str | None = None,
     scheduler: str | None = None,
+    gpus: str | None = None,
+    connect_timeout: float = 10.0,
     device: str = "cpu",
     force: bool = False,
     progress: bool = True,
@@ -290,7 +292,8 @@ def train_population(
     """Train every network of ``spec`` under ``root`` (resumable; see the module doc).
 
     Networks are tasks of :func:`landscape.distributed.make_executor` (inline by default,
-    ``workers`` local Dask processes, or the cluster at ``scheduler``); each writes only its
+    ``workers`` local Dask processes, one per GPU with ``gpus`` or ``workers="gpu"``, or the
+    cluster at ``scheduler``); each writes only its
     own folder. Returns one :class:`NetworkResult` per network, in (variant, index) order.
     """
     from landscape.distributed import make_executor
@@ -307,6 +310,8 @@ def train_population(
             (v, i) for v, i in jobs if complete(root / spec.group(v) / network_name(i, spec.size))
         }
     )
+    # bad --workers / --gpus / --scheduler fail before anything is written
+    ex = make_executor(workers, scheduler, gpus=gpus, connect_timeout=connect_timeout)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -334,7 +339,7 @@ def train_population(
         )
         results: dict[tuple[str, int], NetworkResult] = {}
         t0 = time.perf_counter()
-        with make_executor(workers, scheduler) as ex:
+        with ex:
             bar = tqdm(total=len(jobs), desc="networks", disable=not progress, unit="net")
             bar.update(len(done))
             cached = [j for j in jobs if j in done]

@@ -9,8 +9,8 @@ on which chunk, process or machine computed it.
 
 :class:`GridTask` is the one task every executor runs: ``task(indices)`` gives a
 :class:`ChunkResult`. Anything with ``.map(fn, chunks)`` that yields ``fn(chunk)`` for every
-chunk (in order or as finished) can run it: :class:`LocalExecutor` here, the builtin ``map``,
-a ``concurrent.futures`` pool or :class:`landscape.distributed.DaskExecutor`. A task pickles
+chunk (in order or as finished) can run it: the builtin ``map``, a ``concurrent.futures``
+pool, or an executor of :mod:`landscape.distributed`. A task pickles
 as a CPU copy of its grid and builds its working model where it is unpickled, once.
 """
 
@@ -21,7 +21,7 @@ import hashlib
 import math
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from .data import Batches, as_batches, resolve_device
 from .directions import Directions
+from .distributed import LocalExecutor  # noqa: F401  (its old home)
 from .errors import UserError
 from .evaluation import BN_MODES, evaluate, reset_batchnorm
 from .first_layer import FirstLayerShortcut
@@ -311,23 +312,3 @@ class GridTask:
             if self._release is not None:
                 self._release()
             self._ev = self._release = None
-
-
-class LocalExecutor:
-    """Runs chunks one after another in this process (the default)."""
-
-    name = "local"
-
-    def map(self, fn: Callable[[Any], Any], chunks: Iterable[Any]) -> Iterator[Any]:
-        """``fn(chunk)`` for every chunk, in order."""
-        for c in chunks:
-            yield fn(c)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def close(self) -> None:
-        pass

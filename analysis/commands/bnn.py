@@ -7,7 +7,9 @@ from pathlib import Path
 from landscape.errors import UserError
 
 from ..common import (
+    add_executor,
     check_output,
+    executor_kwargs,
     finite_float,
     nonnegative_int,
     positive_int,
@@ -66,16 +68,7 @@ def add_arguments(p) -> None:
         metavar="N",
         help="torch CPU threads while training (default: torch's choice; 1 is fastest for small models)",
     )
-    d.add_argument(
-        "--workers",
-        type=positive_int,
-        default=None,
-        metavar="N",
-        help="seeds on N local Dask workers",
-    )
-    d.add_argument(
-        "--scheduler", default=None, metavar="ADDRESS", help="seeds on the Dask cluster at ADDRESS"
-    )
+    add_executor(p, "seeds")
     r = p.add_argument_group("recipe (a preset; any option below overrides it)")
     r.add_argument(
         "--preset",
@@ -160,8 +153,7 @@ def run(args) -> int:
         output=output,
         device=args.device,
         samples=args.samples,
-        workers=args.workers,
-        scheduler=args.scheduler,
+        **executor_kwargs(args),
         group_prefix=args.group_prefix,
         test_samples=args.test_samples,
         threads=args.threads,

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from ..common import add_data, add_output, add_roots, context_from_args, positive_int, print_table
+from ..common import (
+    add_data,
+    add_executor,
+    add_output,
+    add_roots,
+    context_from_args,
+    positive_int,
+    print_table,
+)
 
 HELP = (
     "calibration of every checkpoint (deterministic: softmax; posterior: Monte Carlo predictive): "
@@ -15,6 +23,7 @@ def add_arguments(p) -> None:
     add_roots(p)
     add_data(p)
     add_output(p)
+    add_executor(p, "networks")
     g = p.add_argument_group("calibration")
     g.add_argument(
         "--mc-samples",

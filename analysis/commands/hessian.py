@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from landscape.errors import UserError
 
-from ..common import add_data, add_output, add_roots, context_from_args, print_table
+from ..common import add_data, add_executor, add_output, add_roots, context_from_args, print_table
 from ..flags import renamed
 
 HELP = "Hessian spectra of every trained network: top and bottom eigenvalues (Lanczos), trace (Hutch++), spectral density (SLQ)"
@@ -15,6 +15,7 @@ def add_arguments(p) -> None:
     add_roots(p)
     add_data(p)
     add_output(p)
+    add_executor(p, "networks")
     g = p.add_argument_group("hessian")
     g.add_argument(
         "--top-k",

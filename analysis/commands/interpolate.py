@@ -6,6 +6,7 @@ from landscape.errors import UserError
 
 from ..common import (
     add_data,
+    add_executor,
     add_output,
     add_roots,
     context_from_args,
@@ -22,6 +23,7 @@ def add_arguments(p) -> None:
     add_roots(p)
     add_data(p)
     add_output(p)
+    add_executor(p, "pairs")
     g = p.add_argument_group("interpolation")
     renamed(
         g,

@@ -10,7 +10,15 @@ from typing import Any
 from landscape.errors import UserError
 from landscape.records.metanet import DEFAULT_TARGET, METANETS
 
-from ..common import add_output, add_roots, check_output, positive_int, print_table
+from ..common import (
+    add_executor,
+    add_output,
+    add_roots,
+    check_output,
+    executor_kwargs,
+    positive_int,
+    print_table,
+)
 
 HELP = (
     "train metanetworks (linear, MLP, StatNN, DeepSets, DMC) that predict a sidecar value (test "
@@ -106,12 +114,7 @@ def add_arguments(p) -> None:
         metavar="ARCH",
         help="architecture for checkpoints without a sidecar",
     )
-    d.add_argument(
-        "--workers", type=positive_int, metavar="N", help="metanet runs on N local Dask workers"
-    )
-    d.add_argument(
-        "--scheduler", metavar="ADDRESS", help="metanet runs on the Dask cluster at ADDRESS"
-    )
+    add_executor(p, "metanet runs")
 
 
 def _types_ok(key: str, value: Any) -> bool:
@@ -189,6 +192,7 @@ def run(args) -> int:
         force=args.force,
         progress=not args.quiet,
         split=s["split"],
+        **executor_kwargs(args),
     )
     try:
         df = study(
@@ -203,8 +207,6 @@ def run(args) -> int:
             hidden=s["hidden"],
             split=s["split"],
             split_seed=s["split_seed"],
-            workers=args.workers,
-            scheduler=args.scheduler,
             populations=pops,
         )
     finally:

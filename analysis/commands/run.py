@@ -11,6 +11,7 @@ Config (every table optional)::
     data = "digits"
     samples = 1000
     analyses = ["interpolation", "hessian"]
+    workers = 4            # or "gpu"; or scheduler = "tcp://HOST:8786" (one executor for all)
     [interpolation]        # keyword arguments of analysis.interpolation.study
     num_points = 25
     [hessian]              # ... of analysis.hessian.study, and so on: [symmetry], [surface]
@@ -28,7 +29,16 @@ from typing import Any
 from checkpoints.io import first_line, os_error_line
 from landscape.errors import UserError
 
-from ..common import add_data, add_roots, check_output, open_context, print_table, write_error
+from ..common import (
+    add_data,
+    add_executor,
+    add_roots,
+    check_output,
+    executor_kwargs,
+    open_context,
+    print_table,
+    write_error,
+)
 
 HELP = "run every analysis on a checkpoint set: OUTDIR/results.h5, OUTDIR/report.html and a summary table"
 EXAMPLE = "landscape run runs --data digits -o out/study --config study.toml"
@@ -48,12 +58,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "hessian": {"top_k": 5, "num_runs": 5, "lanczos_steps": 60, "num_queries": 30},
     "surface": {"steps": 21},
 }
-STUDY_KEYS = {"data", "samples", "batch_size", "device", "arch", "analyses"}
+STUDY_KEYS = {
+    "data", "samples", "batch_size", "device", "arch", "analyses", "workers", "scheduler", "gpus",
+}  # fmt: skip
 
 
 def add_arguments(p) -> None:
     add_roots(p)
     add_data(p, default=None)
+    add_executor(p, "records of every analysis")
     p.add_argument(
         "-o",
         "--output",
@@ -109,6 +122,9 @@ _STUDY_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "samples": ((int,), "a positive integer"),
     "batch_size": ((int,), "a positive integer"),
     "analyses": ((list, str), f"a list of analysis names (from {', '.join(STUDIES)})"),
+    "workers": ((int, str), 'a positive integer or "gpu"'),
+    "scheduler": ((str,), 'a string ("tcp://HOST:PORT")'),
+    "gpus": ((str,), 'a string ("all" or "0,1")'),
 }
 
 
@@ -137,6 +153,8 @@ def validate_config(cfg: Mapping[str, Any], source: str = "config") -> None:
             ok = v >= 1
         if ok and k == "analyses":
             ok = isinstance(v, str) or all(isinstance(a, str) for a in v)
+        if ok and k == "workers":
+            ok = v == "gpu" if isinstance(v, str) else v >= 1
         if not ok:
             raise UserError(f"{source}: [study] {k} = {v!r}: must be {kind}; fix the file")
     if "analyses" in study:
@@ -312,8 +330,15 @@ def execute(
     static: str | Path | None = None,
     source: str = "config",
     quiet: bool = False,
+    workers: int | str | None = None,
+    scheduler: str | None = None,
+    gpus: str | None = None,
+    connect_timeout: float = 10.0,
 ) -> int:
-    """The body of ``landscape run`` (also used by ``landscape demo``): returns the exit status."""
+    """The body of ``landscape run`` (also used by ``landscape demo``): returns the exit status.
+
+    ``workers`` / ``gpus`` / ``scheduler`` (or the same ``[study]`` keys): one executor runs
+    the records of every analysis."""
     import pandas as pd
 
     from ..results import load
@@ -349,12 +374,19 @@ def execute(
             splits=("test", "train"),
             inits="interpolation" in names,
             before_lock=make_outdir,
+            workers=workers if workers is not None else st.get("workers"),
+            scheduler=scheduler or st.get("scheduler"),
+            gpus=gpus or st.get("gpus"),
+            connect_timeout=connect_timeout,
         )
         rows = run_studies(ctx, cfg, names, source=source)
     except UserError:
         if not existed:
             _remove_if_unused(outdir, ctx)
         raise
+    finally:
+        if ctx is not None:
+            ctx.close()  # one executor for every analysis, stopped with the run
     from reports import render_html, write_static
 
     res = load(outdir / "results.h5")
@@ -404,4 +436,5 @@ def run(args) -> int:
         progress=not args.quiet,
         static=args.static,
         source=str(args.config or "defaults"),
+        **executor_kwargs(args),
     )

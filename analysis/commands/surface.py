@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from landscape.errors import UserError
 
-from ..common import add_data, add_output, add_roots, context_from_args, print_table
+from ..common import add_data, add_executor, add_output, add_roots, context_from_args, print_table
 
 HELP = "loss surfaces along filter-normalised random directions (or the plane through three seeds), one per group"
 EXAMPLE = "landscape surface runs --data digits --steps 41 --span 1 -o results.h5 [--plane seed0,seed1,seed2] [--workers 2]"
@@ -73,21 +73,7 @@ def add_arguments(p) -> None:
         default=None,
         help="grid points per chunk / task (default: one row of the grid)",
     )
-    d = p.add_argument_group("distributed (needs dask[distributed])")
-    x = d.add_mutually_exclusive_group()
-    x.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        metavar="N",
-        help="start a local Dask cluster of N worker processes",
-    )
-    x.add_argument(
-        "--scheduler",
-        default=None,
-        metavar="ADDRESS",
-        help="join the Dask cluster at ADDRESS (tcp://host:8786)",
-    )
+    add_executor(p, "grid chunks")
 
 
 def run(args) -> int:
@@ -103,8 +89,6 @@ def run(args) -> int:
         steps=args.steps,
         span=args.span,
         plane=args.plane,
-        workers=args.workers,
-        scheduler=args.scheduler,
         dims=args.dims,
         normalization=args.normalization,
         direction_seed=args.direction_seed,

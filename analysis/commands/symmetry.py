@@ -9,6 +9,7 @@ from landscape.records.symmetry import PERM_GROUP, SYMMETRY
 
 from ..common import (
     add_data,
+    add_executor,
     add_output,
     add_roots,
     context_from_args,
@@ -29,6 +30,7 @@ def add_arguments(p) -> None:
     add_roots(p)
     add_data(p, default=None)
     add_output(p)
+    add_executor(p, "networks")
     g = p.add_argument_group("audit")
     g.add_argument(
         "--trials",

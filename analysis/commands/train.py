@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
+from typing import Any
+
 import pandas as pd
+import torch
+from tqdm.auto import tqdm
 
 from checkpoints.sources import load_data
 from checkpoints.train import SCHEDULES, TrainSettings, normalise_augment, train_group
+from landscape.distributed import make_executor
 from landscape.errors import UserError
 
 from ..common import (
+    add_executor,
     check_output,
+    executor_kwargs,
     finite_float,
     nonnegative_int,
     positive_int,
@@ -154,27 +163,15 @@ def add_arguments(p) -> None:
     g.add_argument("--group-prefix", default=None, help="text before each variant's folder name")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: %(default)s)")
     g.add_argument(
-        "--workers",
-        type=positive_int,
-        default=None,
-        metavar="N",
-        help="networks on N local Dask workers",
-    )
-    g.add_argument(
-        "--scheduler",
-        default=None,
-        metavar="ADDRESS",
-        help="networks on the Dask cluster at ADDRESS",
-    )
-    g.add_argument(
         "--force", action="store_true", help="retrain networks whose folders are complete"
     )
+    add_executor(p, "seeds (or networks of a population)")
 
 
 def run(args) -> int:
     if args.population is not None or args.population_config is not None:
         return run_population(args)
-    for opt in ("workers", "scheduler", "epochs_scale", "population_seed", "group_prefix"):
+    for opt in ("epochs_scale", "population_seed", "group_prefix"):
         if getattr(args, opt) is not None:
             raise UserError(
                 f"--{opt.replace('_', '-')} applies to a population: add --population N"
@@ -196,18 +193,32 @@ def run(args) -> int:
     if args.augment is not None:
         chosen["augment"] = normalise_augment(args.augment)
     settings = TrainSettings(**chosen).check()
-    runs = train_group(
+    variants = [v for v in (args.variants or "standard,w-asym,sigma-asym").split(",") if v]
+    task = SeedTask(
         args.out,
         args.arch or "mlp",
-        [v for v in (args.variants or "standard,w-asym,sigma-asym").split(",") if v],
-        range(args.seeds),
         train,
         test,
         settings,
-        arch_kwargs=kw,
-        mask_seed=args.mask_seed or 0,
-        progress=not args.quiet,
+        kw,
+        args.mask_seed or 0,
+        threads=torch.get_num_threads(),
     )
+    jobs = [(v, s) for v in variants for s in range(args.seeds)]
+    ex = make_executor(**executor_kwargs(args))  # bad flags fail before anything is written
+    if not ex.remote:  # inline: one progress bar per model, as always
+        runs = train_group(
+            args.out, task.arch, variants, range(args.seeds), train, test, settings,
+            arch_kwargs=kw, mask_seed=task.mask_seed, progress=not args.quiet,
+        )  # fmt: skip
+    else:
+        if not args.quiet:
+            print(f"executor: {ex.describe()}", file=sys.stderr)
+        with ex:
+            done = dict(
+                tqdm(ex.map(task, jobs), total=len(jobs), desc="models", disable=args.quiet)
+            )
+        runs = [done[j] for j in jobs]
     from checkpoints import read_sidecar
 
     rows = []
@@ -216,6 +227,33 @@ def run(args) -> int:
         rows.append({"group": r.group, "seed": r.seed, **m})  # every metric the sidecar holds
     print_table(pd.DataFrame(rows), f"trained {len(runs)} models under {args.out}")
     return 0
+
+
+@dataclass
+class SeedTask:
+    """One (variant, seed) of ``landscape train`` as an executor task: trains and writes its own
+    folder (the sidecar last, so a folder is complete only once it has one) and returns the
+    :class:`~checkpoints.Run`. ``threads``: torch threads while training (the client's, so a
+    worker trains bitwise what the inline run trains)."""
+
+    root: str
+    arch: str
+    train: Any
+    test: Any
+    settings: TrainSettings
+    arch_kwargs: dict[str, Any]
+    mask_seed: int
+    threads: int | None = None
+
+    def __call__(self, job: tuple[str, int]):
+        variant, seed = job
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        (run,) = train_group(
+            self.root, self.arch, [variant], [seed], self.train, self.test, self.settings,
+            arch_kwargs=self.arch_kwargs, mask_seed=self.mask_seed, progress=False,
+        )  # fmt: skip
+        return job, run
 
 
 def run_population(args) -> int:
@@ -261,8 +299,7 @@ def run_population(args) -> int:
         spec,
         train,
         test,
-        workers=args.workers,
-        scheduler=args.scheduler,
+        **executor_kwargs(args),
         device=args.device,
         force=args.force,
         progress=not args.quiet,

@@ -17,6 +17,7 @@ import pickle
 import shutil
 import struct
 import subprocess
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -676,6 +677,74 @@ def _(w):
 def _(w):
     argv = ["train", "--population", "4", "--arch", "resnet20", "--variants", "standard-small"]
     return Case(argv + ["--out", str(w.out / "pop"), "-q"], ("standard-small", "resnet20"))
+
+
+# ----------------------------------------------------------------------------- executors
+@case("workers_zero")
+def _(w):
+    return Case(_interpolate(w, "--workers", "0"), ("--workers", "at least 1"))
+
+
+@case("workers_not_a_number")
+def _(w):
+    return Case(_interpolate(w, "--workers", "many"), ("--workers", "'gpu'", "'many'"))
+
+
+@case("workers_gpu_without_cuda")
+def _(w):
+    patch = (torch.cuda, "is_available", lambda: False)
+    return Case(
+        _interpolate(w, "--workers", "gpu"), ("--workers gpu", "no usable GPU"), patches=[patch]
+    )
+
+
+@case("gpus_past_the_last_gpu")
+def _(w):
+    patches = [(torch.cuda, "is_available", lambda: True), (torch.cuda, "device_count", lambda: 2)]
+    argv = _interpolate(w, "--gpus", "0,5", "--device", "cpu")
+    return Case(argv, ("--gpus 0,5", "2 GPU(s)"), patches=patches)
+
+
+@case("unreachable_scheduler")
+def _(w):
+    argv = _interpolate(w, "--scheduler", "tcp://127.0.0.1:9", "--connect-timeout", "1")
+    return Case(argv, ("tcp://127.0.0.1:9", "cannot reach the Dask scheduler"))
+
+
+@case("run_config_workers_zero")
+def _(w):
+    cfg = w.tmp / "study.toml"
+    cfg.write_text("[study]\nworkers = 0\n")
+    argv = ["run", str(w.runs), "-o", str(w.out / "study"), "--config", str(cfg), "-q"]
+    return Case(argv, ("study.toml", "[study] workers = 0", '"gpu"'))
+
+
+@case("workers_cannot_import_the_model_class")
+def _(w):
+    """A model class that exists only in this process (as in a notebook's kernel): the workers,
+    fresh processes, cannot import its module."""
+    import types
+
+    from checkpoints.zoo import build
+
+    ghost = types.ModuleType("landscape_ghost_models")
+
+    class GhostMLP(type(build("mlp", "standard", **MLP16))):
+        pass
+
+    GhostMLP.__module__ = ghost.__name__
+
+    def mlp():
+        m = build("mlp", "standard", **MLP16)
+        m.__class__ = GhostMLP
+        return m
+
+    ghost.mlp = mlp
+    sys.modules[ghost.__name__] = ghost
+    argv = _interpolate(
+        w, "--arch", "landscape_ghost_models:mlp", "--workers", "1", root=w.runs / "standard"
+    )
+    return Case(argv, ("cannot import landscape_ghost_models", "install"))
 
 
 # ----------------------------------------------------------------------------- read-only outputs

@@ -116,7 +116,7 @@ def test_killed_worker_chunks_are_retried(cluster, reference):
 
 def test_executor_arguments(monkeypatch):
     assert make_executor().name == "local"
-    with pytest.raises(UserError, match="not both"):
+    with pytest.raises(UserError, match="not several"):
         DaskExecutor(workers=2, scheduler="tcp://127.0.0.1:1")
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(UserError, match="pip install"):
