@@ -34,6 +34,8 @@ from .errors import UserError
 
 #: seconds to wait for a scheduler before saying it cannot be reached
 CONNECT_TIMEOUT = 10.0
+#: the scheduler's web server: this machine only, any free port (no clash with another cluster)
+DASHBOARD = "127.0.0.1:0"
 #: executors started in this process and not yet closed
 _OPEN: weakref.WeakSet = weakref.WeakSet()
 
@@ -193,6 +195,7 @@ class DaskExecutor:
         devices = visible_gpus(gpus) if gpus is not None else None  # CUDA checked before Dask
         distributed = _distributed()
         self.retries, self.cluster, self._own_client = int(retries), None, client is None
+        self.quiet = quiet
         self.threads, self.address = threads, scheduler
         logs = logging.ERROR if quiet else logging.WARNING
         if client is not None:
@@ -219,7 +222,7 @@ class DaskExecutor:
                 },
                 scheduler={
                     "cls": distributed.Scheduler,
-                    "options": {"dashboard_address": None},
+                    "options": {"dashboard_address": DASHBOARD},
                 },
                 silence_logs=logs,
             )
@@ -231,7 +234,7 @@ class DaskExecutor:
                 n_workers=n,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=DASHBOARD,
                 silence_logs=logs,
             )
             self.client = distributed.Client(self.cluster, set_as_default=False)
@@ -305,10 +308,17 @@ class DaskExecutor:
 
     def close(self) -> None:
         _OPEN.discard(self)
-        if self._own_client:
-            self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+        log = logging.getLogger("distributed")
+        level = log.level
+        if self.quiet:  # the cluster's goodbye messages are not the user's business
+            log.setLevel(logging.ERROR)
+        try:
+            if self._own_client:
+                self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
+        finally:
+            log.setLevel(level)
         self._own_client, self.cluster = False, None
 
     def __enter__(self) -> DaskExecutor:
