@@ -238,19 +238,34 @@ class NetworkTask:
     progress: bool = False
     threads: int | None = None
 
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_placed"}
+
+    def placed(self) -> tuple[DataSet, DataSet]:
+        """The data on ``device``, moved once per process (a worker's tasks share it)."""
+        if getattr(self, "_placed", None) is None:
+            from landscape.data import resolve_device
+
+            dev = resolve_device(self.device)
+            self._placed = tuple(
+                DataSet(d.X.to(dev), d.y.to(dev), d.description) for d in (self.train, self.test)
+            )
+        return self._placed
+
     def __call__(self, job: tuple[str, int]) -> NetworkResult:
         variant, index = job
         before = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
         try:
+            train, test = self.placed()
             return train_network(
                 self.root,
                 self.spec,
                 variant,
                 index,
-                self.train,
-                self.test,
+                train,
+                test,
                 device=self.device,
                 force=self.force,
                 progress=self.progress,

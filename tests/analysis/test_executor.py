@@ -21,6 +21,7 @@ pytest.importorskip("distributed")
 from analysis import alignment, calibration, hessian, interpolation, surfaces  # noqa: E402
 from analysis.cli import main  # noqa: E402
 from analysis.common import open_context  # noqa: E402
+from analysis.executor import RecordTask, Workspace  # noqa: E402
 from landscape.distributed import DaskExecutor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -262,3 +263,20 @@ def test_one_worker_per_gpu_is_pinned_to_its_device(tiny_runs, tmp_path):
         interpolation.study(ctx, num_points=5)
         ctx.store.close()
     assert records(tmp_path / "gpu.h5")
+
+
+def placement(ws: Workspace, job: int) -> tuple[int, int, int]:
+    """Which process ran the job, and which data object (and tensor) it computed on."""
+    b = ws.batches("test")
+    return os.getpid(), id(b), b.batches[0][0].data_ptr()
+
+
+def test_each_worker_places_the_data_once(cluster, tiny_runs, tmp_path):
+    ctx = context(tiny_runs, tmp_path / "r.h5")
+    task = RecordTask(Workspace.of(ctx, ["test"]), placement)
+    seen = [result for _job, result in cluster.map(task, range(16))]
+    by_worker: dict[int, set] = {}
+    for pid, obj, ptr in seen:
+        by_worker.setdefault(pid, set()).add((obj, ptr))
+    assert os.getpid() not in by_worker and len(by_worker) >= 1
+    assert all(len(objs) == 1 for objs in by_worker.values())  # one placement per worker
