@@ -162,6 +162,8 @@ def run_records(
     ws = Workspace.of(ctx, splits)
     if ex.remote:  # shipped without the context: workers load and place their own copies
         ex.check_importable(code_modules(models, ctx.arch), "the model classes")
+        if getattr(ex, "gpus", None) and ws.device_request.startswith("cuda"):
+            ws.device_request = "cuda"  # a pinned worker sees one GPU: its own, cuda:0
     bar = tqdm(total=len(jobs), desc=desc, disable=not ctx.progress)
     try:
         for job, result in ex.map(RecordTask(ws, compute), jobs):
