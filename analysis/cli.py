@@ -105,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "verb", None):
         parser.print_help()
         return 2
+    executors = sys.modules.get("landscape.distributed")
+    running = executors.open_executors() if executors is not None else set()  # not this command's
     try:
         from .common import check_arguments
 
@@ -123,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         executors = sys.modules.get("landscape.distributed")
         if executors is not None:  # the workers stop with the command, not at interpreter exit
-            executors.close_all()
+            executors.close_all(keep=running)
 
 
 if __name__ == "__main__":

@@ -344,11 +344,17 @@ def make_executor(
     )
 
 
-def close_all() -> None:
-    """Close every executor this process started and did not close (workers stop with the
-    command that started them, not at interpreter exit)."""
+def open_executors() -> set:
+    """The executors started in this process and not closed yet."""
+    return set(_OPEN)
+
+
+def close_all(keep: set | frozenset = frozenset()) -> None:
+    """Close every executor this process started and did not close, but those in ``keep``
+    (workers stop with the command that started them, not at interpreter exit)."""
     for ex in list(_OPEN):
-        ex.close()
+        if ex not in keep:
+            ex.close()
 
 
 atexit.register(close_all)
