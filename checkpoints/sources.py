@@ -8,7 +8,10 @@
   read by a restricted unpickler that only rebuilds plain arrays;
 - ``npz:FILE`` / ``pt:FILE``: arrays ``X`` and ``y`` (``pt`` read with ``weights_only``);
 - ``module:callable`` (or ``path/file.py:callable``): returns a Dataset of ``(x, y)``
-  (or a ``(train, test)`` pair of them, or a callable taking ``split=``).
+  (or a ``(train, test)`` pair of them, or a callable taking ``split=``);
+- ``modular:P[:F]``: modular addition ``a b = -> (a + b) mod P`` as token sequences, embedded
+  (no download); ``text:FILE[:T]``: character windows of a UTF-8 text file with next-character
+  targets (both in :mod:`checkpoints.sequences`, integer token ids for the transformer).
 
 Images come as float32 ``(N, C, H, W)``, scaled to [0, 1] then standardised with the
 source's mean and std (recorded in the description); labels as int64.
@@ -34,6 +37,7 @@ from torch import Tensor
 from landscape.data import subset
 from landscape.errors import UserError, first_line, os_error_line
 
+from . import sequences
 from .safe_load import check_tensor, torch_load
 
 SPLITS = ("train", "test")
@@ -62,6 +66,8 @@ class DataSet:
 
     @property
     def num_classes(self) -> int:
+        if "num_classes" in self.description:  # a task that knows it (a split may miss a class)
+            return int(self.description["num_classes"])
         return int(self.y.max()) + 1 if not self.y.is_floating_point() else int(self.y.shape[-1])
 
     @property
@@ -362,6 +368,8 @@ FILE_KINDS = (
     "cifar10",
     "npz",
     "pt",
+    "modular",
+    "text",
 )
 
 
@@ -380,6 +388,7 @@ def load_data(
     kind, _, arg = spec.partition(":")
     kind = kind.lower()
     where = f"--data {spec}"  # what messages about the data name: the file when there is one
+    extra: dict[str, Any] = {}  # what a source adds to the description (vocabulary, task)
     if kind == "digits":
         x, y = _digits(split)
         X, Y, source = (
@@ -412,12 +421,22 @@ def load_data(
     elif kind in ("npz", "pt"):
         X, Y = _array_file(kind, Path(arg), split)
         source, norm, where = f"{kind} file {arg}", None, arg
+    elif kind == "modular":
+        p, frac = sequences.parse_modular(spec)
+        X, Y = sequences.modular(p, split, frac)
+        source, norm = f"modular addition mod {p} (embedded)", None
+        extra = sequences.modular_description(p, frac)
+    elif kind == "text":
+        path, window = sequences.parse_text(spec)
+        X, Y, vocab = sequences.text_windows(path, window, split)
+        source, norm, where = f"text file {path}", None, str(path)
+        extra = sequences.text_description(vocab, window)
     elif names_code(spec):
         X, Y = _module_source(spec, split)
         source, norm = f"callable {spec}", None
     else:
         raise UserError(
-            f"unknown data spec {spec!r}: use digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, npz:FILE, pt:FILE or module:callable"
+            f"unknown data spec {spec!r}: use digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, npz:FILE, pt:FILE, modular:P, text:FILE or module:callable"
         )
     if X.dim() == 0 or Y.dim() == 0 or X.shape[0] != Y.shape[0] or X.shape[0] == 0:
         raise UserError(
@@ -440,5 +459,6 @@ def load_data(
         "normalisation": None
         if norm is None
         else {"scale": "to [0, 1]", "mean": list(norm[0]), "std": list(norm[1])},
+        **extra,
     }
     return DataSet(X.contiguous(), Y, desc)

@@ -6,6 +6,10 @@ Deterministic for a seed: the seed fixes the trainable initialisation (through
 group. Defaults follow the paper's MLP recipe: AdamW, lr 1e-3, weight decay 0.03, batch 64,
 constant learning rate, no label smoothing, no augmentation.
 
+The data fixes the architecture's input side (:func:`_data_kwargs`): input size and classes
+for images; vocabulary, sequence length and classes for token data (``modular:P``) and the
+zoo ``transformer``, which alone reads token ids.
+
 Options (all recorded in the sidecar's ``training``):
 
 - learning-rate schedules over the optimiser steps ``t = 0 .. T-1`` (:func:`lr_factor`):
@@ -197,6 +201,38 @@ def train_model(
     return model
 
 
+def _data_kwargs(arch: str, kw: dict[str, Any], train: DataSet, test: DataSet) -> dict[str, Any]:
+    """The constructor arguments the data fixes (input size, classes; for the transformer the
+    vocabulary and sequence length), unless given; :class:`UserError` when data and model
+    cannot meet (token ids for an image model, images for the transformer)."""
+    spec = train.description.get("spec", "the data")
+    tokens = not train.X.is_floating_point()
+    out = {"num_classes": kw.get("num_classes", train.num_classes)}
+    if arch == "transformer":
+        if not tokens or train.X.dim() != 2:
+            raise UserError(
+                f"--data {spec}: --arch transformer reads integer token ids (N, T), the data has "
+                f"{train.X.dtype} inputs of shape {tuple(train.X.shape[1:])}: use modular:P or text:FILE"
+            )
+        if train.y.dim() > 1:
+            raise UserError(
+                f"--data {spec}: targets at every position (language modelling) need a token-level "
+                "loss, which training does not have yet: train on a sequence task such as modular:P"
+            )
+        vocab = train.description.get("vocab_size") or int(max(train.X.max(), test.X.max())) + 1
+        out.update(vocab_size=kw.get("vocab_size", int(vocab)))
+        out.update(max_len=kw.get("max_len", int(train.X.shape[1])))
+    elif tokens:
+        raise UserError(
+            f"--data {spec} holds integer token ids: train them with --arch transformer"
+        )
+    elif arch == "mlp":
+        out["input_dim"] = kw.get("input_dim", int(torch.tensor(train.input_shape).prod()))
+    else:
+        out["in_channels"] = kw.get("in_channels", train.input_shape[0])
+    return out
+
+
 def train_group(
     root: str | Path,
     arch: str,
@@ -219,16 +255,12 @@ def train_group(
     """
     root = Path(root)
     kw = dict(arch_kwargs or {})
-    kw.setdefault("num_classes", train.num_classes)
-    if arch == "mlp":
-        kw.setdefault("input_dim", int(torch.tensor(train.input_shape).prod()))
-    else:
-        kw.setdefault("in_channels", train.input_shape[0])
+    kw.update(_data_kwargs(arch, kw, train, test))
     runs = []
     jobs = [(v, s) for v in variants for s in seeds]
     bar = tqdm(jobs, desc="models", disable=not progress)
     for variant, seed in bar:
-        variant = zoo._check_variant(variant)
+        variant = zoo.check_variant(variant, zoo.arch_variants(arch))
         d = root / variant / f"seed{seed}"
         side = d / SIDECAR_NAME
         if resume and (d / "final.pt").is_file() and side.is_file():

@@ -1,8 +1,9 @@
 """Model zoo: the paper's architectures in three variants, built by one call.
 
 ``build(arch, variant="standard", *, seed=0, mask_seed=0, **kwargs)`` with ``arch`` in
-``mlp``, ``cnn``, ``resnet20``, ``resnet8`` and ``variant`` in ``standard``, ``w-asym``,
-``sigma-asym``. ``seed`` draws the trainable initialisation; ``mask_seed`` draws the
+``mlp``, ``cnn``, ``resnet20``, ``resnet8``, ``transformer`` (in
+:mod:`checkpoints.transformer`) and ``variant`` in ``standard``, ``w-asym``, ``sigma-asym``
+(the transformer also has ``head-asym``). ``seed`` draws the trainable initialisation; ``mask_seed`` draws the
 asymmetry constants (W-Asym masks and fixed values, FiGLU matrices) and belongs to the
 architecture: every seed of one group shares it.
 
@@ -40,7 +41,10 @@ def _register(name: str):
     return deco
 
 
-def _check_variant(variant: str) -> str:
+def check_variant(variant: str, allowed: tuple[str, ...] = VARIANTS) -> str:
+    """The canonical name of ``variant`` (aliases ``w``, ``sigma``, ``std`` ...), one of ``allowed``."""
+    if not isinstance(variant, str):
+        raise UserError(f"unknown variant {variant!r}: use one of {', '.join(allowed)}")
     v = variant.lower().replace("_", "-")
     aliases = {
         "w": "w-asym",
@@ -48,11 +52,21 @@ def _check_variant(variant: str) -> str:
         "sigma": "sigma-asym",
         "sigmaasym": "sigma-asym",
         "std": "standard",
+        "head": "head-asym",
+        "headasym": "head-asym",
     }
     v = aliases.get(v.replace("-", ""), v)
-    if v not in VARIANTS:
-        raise UserError(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}")
+    if v not in allowed:
+        raise UserError(f"unknown variant {variant!r}: use one of {', '.join(allowed)}")
     return v
+
+
+_check_variant = check_variant  # the name other modules import
+
+
+def arch_variants(arch: str) -> tuple[str, ...]:
+    """The variants architecture ``arch`` has (every zoo model has :data:`VARIANTS`)."""
+    return getattr(ARCHS.get(arch), "variants", VARIANTS)
 
 
 def _activation(name: str) -> nn.Module:
@@ -177,7 +191,7 @@ class MLP(ZooModel):
 
     def permutation_spec(self):
         """Hidden units of layer i form group ``hidden{i}`` (see :mod:`landscape.permutation`)."""
-        from landscape.permutation import SpecBuilder
+        from landscape.spec_builder import SpecBuilder
 
         b, prev = SpecBuilder(self), None
         for i in range(len(self.norms)):
@@ -326,7 +340,7 @@ class CNN(ZooModel):
 
     def permutation_spec(self):
         """Channels of conv block i form group ``conv{i}`` (pooling keeps channels in place)."""
-        from landscape.permutation import SpecBuilder
+        from landscape.spec_builder import SpecBuilder
 
         b, prev = SpecBuilder(self), None
         for i in range(len(self.convs)):
@@ -432,7 +446,7 @@ class ResNet20(ZooModel):
 
     def permutation_spec(self):
         """One group per residual stream (``stage{k}``, shared by every block adding into it) and one per block interior."""
-        from landscape.permutation import SpecBuilder
+        from landscape.spec_builder import SpecBuilder
 
         b = SpecBuilder(self)
         b.layer("conv1", "stage1", None).norm("bn1", "stage1").act("act", "stage1")
@@ -531,3 +545,6 @@ def build(arch: str, variant: str = "standard", *, seed: int = 0, **kwargs: Any)
             raise UserError(f"bad arguments for {arch}: {exc}") from exc
     model.config["seed"] = int(seed)
     return model.eval()
+
+
+from . import transformer  # noqa: E402,F401  (registers "transformer"; it imports this module)

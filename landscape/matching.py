@@ -38,19 +38,20 @@ from torch import Tensor, nn
 
 from .data import Data, as_batches
 from .errors import UserError
+from .module_order import leaf_calls
 from .params import check_same_family, fixed_buffers, fixed_entry_mask
-from .permutation import PermutationSpec, SpecLike, named_tensors
-from .permute import output_change, permute_tensor
+from .permutation import AxisMove, PermutationSpec, SpecLike, named_tensors
+from .permute import compose_inverse, identity_perms, output_change, permute_tensor, random_perm
 from .sample_inputs import as_sample
 from .spec_resolution import checked_spec
-from .spec_tracing import leaf_calls
 
 FUNCTION_TOL = 1e-5
 
 
 @dataclass(frozen=True, eq=False)
 class Permutation:
-    """A permutation per group of ``spec`` mapping model B onto model A (``perms[g][i]``: B's unit placed at i).
+    """A permutation per group of ``spec`` mapping model B onto model A (``perms[g][i]``: B's unit placed at i;
+    for a nested group ``perms[c][i]`` permutes the units of the head placed at ``i``).
 
     ``objective`` is J of the result, ``objective_identity`` J before alignment,
     ``history`` J after each sweep of the best restart; ``function_preserved`` says whether
@@ -76,9 +77,8 @@ class Permutation:
 
     def inverse(self) -> Permutation:
         """The permutation mapping A onto B."""
-        inv = {g: np.argsort(p) for g, p in self.perms.items()}
         return Permutation(
-            inv,
+            compose_inverse(self.spec, self.perms),
             self.spec,
             self.method,
             self.objective,
@@ -94,10 +94,14 @@ class Permutation:
         )
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per group: size and how many units moved."""
+        """One row per group: units and how many of them moved (over every head for a nested group)."""
         return pd.DataFrame(
             [
-                {"group": g, "size": len(p), "moved": int((p != np.arange(len(p))).sum())}
+                {
+                    "group": g,
+                    "size": p.size,  # a nested group: its units in every head
+                    "moved": int((p != np.arange(p.shape[-1])).sum()),
+                }
                 for g, p in self.perms.items()
             ]
         )
@@ -143,9 +147,10 @@ def _matched(model: nn.Module, spec: PermutationSpec, device: torch.device) -> d
 
 
 def _objective(A: dict[str, Tensor], B: dict[str, Tensor], moves, P: dict[str, Tensor]) -> float:
+    """``J = sum_t <A_t, pi(B)_t>`` over the matched tensors."""
     total = 0.0
     for t, a in A.items():
-        b = permute_tensor(B[t], [(ax, P[g]) for ax, g in moves[t]])
+        b = permute_tensor(B[t], moves.get(t, []), P)
         total += float(torch.dot(a.reshape(-1), b.reshape(-1)))
     return total
 
@@ -199,6 +204,58 @@ def _finish(
 
 
 # ----------------------------------------------------------------------------- weight matching
+def _rows(t: Tensor, m: AxisMove) -> Tensor:
+    """The slices of ``t`` along ``m``'s axis (or range) as rows, one per unit: ``(n * nc, -1)``."""
+    if m.start is not None:
+        t = t.narrow(m.axis, m.start, m.stop - m.start)
+    return t.movedim(m.axis, 0).reshape(m.units, -1)
+
+
+def _assign(s: np.ndarray) -> tuple[np.ndarray, float]:
+    """The linear assignment maximising ``sum_i s[i, col[i]]``, and that sum."""
+    _, col = linear_sum_assignment(s, maximize=True)
+    return col, float(s[np.arange(len(col)), col].sum())
+
+
+def _assign_heads(
+    head: np.ndarray, nested: dict[str, np.ndarray]
+) -> tuple[np.ndarray, dict[str, np.ndarray], float]:
+    """Heads and, within each pair of heads, their nested units, maximising the similarity.
+
+    ``head[i, j]`` is the similarity of A's head ``i`` with B's head ``j`` through tensors
+    that move whole heads; ``nested[c][i, j]`` (``nc x nc``) the similarity of their units
+    of nested group ``c``. For every pair ``(i, j)`` and group ``c`` the best within-head
+    matching ``sigma_c(i, j)`` is a linear assignment of value ``v_c(i, j)``; the heads are
+    then the linear assignment of ``C = head + sum_c v_c``, and head ``i``'s nested
+    permutation is ``sigma_c(i, p[i])``. This is the exact optimum over the head group and
+    its nested groups (the objective separates over the chosen head pairs).
+    """
+    n = head.shape[0]
+    cost = head.copy()
+    sigma = {}
+    for c, s in nested.items():
+        nc = s.shape[-1]
+        sigma[c] = np.zeros((n, n, nc), dtype=np.int64)
+        for i in range(n):
+            for j in range(n):
+                sigma[c][i, j], v = _assign(s[i, j])
+                cost[i, j] += v
+    p, total = _assign(cost)
+    return p, {c: sg[np.arange(n), p] for c, sg in sigma.items()}, total
+
+
+def _current(
+    head: np.ndarray, nested: dict[str, np.ndarray], p: np.ndarray, q: dict[str, np.ndarray]
+) -> float:
+    """The similarity the current ``(p, q)`` achieves (the same sum :func:`_assign_heads` maximises)."""
+    n = head.shape[0]
+    total = float(head[np.arange(n), p].sum())
+    for c, s in nested.items():
+        for i in range(n):
+            total += float(s[i, p[i], np.arange(s.shape[-1]), q[c][i]].sum())
+    return total
+
+
 def weight_matching(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -215,8 +272,9 @@ def weight_matching(
     ``spec`` defaults to ``permutation_spec(model_a)``; ``max_iter`` bounds the sweeps per
     start; ``restarts`` adds that many starts from random permutations (seeded by
     ``seed``, which also orders the groups); ``sample`` is the batch (or data) for the
-    function check (default: random inputs). Different architectures or widths, or a spec
-    that does not fit, raise :class:`UserError`.
+    function check (default: random inputs). A head group and its nested groups are one
+    step of the descent (:func:`_assign_heads`). Different architectures or widths, or a
+    spec that does not fit, raise :class:`UserError`.
     """
     t0 = time.perf_counter()
     if max_iter < 1 or restarts < 0:
@@ -224,31 +282,54 @@ def weight_matching(
     spec = _prepare(model_a, model_b, spec, sample)
     device = next(model_a.parameters()).device
     A, B = _matched(model_a, spec, device), _matched(model_b, spec, device)
-    moves = spec.moves()
-    # per group: A's slices flattened once; tensors no other group moves add a constant similarity
-    blocks, const = {}, {}
-    for g, e in spec.groups.items():
+    moves = {t: mv for t, mv in spec.axis_moves().items() if t in A}
+    names = [g for g in spec.groups if g not in spec.parents]
+    # per group: A's rows once; tensors no other axis moves add a constant similarity
+    blocks: dict[str, list] = {g: [] for g in names}
+    const: dict[str, Tensor] = {}
+    for g in names:
         n = spec.sizes[g]
-        if not any(t in A for t, _ in e):
+        if not any(m.group == g for mv in moves.values() for m in mv):
             raise UserError(
                 f"permutation group {g!r} names only fixed buffers: weight matching has nothing to compare for it"
             )
         const[g] = torch.zeros(n, n, device=device)
-        blocks[g] = []
-        for t, ax in e:
-            if t not in A:
-                continue
-            a = A[t].movedim(ax, 0).reshape(n, -1)
-            if len(moves[t]) == 1:
-                const[g] += a @ B[t].movedim(ax, 0).reshape(n, -1).T
+        for c in spec.children(g):
+            k = n * spec.sizes[c]
+            const[c] = torch.zeros(k, k, device=device)
+    for t, mv in moves.items():
+        for m in mv:
+            a = _rows(A[t], m)
+            target = m.child or m.group
+            if all(o.axis == m.axis for o in mv):
+                const[target] += a @ _rows(B[t], m).T
             else:
-                blocks[g].append((t, ax, a))
+                blocks[m.group].append((t, m, a))
     rng = np.random.default_rng(seed)
-    names = list(spec.groups)
     neighbours = {
-        g: {g2 for t, _ in e for _, g2 in moves[t] if g2 != g} for g, e in spec.groups.items()
+        g: {o.group for mv in moves.values() if any(m.group == g for m in mv) for o in mv} - {g}
+        for g in names
     }
-    ident = {g: torch.arange(n, device=device) for g, n in spec.sizes.items()}
+
+    def similarities(g: str, P: dict[str, Tensor]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        n = spec.sizes[g]
+        S = {x: const[x].clone() for x in [g, *spec.children(g)]}
+        for t, m, a in blocks[g]:
+            others = [o for o in moves[t] if o.axis != m.axis]
+            target = m.child or g
+            S[target] = torch.addmm(S[target], a, _rows(permute_tensor(B[t], others, P), m).T)
+        head = S.pop(g).cpu().numpy().astype(np.float64)
+        nested = {
+            c: s.reshape(n, spec.sizes[c], n, spec.sizes[c])
+            .permute(0, 2, 1, 3)
+            .cpu()
+            .numpy()
+            .astype(np.float64)
+            for c, s in S.items()
+        }
+        return head, nested
+
+    ident = {g: torch.as_tensor(p, device=device) for g, p in identity_perms(spec).items()}
     j_ident = _objective(A, B, moves, ident)
     best = None
     restart_objs = []
@@ -256,9 +337,7 @@ def weight_matching(
         P = (
             dict(ident)
             if r == 0
-            else {
-                g: torch.as_tensor(rng.permutation(n), device=device) for g, n in spec.sizes.items()
-            }
+            else {g: torch.as_tensor(random_perm(spec, g, rng), device=device) for g in spec.sizes}
         )
         history, converged, sweeps = [], False, 0
         dirty = set(names)
@@ -270,18 +349,19 @@ def weight_matching(
                 ):  # S_g is unchanged since g's last assignment, which therefore stays optimal
                     continue
                 dirty.discard(g)
-                n = spec.sizes[g]
-                S = const[g]
-                for t, ax, a in blocks[g]:
-                    others = [(ax2, P[g2]) for ax2, g2 in moves[t] if (ax2, g2) != (ax, g)]
-                    S = torch.addmm(
-                        S, a, permute_tensor(B[t], others).movedim(ax, 0).reshape(n, -1).T
-                    )
-                s = S.cpu().numpy().astype(np.float64)
-                _, col = linear_sum_assignment(s, maximize=True)
-                old, new = s[np.arange(n), P[g].cpu().numpy()].sum(), s[np.arange(n), col].sum()
+                head, nested = similarities(g, P)
+                p_old = P[g].cpu().numpy()
+                if nested:
+                    q_old = {c: P[c].cpu().numpy() for c in nested}
+                    p, q, new = _assign_heads(head, nested)
+                    old = _current(head, nested, p_old, q_old)
+                else:
+                    p, new = _assign(head)
+                    q, old = {}, float(head[np.arange(len(p)), p_old].sum())
                 if new > old + 1e-10 * max(1.0, abs(old)):
-                    P[g] = torch.as_tensor(col, device=device)
+                    P[g] = torch.as_tensor(p, device=device)
+                    for c, qc in q.items():
+                        P[c] = torch.as_tensor(qc, device=device)
                     progress = True
                     dirty |= neighbours[g]
             history.append(_objective(A, B, moves, P))
@@ -352,6 +432,11 @@ def activation_matching(
     device = next(model_a.parameters()).device
     x = as_batches(data, device=device).sample(samples)
     spec = _prepare(model_a, model_b, spec, x)
+    if not spec.flat:
+        raise UserError(
+            "activation matching compares one unit per whole axis; this spec has per-head (nested) groups "
+            "or ranges of packed tensors: use weight matching"
+        )
     # outputs of every leaf module, in the order they run
     ra = [(n, o) for n, _, _, o in leaf_calls(model_a, x)]
     rb = [(n, o) for n, _, _, o in leaf_calls(model_b, x)]
@@ -383,7 +468,7 @@ def activation_matching(
         _, col = linear_sum_assignment(C.numpy(), maximize=True)
         perms[g] = col
     A, B = _matched(model_a, spec, device), _matched(model_b, spec, device)
-    moves = spec.moves()
+    moves = spec.axis_moves()
     j = _objective(A, B, moves, {g: torch.as_tensor(p, device=device) for g, p in perms.items()})
     j0 = _objective(A, B, moves, {g: torch.arange(n, device=device) for g, n in spec.sizes.items()})
     return _finish(

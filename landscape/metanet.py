@@ -224,6 +224,11 @@ class FlatPermuter:
                 "(a standard network without masks or FiGLU matrices)"
             )
         self.spec = checked_spec(model, spec)
+        if not self.spec.flat:
+            raise UserError(
+                "permutation augmentation moves whole axes; this spec has per-head (nested) groups "
+                "or ranges of packed tensors: leave out the mlp_perm metanet"
+            )
         self.view = ParamView(model)
         moves = self.spec.moves()
         self.parts = [

@@ -8,7 +8,10 @@ is invariant (change at float rounding, about 1e-7); W-Asym and sigma-Asym netwo
 not (Lim et al. 2024). For them the spec describes the symmetry the architecture would
 have without its asymmetry, the standard architecture's groups.
 
-The size of that symmetry group is ``prod_g n_g!``, reported as ``log10``.
+The size of that symmetry group is ``prod_g n_g!``, reported as ``log10``; a group nested
+in a head group of ``n_h`` heads (the query/key or value dimensions of attention) counts
+``(n_g!)^(n_h)``, one permutation per head, and its trials permute every head's units
+independently while the heads stay in place.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import torch
 from torch import nn
 
 from .data import Data, as_batches
-from .permutation import SpecLike, log10_factorial
-from .permute import eval_output, output_change
+from .permutation import PermutationSpec, SpecLike
+from .permute import eval_output, output_change, random_perm
 from .sample_inputs import sample_input
 from .spec_resolution import checked_spec
 
@@ -32,7 +35,8 @@ SYMMETRY_TOL = 1e-5
 
 @dataclass(frozen=True, eq=False)
 class SymmetryAudit:
-    """Per group: ``sizes``, ``log10_order = log10(n!)``, ``max_change`` (max over trials and
+    """Per group: ``sizes``, ``log10_order = log10(n!)`` (``n_h log10(n!)`` for a group nested
+    in ``n_h`` heads), ``max_change`` (max over trials and
     samples of ``|f_pi(x) - f(x)|``) and ``relative_change`` (divided by ``max |f(x)|``);
     ``all_groups_change`` permutes every group at once."""
 
@@ -82,10 +86,13 @@ class SymmetryAudit:
         return head + self.to_frame().to_html(index=False)
 
 
-def _perm(n: int, rng: np.random.Generator) -> np.ndarray:
-    p = rng.permutation(n)
-    if n > 1 and (p == np.arange(n)).all():  # an identity draw tests nothing
-        p = np.roll(p, 1)
+def _perm(spec: PermutationSpec, group: str, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of ``group`` that is not the identity (an identity draw tests nothing)."""
+    p = random_perm(spec, group, rng)
+    n = spec.sizes[group]
+    if n > 1 and (p == np.arange(n)).all():
+        p = p.copy()
+        p.reshape(-1, n)[0] = np.roll(np.arange(n), 1)
     return p
 
 
@@ -119,7 +126,7 @@ def symmetry_audit(
     for i, g in enumerate(names):
         for _ in range(trials):
             d, _ = output_change(
-                model, spec, {g: _perm(spec.sizes[g], rng)}, x, permute_fixed=False, reference=ref
+                model, spec, {g: _perm(spec, g, rng)}, x, permute_fixed=False, reference=ref
             )
             change[i] = max(change[i], d)
     all_change = 0.0
@@ -127,14 +134,14 @@ def symmetry_audit(
         d, _ = output_change(
             model,
             spec,
-            {g: _perm(n, rng) for g, n in spec.sizes.items()},
+            {g: _perm(spec, g, rng) for g in spec.sizes},
             x,
             permute_fixed=False,
             reference=ref,
         )
         all_change = max(all_change, d)
     sizes = np.array([spec.sizes[g] for g in names], dtype=np.int64)
-    order = np.array([log10_factorial(n) for n in sizes])
+    order = np.array([spec.group_log10_order(g) for g in names])
     denom = max(scale, 1e-30)
     variant = (getattr(model, "config", None) or {}).get("variant")
     return SymmetryAudit(

@@ -42,7 +42,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--arch",
         default=None,
-        help="zoo architecture: mlp, cnn, resnet20, resnet8 (default: mlp; resnet8 for a population)",
+        help="zoo architecture: mlp, cnn, resnet20, resnet8, transformer (default: mlp; resnet8 for a population)",
     )
     p.add_argument(
         "--variants",
@@ -80,9 +80,14 @@ def add_arguments(p) -> None:
         "--width",
         type=positive_int,
         default=None,
-        help="hidden width (mlp) or width multiplier (resnet20, resnet8)",
+        help="hidden width (mlp), residual width (transformer) or width multiplier (resnet20, resnet8)",
     )
-    p.add_argument("--depth", type=nonnegative_int, default=None, help="hidden layers (mlp)")
+    p.add_argument(
+        "--depth",
+        type=nonnegative_int,
+        default=None,
+        help="hidden layers (mlp), blocks (transformer)",
+    )
     p.add_argument(
         "--norm",
         default=None,

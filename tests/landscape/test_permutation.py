@@ -89,8 +89,10 @@ def test_derived_spec_equals_declared_spec_on_zoo_models():
         ("resnet20", dict(norm="layer")),
         ("cnn", {}),
     ]:
-        for variant in ("standard", "w-asym"):
-            model = build(arch, variant, **kw)
+        for variant in (
+            ("standard", "w-asym", "sigma-asym") if arch == "mlp" else ("standard", "w-asym")
+        ):
+            model = build(arch, variant, **kw)  # FiGLU is followed as F.linear with its matrix
             derived = derive_spec(model, sample_input(model))
             assert _groups(derived) == _groups(model.permutation_spec()), (
                 arch,
@@ -152,22 +154,27 @@ def test_automatic_spec_sequential_cnn_with_flatten_into_linear():
     assert torch.allclose(_out(permuted, x), _out(model, x), atol=1e-6)
 
 
-def test_modulelist_pattern_without_fx_uses_module_order():
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lins = nn.ModuleList([nn.Linear(10, 8), nn.Linear(8, 8), nn.Linear(8, 3)])
-            self.acts = nn.ModuleList([nn.Tanh(), nn.Tanh()])
+class _ListNet(nn.Module):
+    def __init__(self, check: bool):
+        super().__init__()
+        self.lins = nn.ModuleList([nn.Linear(10, 8), nn.Linear(8, 8), nn.Linear(8, 3)])
+        self.acts = nn.ModuleList([nn.Tanh(), nn.Tanh()])
+        self.check = check
 
-        def forward(self, x):
-            for i, act in enumerate(self.acts):
-                if x.shape[0] > 0:  # data-dependent control flow: fx cannot trace this
-                    x = act(self.lins[i](x))
-            return self.lins[-1](x)
+    def forward(self, x):
+        if self.check and not isinstance(x, torch.Tensor):  # fx's proxies fail this check
+            raise TypeError("expected a tensor")
+        for i, act in enumerate(self.acts):
+            if x.shape[0] > 0:  # shape-dependent control flow: traced on the sample's shapes
+                x = act(self.lins[i](x))
+        return self.lins[-1](x)
 
-    model = Net()
+
+@pytest.mark.parametrize("check", [False, True])
+def test_modulelist_pattern_traces_or_falls_back_to_module_order(check):
+    model = _ListNet(check)
     spec = permutation_spec(model)
-    assert "module order" in spec.notes[0]
+    assert ("module order" in spec.notes[0]) == check, spec.notes
     assert spec.sizes == {"lins.0": 8, "lins.1": 8}
     assert ("lins.2.weight", 1) in spec.groups["lins.1"]
 
@@ -244,8 +251,13 @@ def test_apply_permutation_rejects_non_permutations():
 #: the permutation modules, each importing only those before it (never one after it)
 LAYERS = [
     "permutation",
+    "spec_builder",
     "permute",
     "sample_inputs",
+    "spec_labels",
+    "spec_rules",
+    "fx_trace",
+    "module_order",
     "spec_tracing",
     "spec_resolution",
     "matching",
