@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,10 +151,12 @@ def train_model(
     seed: int = 0,
     progress: bool = True,
     desc: str = "train",
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place with AdamW on (label-smoothed) cross-entropy, or squared error for
     float targets; the learning rate follows ``settings.schedule`` (:func:`lr_factor`); data
-    order and augmentation draws from ``seed``."""
+    order and augmentation draws from ``seed``. ``on_epoch(k, model)`` runs after epoch ``k``
+    (1-based), e.g. to keep the trajectory's checkpoints."""
     settings.check()
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     gen = torch.Generator().manual_seed(10_007 * int(seed) + 1)
@@ -177,7 +179,7 @@ def train_model(
     step = 0
     model.train()
     bar = tqdm(range(settings.epochs), desc=desc, leave=False, disable=not progress)
-    for _ in bar:
+    for epoch in bar:
         order = torch.randperm(n, generator=gen)
         for i in range(0, n, settings.batch_size):
             idx = order[i : i + settings.batch_size]
@@ -197,6 +199,8 @@ def train_model(
                 loss = loss_sum(model(xb), y[idx]) / idx.numel()
             loss.backward()
             opt.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model)
     model.eval()
     return model
 
@@ -247,12 +251,17 @@ def train_group(
     progress: bool = True,
     resume: bool = True,
     option: str = "--out",
+    save_every: int | None = None,
 ) -> list[Run]:
     """Train every (variant, seed) and write ``init``/``final`` checkpoints with a sidecar per seed.
 
     Seeds whose ``final.pt`` and sidecar already exist are skipped (resume after a kill).
+    ``save_every=K`` also keeps the trajectory: ``epoch<k>.pt`` after every K-th epoch but the
+    last (that one is ``final.pt``), read back by :func:`checkpoints.discover.trajectory`.
     ``option`` names ``root`` on the command line, for the message when it cannot be written.
     """
+    if save_every is not None and (isinstance(save_every, bool) or int(save_every) < 1):
+        raise UserError(f"--save-every must be a positive number of epochs, got {save_every}")
     root = Path(root)
     kw = dict(arch_kwargs or {})
     kw.update(_data_kwargs(arch, kw, train, test))
@@ -269,8 +278,19 @@ def train_group(
         t0 = time.perf_counter()
         model = zoo.build(arch, variant, seed=seed, mask_seed=mask_seed, **kw)
         save_checkpoint(model, d / "init.pt", option=option)
+
+        def keep(epoch: int, m: nn.Module, d: Path = d) -> None:
+            if save_every and epoch % save_every == 0 and epoch < settings.epochs:
+                save_checkpoint(m, d / f"epoch{epoch}.pt", option=option)
+
         train_model(
-            model, train, settings, seed=seed, progress=progress, desc=f"{variant} seed{seed}"
+            model,
+            train,
+            settings,
+            seed=seed,
+            progress=progress,
+            desc=f"{variant} seed{seed}",
+            on_epoch=keep if save_every else None,
         )
         tr, te = evaluate(model, train.pair), evaluate(model, test.pair)
         save_checkpoint(model, d / "final.pt", option=option)

@@ -103,6 +103,14 @@ def add_arguments(p) -> None:
         "--samples", type=positive_int, default=None, help="train on a seeded subset of N samples"
     )
     p.add_argument("--out", required=True, metavar="ROOT", help="output checkpoint folder")
+    p.add_argument(
+        "--save-every",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="also keep epoch<k>.pt after every K-th epoch: the training trajectory "
+        "(surface --directions pca)",
+    )
     t = p.add_argument_group("schedule, label smoothing, augmentation")
     t.add_argument(
         "--schedule",
@@ -208,6 +216,7 @@ def run(args) -> int:
         kw,
         args.mask_seed or 0,
         threads=torch.get_num_threads(),
+        save_every=args.save_every,
     )
     jobs = [(v, s) for v in variants for s in range(args.seeds)]
     ex = make_executor(**executor_kwargs(args))  # bad flags fail before anything is written
@@ -215,6 +224,7 @@ def run(args) -> int:
         runs = train_group(
             args.out, task.arch, variants, range(args.seeds), train, test, settings,
             arch_kwargs=kw, mask_seed=task.mask_seed, progress=not args.quiet,
+            save_every=args.save_every,
         )  # fmt: skip
     else:
         if not args.quiet:
@@ -249,6 +259,7 @@ class SeedTask:
     arch_kwargs: dict[str, Any]
     mask_seed: int
     threads: int | None = None
+    save_every: int | None = None
 
     def __call__(self, job: tuple[str, int]):
         variant, seed = job
@@ -257,12 +268,17 @@ class SeedTask:
         (run,) = train_group(
             self.root, self.arch, [variant], [seed], self.train, self.test, self.settings,
             arch_kwargs=self.arch_kwargs, mask_seed=self.mask_seed, progress=False,
+            save_every=self.save_every,
         )  # fmt: skip
         return job, run
 
 
 def run_population(args) -> int:
     """``--population N``: the spec from the TOML (if any), then the command line."""
+    if args.save_every is not None:
+        raise UserError(
+            "--save-every keeps the trajectory of seed runs, not of a population: leave it out"
+        )
     from checkpoints.population import (
         read_population_config,
         spec_from_config,

@@ -105,3 +105,28 @@ def test_augmentation_needs_images_and_smoothing_needs_labels():
         train_model(model, flat, TrainSettings(epochs=1, augment="crop"), progress=False)
     with pytest.raises(UserError, match="--schedule"):
         TrainSettings(schedule="step").check()
+
+
+def test_save_every_keeps_the_trajectory_that_a_shorter_run_ends_at(tmp_path):
+    """epoch<k>.pt of a 5-epoch run is bit for bit the final weights of a k-epoch run (same
+    seed, constant schedule), and discovery lists the trajectory in training order."""
+    from checkpoints import discover
+    from checkpoints.discover import trajectory
+    from checkpoints.train import train_group
+
+    flat = DataSet(torch.randn(40, 8), torch.randint(0, 3, (40,)))
+    kw = dict(arch_kwargs={"width": 8, "depth": 1}, progress=False)
+    train_group(tmp_path / "long", "mlp", ["standard"], [0], flat, flat, TrainSettings(epochs=5, batch_size=8), save_every=2, **kw)  # fmt: skip
+    seed = tmp_path / "long" / "standard" / "seed0"
+    assert sorted(p.name for p in seed.glob("*.pt")) == [
+        "epoch2.pt", "epoch4.pt", "final.pt", "init.pt",
+    ]  # fmt: skip
+    for k in (2, 4):
+        train_group(tmp_path / f"k{k}", "mlp", ["standard"], [0], flat, flat, TrainSettings(epochs=k, batch_size=8), **kw)  # fmt: skip
+        a = torch.load(seed / f"epoch{k}.pt", weights_only=True)["state_dict"]
+        b = torch.load(tmp_path / f"k{k}" / "standard" / "seed0" / "final.pt", weights_only=True)
+        assert all(torch.equal(a[n], b["state_dict"][n]) for n in a)
+    run = discover(tmp_path / "long")["standard"][0]
+    assert [p.name for p in trajectory(run)] == ["init.pt", "epoch2.pt", "epoch4.pt", "final.pt"]
+    with pytest.raises(UserError, match="--save-every"):
+        train_group(tmp_path / "bad", "mlp", ["standard"], [0], flat, flat, TrainSettings(epochs=1), save_every=0, **kw)  # fmt: skip
