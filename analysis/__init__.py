@@ -96,6 +96,7 @@ def _notebook_study(analysis: str, module: str, what: str):
         workers: int | str | None = None,
         scheduler: str | None = None,
         gpus: str | None = None,
+        loss: str | None = None,
         **settings: Any,
     ) -> Results:
         return _study(
@@ -113,13 +114,15 @@ def _notebook_study(analysis: str, module: str, what: str):
             workers=workers,
             scheduler=scheduler,
             gpus=gpus,
+            objective=loss,
         )
 
     study.__name__ = study.__qualname__ = f"{analysis}_study"
     study.__doc__ = (
         f"{what}; settings go to ``analysis.{module}.study``. ``samples`` subsets the data "
         '(seeded); ``output=None`` writes a scratch results file; ``workers=N`` / ``"gpu"``, '
-        "``gpus=`` or ``scheduler=`` run the records on Dask workers."
+        "``gpus=`` or ``scheduler=`` run the records on Dask workers; ``loss=`` names the loss "
+        "(``auto``, ``classification``, ``squared_error``, ``lm`` or ``module:callable``)."
     )
     return study
 

@@ -194,6 +194,19 @@ def add_data(p: argparse.ArgumentParser, default: str | None = "digits") -> None
     )
 
 
+def add_objective(p: argparse.ArgumentParser) -> None:
+    """``--loss NAME|module:callable``: the loss every analysis of the verb measures."""
+    p.add_argument(
+        "--loss",
+        default=None,
+        metavar="NAME|module:callable",
+        help="the loss: auto (default: cross-entropy for integer labels, squared error for float "
+        "targets), classification, squared_error, lm (token-level cross-entropy, padding "
+        "masked), or your own module:callable / file.py:callable, loss(outputs, batch) -> "
+        "per-sample losses (see docs/objectives.md)",
+    )
+
+
 def add_output(p: argparse.ArgumentParser, default: str | None = "results.h5") -> None:
     p.add_argument(
         "-o",
@@ -217,12 +230,19 @@ def data_label(spec: str) -> str:
 
 
 def check_data_fits(
-    model, dataset, checkpoint: str | os.PathLike, where: str, *, labels: bool = True
+    model,
+    dataset,
+    checkpoint: str | os.PathLike,
+    where: str,
+    *,
+    labels: bool = True,
+    objective: str | None = None,
 ) -> None:
     """One forward pass on two samples: the data's shape (and ``labels``) against the model's.
 
     Raises one :class:`UserError` naming the data (``where``) and the checkpoint, instead of a
-    matmul error deep inside the first evaluation.
+    matmul error deep inside the first evaluation. A loss other than ``auto`` (``objective``)
+    makes its own checks on those outputs and the whole data's targets instead of the labels'.
     """
     import torch
 
@@ -241,6 +261,11 @@ def check_data_fits(
     y = dataset.y
     if not labels:
         return
+    from landscape.objectives import is_builtin, objective_name
+
+    if objective_name(objective) != "auto":
+        _check_objective(objective, out, dataset, checkpoint, where, user=not is_builtin(objective))
+        return
     if y.is_floating_point():
         if out.shape[0] and y[:2].numel() != out.numel():
             raise UserError(
@@ -253,11 +278,43 @@ def check_data_fits(
         raise UserError(
             f"{where}: integer labels need model outputs of shape (N, classes), {checkpoint} "
             f"gives {tuple(out.shape)}: check --data against the checkpoint"
+            + (" (token targets need --loss lm)" if out.dim() == 3 and y.dim() == 2 else "")
         )
     if lo < 0 or hi >= out.shape[1]:
         raise UserError(
             f"{where}: labels range over {lo}..{hi} but the model has {out.shape[1]} outputs "
             f"({checkpoint}): check --data against the checkpoint"
+        )
+
+
+def _check_objective(objective, out, dataset, checkpoint, where: str, *, user: bool) -> None:
+    """The loss on the outputs of the first two samples: its checks (label or token ranges over
+    the whole data), one value per unit, finite values; one line naming the data and checkpoint."""
+    import torch
+
+    from landscape.data import as_batches
+    from landscape.objectives import resolve_objective
+
+    obj = resolve_objective(objective, "--loss")
+    full = as_batches(dataset.pair, device="cpu")  # views of the data, no copy
+    b = full.batches[0].rows(0, 2).to(out.device if isinstance(out, torch.Tensor) else "cpu")
+    try:
+        with torch.no_grad():
+            obj.validate(out, b, full)
+            losses, _ = obj.measure(out, b)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc} ({checkpoint})") from exc
+    except Exception as exc:  # the user's loss raised: its error, in one line
+        if not user:
+            raise
+        raise UserError(
+            f"{where}: the loss {obj.name} failed on the outputs of {checkpoint} "
+            f"({type(exc).__name__}: {first_line(exc, 100)})"
+        ) from exc
+    if not bool(torch.isfinite(losses).all()):
+        raise UserError(
+            f"{where}: the loss {obj.name} gives NaN or Inf on the first samples with {checkpoint}: "
+            "check the loss and the data"
         )
 
 
@@ -300,7 +357,7 @@ def preflight(
     for split in dict.fromkeys(splits):
         ds = ctx.dataset(split)
         for runs in ctx.groups.values():
-            check_data_fits(ctx.model(runs[0]), ds, runs[0].final, where)
+            check_data_fits(ctx.model(runs[0]), ds, runs[0].final, where, objective=ctx.objective)
 
 
 def open_context(
@@ -323,6 +380,7 @@ def open_context(
     scheduler: str | None = None,
     gpus: str | None = None,
     connect_timeout: float = 10.0,
+    objective: str | None = None,
 ) -> StudyContext:
     """A study context whose checkpoints and data were all checked (:func:`preflight`) before
     the results file is locked: bad input leaves nothing on disk, not even a lock file.
@@ -345,6 +403,7 @@ def open_context(
         scheduler=scheduler,
         gpus=gpus,
         connect_timeout=connect_timeout,
+        objective=objective,
     )
     preflight(ctx, splits, data=check_data, inits=inits, keep=keep)
     ctx.check_executor()  # bad --workers / --gpus / --scheduler: before the file is locked
@@ -384,6 +443,7 @@ def context_from_args(
         check_data=data,
         inits=inits,
         keep=keep,
+        objective=getattr(args, "loss", None),
         **executor_kwargs(args),
     )
 

@@ -43,6 +43,9 @@ class StudyContext:
     scheduler: str | None = None
     gpus: str | None = None
     connect_timeout: float = 10.0
+    #: the loss every study uses: a name (auto, classification, squared_error, lm) or the
+    #: ``module:callable`` the user gave; a string, so it travels to workers (resolved there)
+    objective: str = "auto"
     _executor: Any = field(default=None, repr=False)
     _models: dict[tuple[str, str], nn.Module] = field(default_factory=dict, repr=False)
     _data: dict[str, DataSet] = field(default_factory=dict, repr=False)
@@ -68,11 +71,16 @@ class StudyContext:
         scheduler: str | None = None,
         gpus: str | None = None,
         connect_timeout: float = 10.0,
+        objective: str | None = None,
     ) -> StudyContext:
         """The context of one study. ``lock=False`` leaves the results file unlocked (and
         untouched) so a caller can check every input first, then ``ctx.store.acquire()``.
         ``workers`` / ``gpus`` / ``scheduler``: where the records are computed (see
-        :meth:`executor`)."""
+        :meth:`executor`). ``objective``: the loss (``--loss``), resolved here so that a bad
+        name or a module that does not import fails before any work."""
+        from landscape.objectives import objective_name, resolve_objective
+
+        resolve_objective(objective, "--loss")
         groups = discover(roots)
         if output is None:  # notebooks: a scratch results file that lives as long as the context
             scratch = tempfile.mkdtemp(prefix="landscape-")
@@ -95,6 +103,7 @@ class StudyContext:
             scheduler=scheduler,
             gpus=gpus,
             connect_timeout=connect_timeout,
+            objective=objective_name(objective),
         )
 
     # -- data ------------------------------------------------------------------------------
@@ -160,7 +169,9 @@ class StudyContext:
 
         models = [self.model(runs[0]) for runs in self.groups.values() if runs]
         try:
-            self.executor().check_importable(code_modules(models, self.arch), "the model classes")
+            self.executor().check_importable(
+                code_modules(models, self.arch, self.objective), "the model classes and the loss"
+            )
         except BaseException:
             self.close()
             raise

@@ -54,9 +54,11 @@ class Workspace:
         data: dict[str, tuple[torch.Tensor, torch.Tensor]],
         batch_size: int | None,
         context: StudyContext | None = None,
+        objective: str = "auto",
     ):
         self.arch, self.device_request, self.data = arch, device, data
         self.batch_size, self.context = batch_size, context
+        self.objective = objective  # a name or module:callable: resolved where a task runs
         self._device: torch.device | None = None
         self._batches: dict[str, Batches] = {}
         self._models: OrderedDict[tuple[str, str], nn.Module] = OrderedDict()
@@ -71,6 +73,7 @@ class Workspace:
             data=data,
             batch_size=ctx.batch_size,
             context=ctx,
+            objective=ctx.objective,
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -79,6 +82,7 @@ class Workspace:
             "device": self.device_request,
             "data": {s: (x.cpu(), y.cpu()) for s, (x, y) in self.data.items()},
             "batch_size": self.batch_size,
+            "objective": self.objective,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -128,14 +132,17 @@ class RecordTask:
         return job, self.compute(self.workspace, job)
 
 
-def code_modules(models: Iterable[nn.Module], arch: str | None = None) -> list[str]:
+def code_modules(
+    models: Iterable[nn.Module], arch: str | None = None, objective: str | None = None
+) -> list[str]:
     """The modules a worker must import to rebuild ``models``: their classes' modules, and
-    the module of a ``module:callable`` architecture."""
+    the modules of a ``module:callable`` architecture and loss."""
     mods = list(OWN_PACKAGES)
     for m in models:
         mods.extend(type(sub).__module__ for sub in m.modules())
-    if arch and ":" in arch and not arch.split(":", 1)[0].endswith(".py"):
-        mods.append(arch.split(":", 1)[0])
+    for spec in (arch, objective):
+        if spec and ":" in spec and not spec.rpartition(":")[0].endswith(".py"):
+            mods.append(spec.rpartition(":")[0])
     return list(dict.fromkeys(mods))
 
 
@@ -161,7 +168,9 @@ def run_records(
     ex = ctx.executor()
     ws = Workspace.of(ctx, splits)
     if ex.remote:  # shipped without the context: workers load and place their own copies
-        ex.check_importable(code_modules(models, ctx.arch), "the model classes")
+        ex.check_importable(
+            code_modules(models, ctx.arch, ctx.objective), "the model classes and the loss"
+        )
         if getattr(ex, "gpus", None) and ws.device_request.startswith("cuda"):
             ws.device_request = "cuda"  # a pinned worker sees one GPU: its own, cuda:0
     bar = tqdm(total=len(jobs), desc=desc, disable=not ctx.progress)

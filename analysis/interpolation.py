@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from landscape.interpolation import BARRIER_DEFINITIONS, Curve, interpolate_splits, mli_metrics
+from landscape.objectives import resolve_objective
 from landscape.records import interpolation as R
 from landscape.results import summarise
 
@@ -73,6 +74,7 @@ def _curves(
         num_points=num_points,
         bn=bn,
         train_data=ws.batches("train") if bn == "reset" else None,
+        objective=ws.objective,
     )
 
 
@@ -133,7 +135,12 @@ def study(
     executor (:meth:`StudyContext.executor`). Returns :func:`summary`.
     """
     splits = tuple(splits)
-    settings = dict(num_points=num_points, bn=bn, barrier_definitions=BARRIER_DEFINITIONS)
+    settings = dict(
+        num_points=num_points,
+        bn=bn,
+        barrier_definitions=BARRIER_DEFINITIONS,
+        **resolve_objective(ctx.objective).settings(),
+    )
     names = list(groups or ctx.groups)
     jobs = []
     for g in names:

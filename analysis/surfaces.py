@@ -1,6 +1,8 @@
 """Surface studies: one 1-D or 2-D loss surface per group, comparable across groups.
 
-Records: ``/surface/<group>/<seedK>`` (random directions around the group's first seed) or
+Records: ``/surface/<group>/<seedK>`` (random directions around the group's first seed),
+``/surface/<group>/<seedK>-pca`` (the top principal components of that seed's training
+trajectory, with the trajectory projected onto them) or
 ``/surface/<group>/<A>-<B>-<C>`` (the plane through three seeds of the group, origin A),
 as declared in :mod:`landscape.records.surface`: the loss and accuracy on the grid with the
 ``done`` mask, the grid coordinates, the direction vectors, the loss at the origin and the
@@ -31,10 +33,13 @@ from landscape.data import Data
 from landscape.directions import Directions, plane_directions, random_directions
 from landscape.distributed import make_executor
 from landscape.errors import UserError
+from landscape.grid import trajectory_grid
+from landscape.objectives import resolve_objective
 from landscape.records import surface as R
 from landscape.results import summarise
 from landscape.store import Dataset, Record, ResultsStore, provenance
 from landscape.surfaces import DEFINITION, Surface, landmark_grid, surface, surface_token
+from landscape.trajectory import pca_directions
 
 from .context import StudyContext
 from .executor import code_modules
@@ -111,6 +116,11 @@ def _record(
     }
     for var, c in zip((R.X, R.Y), s.coordinates):
         values[var.name] = c
+    if directions.trajectory is not None:  # PCA directions: the path they were made from
+        values[R.TRAJECTORY.name] = directions.trajectory
+        values[R.EXPLAINED_VARIANCE.name] = np.asarray(directions.explained_variance)
+        if directions.trajectory_labels:
+            values[R.CHECKPOINT.name] = np.asarray(directions.trajectory_labels, dtype=str)
     out = dict(attrs or {})
     if complete:
         values[R.DIRECTIONS.name] = Dataset(
@@ -128,7 +138,8 @@ def _record(
             R.ORIGIN_ACCURACY.name: s.origin_accuracy,
             R.NUM_SAMPLES.name: s.num_samples,
             R.DIRECTIONS_INFO.name: s.directions,
-            "settings": s.settings,
+            # the study's settings (directions, plane, trajectory, ...) and the grid's own
+            "settings": {**dict(out.get("settings") or {}), **s.settings},
         }
     )
     if not attrs:
@@ -148,7 +159,9 @@ def _existing(store: ResultsStore, key: str) -> Record | None:
 
 
 #: the arguments of landscape.surface that decide its token
-_TOKEN_ARGS = ("steps", "span", "coordinates", "bn", "train_data", "device", "batch_size")
+_TOKEN_ARGS = (
+    "steps", "span", "coordinates", "bn", "train_data", "device", "batch_size", "objective",
+)  # fmt: skip
 
 
 def persistent_surface(
@@ -235,6 +248,7 @@ def study(
     chunk_size: int | None = None,
     groups: Iterable[str] | None = None,
     executor=None,
+    directions: str = "random",
 ) -> pd.DataFrame:
     """One surface per group; returns the summary table (one row per group).
 
@@ -242,7 +256,11 @@ def study(
     ``direction_seed`` around the group's first seed, grid ``steps`` per axis over
     ``[-span, span]`` (default span 1). ``plane="A,B,C"``: the plane through three seeds of
     each group (origin A); without ``span`` the grid is :func:`landscape.grid.landmark_grid`
-    (A and B on grid points). Grid chunks run on ``executor`` (default: the context's,
+    (A and B on grid points). ``directions="pca"``: the top ``dims`` principal components of
+    the first seed's training trajectory (every checkpoint of its folder:
+    :func:`checkpoints.discover.trajectory`), around its final weights; without ``span`` the
+    grid covers the projected trajectory (:func:`landscape.grid.trajectory_grid`). The loss is
+    the context's objective (``--loss``). Grid chunks run on ``executor`` (default: the context's,
     :meth:`StudyContext.executor`); ``workers`` / ``scheduler`` are the older way to ask for
     Dask workers for this study alone.
     """
@@ -250,6 +268,10 @@ def study(
         raise UserError(f"unknown split {split!r}: use train or test")
     if dims not in (1, 2):
         raise UserError(f"--dims must be 1 or 2, got {dims}")
+    if directions not in ("random", "pca"):
+        raise UserError(f"unknown --directions {directions!r}: use random or pca")
+    if plane and directions != "random":
+        raise UserError("--plane and --directions pca exclude each other: choose one")
     names = list(groups or ctx.groups)
     if ctx.progress:
         points = steps ** (2 if plane else dims)  # a plane is always 2-D
@@ -271,6 +293,14 @@ def study(
                 dirs = plane_directions(*models)
                 record = "-".join(r.key for r in runs)
                 coords = None if span is not None else landmark_grid(dirs, steps)
+            elif directions == "pca":
+                runs = [ctx.groups[g][0]]
+                models = [ctx.model(runs[0])]
+                record = f"{runs[0].key}-pca"
+                if ctx.should_skip(f"{ANALYSIS}/{g}/{record}"):
+                    continue
+                dirs, path = _pca(ctx, g, runs[0], dims)
+                coords = None if span is not None else trajectory_grid(dirs, steps)
             else:
                 runs = [ctx.groups[g][0]]
                 models = [ctx.model(runs[0])]
@@ -290,7 +320,11 @@ def study(
                     direction_seed=dirs.seed,
                     bn=bn,
                     split=split,
+                    directions=dirs.source,  # random, plane or pca
+                    **resolve_objective(ctx.objective).settings(),
                 )
+                if directions == "pca":
+                    settings["trajectory"] = [str(p) for p in path]
                 attrs = ctx.record_attrs(ANALYSIS, g, *runs, splits=(split,), **settings)
                 attrs[R.SPLIT.name] = split
                 ex = executor or ctx.executor()
@@ -314,8 +348,43 @@ def study(
                     progress=ctx.progress,
                     desc=g,
                     radius=radius,
+                    objective=ctx.objective,
                 )
     finally:
         if own:
             executor.close()
     return summarise(ctx.store, [ANALYSIS], full=True, groups=names)
+
+
+def trajectory_files(group: str, run, dims: int) -> list:
+    """The checkpoints of ``run``'s training trajectory (:func:`checkpoints.discover.trajectory`),
+    or :class:`UserError` when they are too few for ``dims`` principal directions."""
+    from checkpoints.discover import trajectory
+
+    path = trajectory(run)
+    if len(path) < dims + 2:
+        raise UserError(
+            f"--directions pca: group {group} {run.key} has {len(path)} checkpoint(s) of its "
+            f"training trajectory ({', '.join(p.name for p in path)}); {dims} directions need at "
+            f"least {dims + 2}: train with --save-every K (step<k>.pt or epoch<k>.pt beside final.pt)"
+        )
+    return path
+
+
+def check_trajectories(groups: Mapping[str, Sequence], dims: int) -> None:
+    """Before any work: every group's first seed has a trajectory for ``--directions pca``."""
+    for g, runs in groups.items():
+        if runs:
+            trajectory_files(g, runs[0], dims)
+
+
+def _pca(ctx: StudyContext, group: str, run, dims: int):
+    """PCA directions of ``run``'s training trajectory (checkpoints loaded one at a time) and
+    the trajectory's checkpoint paths."""
+    from checkpoints import load_model
+
+    path = trajectory_files(group, run, dims)
+    final = ctx.model(run)
+    models = (load_model(p, arch=ctx.arch, device="cpu") for p in path)
+    dirs = pca_directions(final, models, count=dims, labels=[p.stem for p in path])
+    return dirs, path

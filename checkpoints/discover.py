@@ -166,3 +166,29 @@ def _group_order(name: str, runs: list[Run]):
 def _seed_order(label: str):
     m = re.search(r"(\d+)$", label)
     return (0, int(m.group(1)), label) if m else (1, 0, label)
+
+
+#: intermediate checkpoints of one training run, saved in its seed folder: step<k> or epoch<k>
+TRAJECTORY_STEM = re.compile(r"(step|epoch)[_-]?(\d+)")
+
+
+def trajectory(run: Run) -> list[Path]:
+    """The checkpoints of ``run``'s training trajectory, in training order: ``init``, the
+    intermediate ``step<k>`` (or ``epoch<k>``) files of its seed folder by ``k``, ``final``.
+
+    Only a seed folder (``ROOT/<group>/<seed>/``) holds a trajectory; other layouts give
+    ``init`` and ``final``. A folder with both ``step`` and ``epoch`` files is refused.
+    """
+    folder = run.final.parent
+    middle: dict[str, list[tuple[int, Path]]] = {}
+    if folder.name == run.seed:
+        for p in _ckpts(folder):
+            m = TRAJECTORY_STEM.fullmatch(p.stem)
+            if m:
+                middle.setdefault(m.group(1), []).append((int(m.group(2)), p))
+    if len(middle) > 1:
+        raise UserError(
+            f"{folder}: holds both step<k> and epoch<k> checkpoints: keep one kind per training run"
+        )
+    steps = [p for _, p in sorted(next(iter(middle.values()), []))]
+    return [p for p in (run.init, *steps, run.final) if p is not None]

@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "errors": ["UserError"],
     "data": ["Batches", "as_batches", "resolve_device"],
+    "batch": ["Batch", "BatchSpec"],
+    "objectives": ["Objective", "resolve_objective"],
     "params": ["ParamView", "check_same_family", "fixed_buffers", "state_buffers"],
     "evaluation": ["Evaluation", "evaluate", "reset_batchnorm"],
     "store": ["ResultsStore", "SCHEMA_VERSION"],
@@ -41,6 +43,7 @@ _EXPORTS = {
         "plane_directions",
         "random_directions",
     ],
+    "trajectory": ["pca_directions"],
     "surfaces": ["Surface", "surface"],
     "bnn": [
         "PosteriorSettings",
@@ -82,6 +85,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
+    from .batch import Batch, BatchSpec
     from .bnn import (
         PosteriorSettings,
         TrainingCurves,
@@ -126,9 +130,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         split_population,
         tensor_statistics,
     )
+    from .objectives import Objective, resolve_objective
     from .params import ParamView, check_same_family, fixed_buffers, state_buffers
     from .permutation import PermutationSpec
     from .spec_resolution import apply_permutation, permutation_spec, validate_spec
     from .store import SCHEMA_VERSION, ResultsStore
     from .surfaces import Surface, surface
     from .symmetry import SymmetryAudit, symmetry_audit
+    from .trajectory import pca_directions

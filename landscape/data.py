@@ -1,20 +1,24 @@
 """Evaluation data in the one form every computation uses.
 
-Accepted inputs (``Data``): an ``(X, y)`` pair of tensors, a ``torch.utils.data.DataLoader``,
-any re-iterable of ``(X, y)`` batches, or an existing :class:`Batches`. :func:`as_batches`
-moves the data to the device once; grid points, interpolation steps and Hessian-vector
-products then reuse the same device tensors.
+Accepted inputs (``Data``): an ``(X, y)`` pair of tensors, a dict of tensors (the whole data
+set by columns), a tensor of inputs alone, a ``torch.utils.data.DataLoader`` or any
+re-iterable of batches (``(x, y)`` tuples, dicts of tensors or tensors: see
+:class:`landscape.batch.BatchSpec` for where their inputs, targets and mask are), or an
+existing :class:`Batches`. :func:`as_batches` moves the data to the device once; grid points,
+interpolation steps and Hessian-vector products then reuse the same device tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
 import torch
 from torch import Tensor
 
+from .batch import Batch, BatchSpec
+from .batch import cat as cat_batches
 from .errors import UserError
 
 Data = Union[tuple, "Batches", Iterable]
@@ -41,27 +45,25 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 @dataclass
 class Batches:
-    """A fixed sequence of ``(inputs, targets)`` batches, iterated in the same order every time.
+    """A fixed sequence of :class:`~landscape.batch.Batch` es (``(inputs, targets)`` pairs with an
+    optional mask), iterated in the same order every time.
 
     ``resident`` batches already sit on ``device``; otherwise each batch is moved when
     iterated (data sets over :data:`DEVICE_RESIDENT_LIMIT`).
     """
 
-    batches: list[tuple[Tensor, Tensor]]
+    batches: list[Batch]
     device: torch.device
     resident: bool = True
     description: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_samples(self) -> int:
-        return sum(int(y.shape[0]) for _, y in self.batches)
+        return sum(b.size for b in self.batches)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for x, y in self.batches:
-            if self.resident:
-                yield x, y
-            else:
-                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def __iter__(self) -> Iterator[Batch]:
+        for b in self.batches:
+            yield b if self.resident else b.to(self.device, non_blocking=True)
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -70,7 +72,7 @@ class Batches:
         """``(min, max)`` of integer labels over all batches (cached: one host sync per data set), None for float targets."""
         if "_label_range" not in self.__dict__:
             ys = [y for _, y in self.batches]
-            if ys[0].is_floating_point():
+            if any(not isinstance(y, Tensor) or y.is_floating_point() for y in ys):
                 self.__dict__["_label_range"] = None
             else:
                 self.__dict__["_label_range"] = (
@@ -79,34 +81,31 @@ class Batches:
                 )
         return self.__dict__["_label_range"]
 
-    def cat(self) -> tuple[Tensor, Tensor]:
-        """All samples as one ``(X, y)`` pair on the device."""
-        xs, ys = zip(*self)
-        return torch.cat(xs), torch.cat(ys)
+    def cat(self) -> Batch:
+        """All samples as one batch (an ``(X, y)`` pair) on the device."""
+        return cat_batches(list(self))
 
-    def sample(self, n: int) -> Tensor:
-        """The first ``n`` inputs (for function checks)."""
+    def sample(self, n: int) -> Tensor | dict[str, Tensor]:
+        """The first ``n`` inputs (for function checks; a dict for dict inputs)."""
         out, have = [], 0
-        for x, _ in self:
-            out.append(x[: n - have])
-            have += out[-1].shape[0]
+        for b in self:
+            out.append(b.rows(0, n - have))
+            have += out[-1].size
             if have >= n:
                 break
-        return torch.cat(out)
+        return cat_batches(out).inputs
 
 
-def _check_pair(x: Any, y: Any, where: str) -> tuple[Tensor, Tensor]:
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise UserError(
-            f"{where}: expected a pair of tensors (inputs, targets), got {type(x).__name__}, {type(y).__name__}"
-        )
-    if x.shape[0] != y.shape[0]:
-        raise UserError(f"{where}: inputs have {x.shape[0]} samples but targets {y.shape[0]}")
-    if x.shape[0] == 0:
-        raise UserError(f"{where}: the data holds no samples")
-    if x.is_floating_point() and not torch.isfinite(x).all():
-        raise UserError(f"{where}: the inputs contain NaN or Inf")
-    return x, y
+def _whole(data: Any) -> Any:
+    """The data set when ``data`` is one whole data set (an ``(X, y)`` pair of tensors, a dict of
+    tensors or a tensor of inputs); None for an iterable of batches."""
+    if isinstance(data, Tensor):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
+        return tuple(data)
+    if isinstance(data, Mapping) and data and all(isinstance(v, Tensor) for v in data.values()):
+        return data
+    return None
 
 
 def as_batches(
@@ -114,47 +113,49 @@ def as_batches(
     device: str | torch.device | None = None,
     batch_size: int | None = None,
     dtype: torch.dtype | None = None,
+    spec: BatchSpec | None = None,
 ) -> Batches:
     """Normalise ``data`` to :class:`Batches` on ``device``.
 
-    An ``(X, y)`` pair is split into contiguous slices of ``batch_size`` (default
-    :data:`DEFAULT_BATCH_SIZE`); loaders and iterables keep their own batching and are
-    read once. Floating inputs are cast to ``dtype`` when given.
+    One whole data set (an ``(X, y)`` pair, a dict of tensors or a tensor of inputs) is split
+    into contiguous slices of ``batch_size`` (default :data:`DEFAULT_BATCH_SIZE`); loaders and
+    iterables keep their own batching and are read once. ``spec`` says where each batch keeps
+    its inputs, targets and mask (default :class:`~landscape.batch.BatchSpec`: ``(x, y)``
+    tuples, dicts by their usual keys). Floating inputs are cast to ``dtype`` when given.
     """
     dev = resolve_device(device) if device is not None else None
     if isinstance(data, Batches):
         if dev is None or data.device == dev:
             return data
-        return Batches(
-            [(x.to(dev), y.to(dev)) for x, y in data.batches], dev, True, dict(data.description)
-        )
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
-        x, y = _check_pair(data[0], data[1], "data")
+        return Batches([b.to(dev) for b in data.batches], dev, True, dict(data.description))
+    adapt = spec or BatchSpec()
+    whole = _whole(data)
+    if whole is not None:
         bs = int(batch_size or DEFAULT_BATCH_SIZE)
         if bs <= 0:
             raise UserError(f"batch size must be positive, got {bs}")
-        pairs = [(x[i : i + bs], y[i : i + bs]) for i in range(0, x.shape[0], bs)]
+        full = adapt(whole, "data")  # checked once, whole: then sliced
+        pairs = [full.rows(i, i + bs) for i in range(0, full.size, bs)]
     else:
         try:
             it = iter(data)
         except TypeError as exc:
             raise UserError(
-                f"data must be an (X, y) pair of tensors, a DataLoader or an iterable of batches, got {type(data).__name__}"
+                f"data must be an (X, y) pair of tensors, a dict of tensors, a DataLoader or an iterable of batches, got {type(data).__name__}"
             ) from exc
-        pairs = []
-        for i, batch in enumerate(it):
-            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                raise UserError(f"batch {i} is not an (inputs, targets) pair")
-            pairs.append(_check_pair(batch[0], batch[1], f"batch {i}"))
+        pairs = [adapt(batch, f"batch {i}") for i, batch in enumerate(it)]
         if not pairs:
             raise UserError("the data holds no batches")
     if dtype is not None:
-        pairs = [(x.to(dtype) if x.is_floating_point() else x, y) for x, y in pairs]
-    dev = dev or pairs[0][0].device
-    nbytes = sum(x.numel() * x.element_size() + y.numel() * y.element_size() for x, y in pairs)
+        pairs = [
+            b.map(lambda t: t.to(dtype) if t.is_floating_point() else t, inputs_only=True)
+            for b in pairs
+        ]
+    dev = dev or next(pairs[0].tensors())[1].device
+    nbytes = sum(b.nbytes for b in pairs)
     resident = nbytes <= DEVICE_RESIDENT_LIMIT or dev.type == "cpu"
     if resident:
-        pairs = [(x.to(dev), y.to(dev)) for x, y in pairs]
+        pairs = [b.to(dev) for b in pairs]
     return Batches(pairs, dev, resident)
 
 

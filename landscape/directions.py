@@ -7,7 +7,9 @@ W-Asym entries are not coordinates, so no direction can ever move them. Sources:
   the Loss Landscape of Neural Nets");
 - :func:`plane_directions`: the plane through three models A, B, C (origin at A);
 - :func:`line_direction`: the line from model A to model B;
-- :func:`directions_from` / :func:`hessian_directions`: user tensors or Hessian eigenvectors.
+- :func:`directions_from` / :func:`hessian_directions`: user tensors or Hessian eigenvectors;
+- :func:`landscape.trajectory.pca_directions`: the top principal components of a training
+  trajectory around the final weights (Li et al. 2018), with the trajectory projected onto them.
 
 Normalisation of a direction ``d`` against the model's *effective* parameter tensors
 ``theta`` (for a W-Asym layer ``W * M + F``, fixed values included), per parameter tensor:
@@ -52,6 +54,9 @@ class Directions:
     ``names`` are the grid axis names (one per direction), ``params`` the parameter names of
     the view the coordinates belong to, ``landmarks`` named points with their grid
     coordinates (``(("A", (0.0, 0.0)), ("B", (1.0, 0.0)), ...)``) for planes and lines.
+    PCA directions also carry the ``explained_variance`` ratio of each direction and the
+    ``trajectory``: the grid coordinates ``(checkpoints, count)`` of the checkpoints they were
+    made from (named by ``trajectory_labels``).
     """
 
     vectors: Tensor
@@ -62,6 +67,9 @@ class Directions:
     params: tuple[str, ...] = ()
     landmarks: tuple[tuple[str, tuple[float, ...]], ...] = ()
     ignore: tuple[str, ...] = ()
+    explained_variance: tuple[float, ...] = ()
+    trajectory: np.ndarray | None = None
+    trajectory_labels: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.vectors.dim() != 2:
@@ -116,6 +124,11 @@ class Directions:
             "ignore": list(self.ignore),
             "landmarks": {n: list(c) for n, c in self.landmarks},
             "sha256": self.fingerprint(),
+            **(
+                {"explained_variance": list(self.explained_variance)}
+                if self.explained_variance
+                else {}
+            ),
         }
 
 

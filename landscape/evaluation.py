@@ -1,9 +1,11 @@
 """The one evaluation kernel: loss and accuracy of a model (or of coordinates theta) on data.
 
-Loss is the exact sample mean ``(1/N) sum_i l(f(x_i), y_i)`` over all samples, never a
-mean of batch means. Classification (integer targets) uses cross-entropy and top-1
-accuracy; float targets use squared error ``sum_j (f_j - y_j)^2`` per sample and report
-no accuracy (NaN).
+The loss is the exact mean over all units of the data (samples, or tokens for a language
+model), ``(1/U) sum_u l_u`` with ``U`` the number of units in the whole data, never a mean of
+batch means; the accuracy likewise. What ``l_u`` is comes from the objective
+(:mod:`landscape.objectives`): ``auto`` by default, cross-entropy for integer targets (with
+top-1 accuracy) and squared error ``sum_j (f_j - y_j)^2`` per sample for float targets (no
+accuracy: NaN).
 """
 
 from __future__ import annotations
@@ -12,13 +14,22 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import Data, as_batches
+from .batch import Batch, call
+from .data import Batches, Data, as_batches
 from .errors import UserError
+from .objectives import (  # noqa: F401  (check_targets: its old home)
+    BUILTIN,
+    Objective,
+    check_targets,
+    cross_entropy,
+    resolve_objective,
+    squared_error,
+)
 
 #: BatchNorm handling along a path or grid: running statistics as they are, or re-estimated per point
 BN_MODES = ("eval", "reset")
@@ -40,47 +51,46 @@ def eval_mode(model: nn.Module, active: bool = True):
 
 @dataclass(frozen=True)
 class Evaluation:
+    """``loss`` and ``accuracy``: exact means over the ``num_units`` units (samples or tokens)
+    of ``num_samples`` samples."""
+
     loss: float
     accuracy: float
     num_samples: int
-
-
-def check_targets(outputs: Tensor, label_range: tuple[int, int] | None) -> None:
-    """Raise :class:`UserError` unless integer labels ``lo..hi`` fit the model's outputs ``(N, classes)``.
-
-    Checked once per evaluation against the data's cached label range, so the per-batch
-    loss needs no host synchronisation.
-    """
-    if label_range is None:
-        return
-    if outputs.dim() != 2:
-        raise UserError(
-            f"classification needs model outputs of shape (N, classes), got {tuple(outputs.shape)}"
-        )
-    lo, hi = label_range
-    if lo < 0 or hi >= outputs.shape[1]:
-        raise UserError(
-            f"labels range over {lo}..{hi} but the model has {outputs.shape[1]} outputs: check --data against the checkpoint"
-        )
+    num_units: int = 0
 
 
 def sample_losses(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Per-sample loss: cross-entropy for integer targets, squared error for float targets.
+    """Per-sample loss of the default (``auto``) objective: cross-entropy for integer targets,
+    squared error for float targets.
 
     Labels are not range-checked here (that would cost a host sync per batch): callers check
     once with :func:`check_targets`, as :func:`evaluate` does.
     """
     if targets.is_floating_point():
-        diff = outputs.reshape(outputs.shape[0], -1) - targets.reshape(targets.shape[0], -1).to(
-            outputs.dtype
-        )
-        return (diff * diff).sum(dim=1)
-    return F.cross_entropy(outputs, targets, reduction="none")
+        return squared_error(outputs, targets)
+    return cross_entropy(outputs, targets)
 
 
 def loss_sum(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Sum of per-sample losses (divide by N for the exact mean)."""
+    """Sum of the default objective's per-sample losses (divide by N for the exact mean)."""
     return sample_losses(outputs, targets).sum()
+
+
+def _outputs(
+    model: nn.Module,
+    batches: Batches,
+    objective: Objective,
+    forward: Callable[..., Any] | None = None,
+) -> Iterator[tuple[Any, Batch]]:
+    """The one loop over the data: ``(outputs, batch)`` per batch, model in eval mode (its
+    train/eval state restored afterwards), the objective's checks on the first batch."""
+    with eval_mode(model):
+        for i, b in enumerate(batches):
+            out = call(model if forward is None else forward, b.inputs)
+            if i == 0:
+                objective.validate(out, b, batches)
+            yield out, b
 
 
 @torch.no_grad()
@@ -89,48 +99,60 @@ def batch_outputs(
     data: Data,
     *,
     device=None,
-    forward: Callable[[Tensor], Tensor] | None = None,
+    forward: Callable[..., Any] | None = None,
+    objective: Any = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """The one loop over the data: ``(outputs, targets)`` per batch, model in eval mode
-    (its train/eval state restored afterwards), labels checked against the outputs once.
+    """``(outputs, targets)`` per batch from the one loop over the data (eval mode, the
+    objective's checks, default ``auto``: labels against the outputs, on the first batch).
 
     ``forward`` replaces ``model(x)`` (a Monte Carlo predictive, say); it runs under the same
     eval mode. Consumers sum per-sample quantities, so means are exact over samples.
     """
-    batches = as_batches(data, device=device)
-    with eval_mode(model):
-        for i, (x, y) in enumerate(batches):
-            out = model(x) if forward is None else forward(x)
-            if i == 0:
-                check_targets(out, batches.label_range())
-            yield out, y
+    obj = resolve_objective(objective)
+    for out, b in _outputs(model, as_batches(data, device=device), obj, forward):
+        yield out, b.targets
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Data, *, device=None, check_finite: bool = True) -> Evaluation:
-    """Loss and accuracy of ``model`` (in eval mode) on ``data``.
+def evaluate(
+    model: nn.Module,
+    data: Data,
+    *,
+    device=None,
+    check_finite: bool = True,
+    objective: Any = None,
+) -> Evaluation:
+    """Loss and accuracy of ``model`` (in eval mode) on ``data``: the exact means over all
+    units of the data of the ``objective``'s per-unit losses and hits (default ``auto``;
+    a name, an :class:`~landscape.objectives.Objective` or a loss callable).
 
     The model's train/eval state is restored afterwards. A NaN or infinite loss is bad input
     (:class:`UserError`) unless ``check_finite=False`` (a surface far from its centre may diverge).
     """
+    obj = resolve_objective(objective)
     # accumulate on the device: one host sync per evaluation, not per batch
-    total, correct, n, classify = None, None, 0, True
-    for out, y in batch_outputs(model, data, device=device):
-        s = loss_sum(out, y).double()
+    total, correct, units, samples, scored = None, None, 0, 0, True
+    for out, b in _outputs(model, as_batches(data, device=device), obj):
+        losses, hits = obj.measure(out, b)
+        s = losses.sum().double()
         total = s if total is None else total + s
-        classify = classify and not y.is_floating_point()
-        if classify:
-            c = (out.argmax(dim=1) == y).sum()
+        scored = scored and hits is not None
+        if scored:
+            c = hits.sum()
             correct = c if correct is None else correct + c
-        n += y.shape[0]
+        units += losses.shape[0]
+        samples += b.size
+    if units == 0:
+        raise UserError(f"the {obj.name} loss counted no units on this data: nothing to average")
     total = float(total)
-    correct = int(correct) if classify else 0
-    loss = total / n
+    loss = total / units
     if check_finite and not math.isfinite(loss):
         raise UserError(
             "the loss is NaN or Inf on this data: check the checkpoint weights and the data normalisation"
+            + ("" if obj.spec in BUILTIN else f" (and the loss {obj.name})")
         )
-    return Evaluation(loss, correct / n if classify else float("nan"), n)
+    accuracy = int(correct) / units if scored else float("nan")
+    return Evaluation(loss, accuracy, samples, units)
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -159,8 +181,8 @@ def reset_batchnorm(model: nn.Module, data: Data, *, device=None) -> None:
             m.momentum = None
             m.train()
         try:
-            for x, _ in batches:
-                model(x)
+            for b in batches:  # the inputs only: no objective, no targets needed
+                call(model, b.inputs)
         finally:
             for m, (mom, tr) in zip(bns, saved):
                 m.momentum = mom

@@ -31,10 +31,10 @@ from torch import Tensor, nn
 
 from .data import Batches, as_batches, resolve_device
 from .directions import Directions
-from .distributed import LocalExecutor  # noqa: F401  (its old home)
 from .errors import UserError
 from .evaluation import BN_MODES, evaluate, reset_batchnorm
 from .first_layer import FirstLayerShortcut
+from .objectives import objective_name, resolve_objective
 from .params import ParamView
 
 Span = float | tuple[float, float] | Sequence[tuple[float, float]]
@@ -95,12 +95,40 @@ def landmark_grid(
     return tuple(axis.copy() for _ in range(directions.count))
 
 
+def trajectory_grid(
+    directions: Directions, steps: int = 41, margin: float = 0.1
+) -> tuple[np.ndarray, ...]:
+    """Per-axis coordinates covering the projected trajectory of PCA directions, with 0 on the grid.
+
+    Axis ``k`` spans the trajectory's range along direction ``k`` and the origin (the final
+    model), widened by ``margin`` of that range on both sides, in ``steps`` points with
+    spacing ``h = (hi - lo) / (steps - 2)``, shifted so that 0 is a grid point (it then still
+    covers ``[lo, hi]``).
+    """
+    if directions.trajectory is None:
+        raise UserError("these directions have no trajectory: give steps and span instead")
+    if steps < 3:
+        raise UserError(f"a grid around a trajectory needs at least 3 steps, got {steps}")
+    pts = np.asarray(directions.trajectory, dtype=float)
+    out = []
+    for k in range(directions.count):
+        lo, hi = min(0.0, float(pts[:, k].min())), max(0.0, float(pts[:, k].max()))
+        width = (hi - lo) or 1.0
+        lo, hi = lo - margin * width, hi + margin * width
+        h = (hi - lo) / (steps - 2)
+        r = int(math.ceil(-lo / h - 1e-9))
+        out.append((np.arange(steps) - r) * h)
+    return tuple(out)
+
+
 @dataclass(frozen=True, eq=False)
 class GridSpec:
     """One grid: point ``p`` (flat C-order index into ``shape``) is ``theta0 + sum_k coordinates[k][i_k] * vectors[k]``.
 
     ``bn="reset"`` re-estimates BatchNorm statistics on ``train`` at every point before
     evaluating on ``data``; ``shortcut`` enables the first-layer shortcut where it applies.
+    ``objective``: the loss (a name, ``module:callable`` or an Objective; default ``auto``),
+    resolved where the points are evaluated.
     """
 
     model: nn.Module
@@ -113,6 +141,7 @@ class GridSpec:
     device: str = "cpu"
     cache_bytes: int = 2 * 1024**3
     token: str = ""
+    objective: Any = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -147,7 +176,9 @@ _FINGERPRINTS: dict[int, tuple[weakref.ref, tuple, str]] = {}
 
 def _tensor_state(b: Batches) -> tuple | None:
     try:
-        return tuple((t.data_ptr(), t._version, tuple(t.shape)) for p in b.batches for t in p)
+        return tuple(
+            (t.data_ptr(), t._version, tuple(t.shape)) for p in b.batches for _, t in p.tensors()
+        )
     except RuntimeError:  # inference-mode tensors keep no version counter: do not cache
         return None
 
@@ -159,8 +190,11 @@ def batches_fingerprint(b: Batches) -> str:
     if state is not None and hit is not None and hit[0]() is b and hit[1] == state:
         return hit[2]
     h = hashlib.sha256()
-    for x, y in b.batches:
-        for t in (x, y):
+    for batch in b.batches:
+        for name, t in batch.tensors():
+            # the name only where it is new (dict inputs, a mask): (x, y) data keep their hash
+            if name not in ("inputs", "targets"):
+                h.update(name.encode())
             h.update(str((tuple(t.shape), t.dtype)).encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     digest = h.hexdigest()
@@ -172,7 +206,8 @@ def batches_fingerprint(b: Batches) -> str:
 
 
 def spec_token(theta0: Tensor, spec: GridSpec) -> str:
-    """SHA-256 over everything that decides the grid's values (model point, directions, grid, data, BN mode)."""
+    """SHA-256 over everything that decides the grid's values (model point, directions, grid,
+    data, BN mode, and the loss when it is not the default ``auto``)."""
     h = hashlib.sha256()
     for t in (theta0, spec.vectors):
         h.update(t.detach().cpu().to(torch.float32).contiguous().numpy().tobytes())
@@ -182,6 +217,9 @@ def spec_token(theta0: Tensor, spec: GridSpec) -> str:
     h.update(batches_fingerprint(spec.data).encode())
     if spec.bn == "reset" and spec.train is not None:
         h.update(batches_fingerprint(spec.train).encode())
+    loss = objective_name(spec.objective)
+    if loss != "auto":  # grids of the default loss keep the tokens they always had
+        h.update(f"loss:{loss}".encode())
     return h.hexdigest()
 
 
@@ -200,10 +238,15 @@ class PointEvaluator:
             as_batches(spec.train, device=self.device) if spec.train is not None else self.data
         )
         self.coords = [np.asarray(c, dtype=np.float64) for c in spec.coordinates]
+        self.objective = resolve_objective(spec.objective)
         self._buf = torch.empty_like(self.theta0)
         self.lock = threading.Lock()
         self.shortcut: FirstLayerShortcut | None = None
-        if spec.shortcut:
+        self.shortcut_off = "disabled"
+        if spec.shortcut and not isinstance(self.data.batches[0].inputs, Tensor):
+            # the shortcut keys its products by the model's one input tensor
+            self.shortcut_off = "the inputs are a dict of tensors, not one tensor"
+        elif spec.shortcut:
             resident = [x for x, _ in self.data.batches] if self.data.resident else []
             if spec.bn == "reset" and self.train.resident:
                 resident += [x for x, _ in self.train.batches]
@@ -223,7 +266,7 @@ class PointEvaluator:
     @property
     def shortcut_note(self) -> str:
         """Which first layer the shortcut replaces, or ``off: <why not>``."""
-        reason = self.shortcut.reason if self.shortcut is not None else "disabled"
+        reason = self.shortcut.reason if self.shortcut is not None else self.shortcut_off
         return reason if self.shortcut_used else f"off: {reason}"
 
     def point_coefficients(self, index: int) -> list[float]:
@@ -243,7 +286,7 @@ class PointEvaluator:
         if self.spec.bn == "reset":
             reset_batchnorm(self.model, self.train)
         # a non-finite loss far from the centre is a value of the surface, not an input error
-        ev = evaluate(self.model, self.data, check_finite=False)
+        ev = evaluate(self.model, self.data, check_finite=False, objective=self.objective)
         if not math.isfinite(ev.loss):
             return float("nan"), float("nan")
         return ev.loss, ev.accuracy

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from torch import nn
 from .data import Data, as_batches
 from .errors import UserError
 from .evaluation import BN_MODES, evaluate, has_batchnorm, reset_batchnorm
+from .objectives import resolve_objective
 from .params import ParamView, check_same_family, state_buffers
 
 #: recorded with every barrier so a results file states which definition it holds
@@ -208,13 +210,17 @@ def interpolate(
     device=None,
     batch_size: int | None = None,
     progress: bool = False,
+    objective: Any = None,
 ) -> Curve:
     """Loss and accuracy of ``(1 - a) A + a B`` on ``data`` for ``num_points`` values of ``a``.
 
     ``bn="eval"`` mixes BatchNorm running statistics linearly like the weights;
     ``bn="reset"`` re-estimates them at every ``a`` on ``train_data`` (default: ``data``),
     which costs one extra forward pass over that data per point. Evaluation data is moved
-    to the device once; one working copy of A is made per call, none per point.
+    to the device once; one working copy of A is made per call, none per point. ``objective``
+    is the loss (:func:`landscape.objectives.resolve_objective`: default ``auto``, a name such as
+    ``lm``, an :class:`~landscape.objectives.Objective` or a callable); ``L(a)`` is its exact mean
+    over the units of ``data``.
     """
     return interpolate_splits(
         model_a,
@@ -227,6 +233,7 @@ def interpolate(
         device=device,
         batch_size=batch_size,
         progress=progress,
+        objective=objective,
     )["data"]
 
 
@@ -242,6 +249,7 @@ def interpolate_splits(
     device=None,
     batch_size: int | None = None,
     progress: bool = False,
+    objective: Any = None,
 ) -> dict[str, Curve]:
     """:func:`interpolate` on several data sets (e.g. ``{"test": ..., "train": ...}``) in one pass
     along the line: each point's parameters (and, for ``bn="reset"``, BatchNorm statistics, on
@@ -250,6 +258,7 @@ def interpolate_splits(
         raise UserError(f"unknown bn mode {bn!r}: use eval or reset")
     if not splits:
         raise UserError("interpolate needs at least one data set")
+    obj = resolve_objective(objective)
     a = _alphas(num_points, alphas)
     line = _Line(model_a, model_b)
     dev = device if device is not None else line.view.device
@@ -274,7 +283,7 @@ def interpolate_splits(
         if reset:
             reset_batchnorm(model, train_batches)
         for name, b in batches.items():
-            ev = evaluate(model, b)
+            ev = evaluate(model, b, objective=obj)
             losses[name][i], accs[name][i] = ev.loss, ev.accuracy
     return {
         name: Curve(a, losses[name], accs[name], b.num_samples, bn) for name, b in batches.items()
@@ -292,6 +301,7 @@ def mli(
     device=None,
     batch_size: int | None = None,
     tol: float = 0.0,
+    objective: Any = None,
 ) -> MLICurve:
     """Monotonic linear interpolation from ``model_init`` to ``model_final`` with the MLI metrics."""
     curve = interpolate(
@@ -303,5 +313,6 @@ def mli(
         train_data=train_data,
         device=device,
         batch_size=batch_size,
+        objective=objective,
     )
     return MLICurve(curve, mli_metrics(curve.alphas, curve.loss, tol=tol))

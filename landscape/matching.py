@@ -431,6 +431,8 @@ def activation_matching(
     t0 = time.perf_counter()
     device = next(model_a.parameters()).device
     x = as_batches(data, device=device).sample(samples)
+    if not isinstance(x, Tensor):  # dict batches: model(**inputs), which the hooks do not follow
+        raise UserError("activation matching needs one input tensor per batch, not dict inputs")
     spec = _prepare(model_a, model_b, spec, x)
     if not spec.flat:
         raise UserError(

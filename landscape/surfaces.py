@@ -2,8 +2,10 @@
 
 Axis order is fixed and recorded: ``loss[i]`` (1-D) is at ``theta0 + x[i] d_x``, and
 ``loss[i, j]`` (2-D) at ``theta0 + x[i] d_x + y[j] d_y`` (first index along the first
-direction). Loss is the exact sample mean of :func:`landscape.evaluation.evaluate`
-(cross-entropy for labels), accuracy the top-1 share.
+direction). Loss is the exact mean over the units of the data (samples, or tokens) of
+:func:`landscape.evaluation.evaluate` under the ``objective`` (default ``auto``:
+cross-entropy for labels, squared error for float targets); accuracy the objective's share
+of hits (top-1 for classification).
 
 The grid is filled in chunks of points, each point evaluated on its own, so a grid is the
 same whichever chunk, process or executor computed a point. :func:`surface` returns the
@@ -33,6 +35,7 @@ from .directions import Directions
 from .errors import UserError
 from .evaluation import evaluate
 from .grid import ChunkResult, GridSpec, GridTask, Span, grid_coordinates, landmark_grid, spec_token
+from .objectives import resolve_objective
 from .params import ParamView
 
 __all__ = [
@@ -46,7 +49,7 @@ __all__ = [
     "surface_token",
 ]
 
-DEFINITION = "loss[i, j] = mean over samples of the loss at theta0 + x[i] * d_x + y[j] * d_y (1-D: loss[i] at theta0 + x[i] * d_x)"
+DEFINITION = "loss[i, j] = mean over samples (tokens for a token-level loss) of the loss at theta0 + x[i] * d_x + y[j] * d_y (1-D: loss[i] at theta0 + x[i] * d_x)"
 
 
 class Executor(Protocol):
@@ -182,6 +185,7 @@ def _grid(
     batch_size: int | None,
     shortcut: bool = True,
     cache_bytes: int = 2 * 1024**3,
+    objective: Any = None,
 ) -> _Grid:
     """The arguments of :func:`surface` checked and resolved into one :class:`GridSpec` with its token."""
     view = ParamView(model)
@@ -215,6 +219,7 @@ def _grid(
         shortcut,
         str(batches.device),
         int(cache_bytes),
+        objective=objective,
     )
     spec = replace(spec, token=spec_token(view.get(), spec))
     return _Grid(spec, tuple(directions.names[: len(coords)]), batches, view)
@@ -232,17 +237,29 @@ def surface_token(
     train_data: Data | None = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
+    objective: Any = None,
 ) -> str:
     """The ``token`` that :func:`surface` with these arguments gives its result, without computing it.
 
     SHA-256 over the model's trainable coordinates ``theta0``, the direction vectors, the grid
-    coordinates, the BatchNorm mode and the data (and ``train_data`` with ``bn="reset"``):
+    coordinates, the BatchNorm mode, the data (and ``train_data`` with ``bn="reset"``) and the
+    name of the loss when it is not the default ``auto``:
     two grids with the same token have the same values at every point (up to rounding: the
     device and ``shortcut`` are not part of it), so a stored partial grid with this token is
     a safe ``initial``. The data's hash is cached while its tensors are unchanged.
     """
     return _grid(
-        model, data, directions, steps, span, coordinates, bn, train_data, device, batch_size
+        model,
+        data,
+        directions,
+        steps,
+        span,
+        coordinates,
+        bn,
+        train_data,
+        device,
+        batch_size,
+        objective=objective,
     ).spec.token
 
 
@@ -290,6 +307,7 @@ def surface(
     cache_bytes: int = 2 * 1024**3,
     progress: bool = True,
     desc: str = "surface",
+    objective: Any = None,
 ) -> Surface:
     """Loss and accuracy of ``model`` moved along ``directions`` on a 1-D or 2-D grid.
 
@@ -310,7 +328,11 @@ def surface(
     are computed, and its ``origin_loss`` is reused. ``executor``: anything whose
     ``map(fn, chunks)`` yields ``fn(chunk)`` per chunk (default: one after another here;
     :class:`landscape.distributed.DaskExecutor` for a cluster). ``desc`` labels the progress bar.
+    ``objective``: the loss (:func:`landscape.objectives.resolve_objective`; default ``auto``);
+    for a remote executor give a name or ``module:callable`` (resolved on the worker) or an
+    objective that pickles.
     """
+    obj = resolve_objective(objective)
     t_start = time.perf_counter()
     g = _grid(
         model,
@@ -325,6 +347,7 @@ def surface(
         batch_size,
         shortcut,
         cache_bytes,
+        objective if isinstance(objective, str) else obj,
     )
     spec, batches = g.spec, g.batches
     shape, total = spec.shape, spec.num_points
@@ -338,6 +361,7 @@ def surface(
         ev = evaluate(
             model if g.view.device == batches.device else copy.deepcopy(model).to(batches.device),
             batches,
+            objective=obj,
         )
         origin = (ev.loss, ev.accuracy)
     settings: dict[str, Any] = {
@@ -347,6 +371,7 @@ def surface(
         "shortcut": shortcut,
         "chunk_size": chunk_size,
         "batch_size": batch_size,
+        **obj.settings(),
     }
     about = directions.settings()  # hashes the vectors: once, not per chunk
     evaluated, notes = 0, []

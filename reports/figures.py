@@ -275,9 +275,27 @@ def _surface_records(res: Results):
     return out
 
 
+#: the colour of a training trajectory drawn on a contour (it stands out on Viridis)
+TRAJECTORY_COLOR = "#E8000B"
+
+
+def _pca_labels(rec, dims: tuple[str, ...]) -> tuple[str, ...]:
+    """Axis labels naming each PCA direction's share of the trajectory's variance."""
+    ev = rec.datasets.get(surf.EXPLAINED_VARIANCE.name)
+    if ev is None:
+        return dims
+    ev = np.atleast_1d(np.asarray(ev, float))
+    return tuple(
+        f"{d}: PC{i + 1} ({ev[i]:.0%} of the variance)" if i < ev.size else d
+        for i, d in enumerate(dims)
+    )
+
+
 def surface_figures(res: Results, colors: dict[str, str]) -> list[Figure]:
-    """2-D records: contours side by side on one colour scale plus a 3-D view; 1-D records: loss profiles overlaid."""
-    grids, lines = [], []
+    """2-D records: contours side by side on one colour scale (with the projected training
+    trajectory of PCA directions as a line with markers) plus a 3-D view; 1-D records: loss
+    profiles overlaid."""
+    grids, lines, paths = [], [], {}
     for g, r, rec in _surface_records(res):
         if surf.LOSS.name not in rec.datasets:
             continue
@@ -286,6 +304,10 @@ def surface_figures(res: Results, colors: dict[str, str]) -> list[Figure]:
         zname = f"{split} loss" if split else "loss"
         dims = surf.LOSS.dims
         coords = [surf.SURFACE.coordinate(rec, dims[i], z.shape[i]) for i in range(z.ndim)]
+        path = rec.datasets.get(surf.TRAJECTORY.name)
+        if z.ndim == 2 and path is not None and np.ndim(path) == 2 and np.shape(path)[1] == 2:
+            paths[(g, r)] = np.asarray(path, float)
+            dims = _pca_labels(rec, dims)
         if z.ndim == 2:  # z[i, j] at (x[i], y[j]): x horizontal, so plotly's z is the transpose
             grids.append((g, r, *coords, z.T, dims[0], dims[1], zname))
         elif z.ndim == 1:
@@ -312,7 +334,24 @@ def surface_figures(res: Results, colors: dict[str, str]) -> list[Figure]:
     zs = np.concatenate([z[np.isfinite(z)].ravel() for *_, z, _a, _b, _c in grids])
     lo, hi = (float(zs.min()), float(np.quantile(zs, 0.98))) if zs.size else (0.0, 1.0)
     panels = [
-        Panel(f"{g} ({r})", xl, yl, [Trace("contour", g, x, y, z=np.minimum(z, hi))], square=True)
+        Panel(
+            f"{g} ({r})",
+            xl,
+            yl,
+            [Trace("contour", g, x, y, z=np.minimum(z, hi))]
+            + [
+                Trace(
+                    "markers",
+                    f"training trajectory ({g})",
+                    p[:, 0],
+                    p[:, 1],
+                    color=TRAJECTORY_COLOR,
+                    legendgroup=g,
+                )
+                for p in ([paths[(g, r)]] if (g, r) in paths else [])
+            ],
+            square=True,
+        )
         for g, r, x, y, z, xl, yl, _ in grids
     ]
     zname = grids[0][7]
@@ -321,7 +360,9 @@ def surface_figures(res: Results, colors: dict[str, str]) -> list[Figure]:
             "surfaces",
             "2-D loss surfaces",
             f"{zname.capitalize()} on a plane through each trained network (random "
-            "filter-normalised directions around the first seed, or the plane through three seeds), one colour scale "
+            "filter-normalised directions around the first seed, the plane through three seeds, "
+            "or the top two principal components of the first seed's training trajectory, drawn "
+            "on it as a line with markers from init to final), one colour scale "
             "for all groups, clipped at its 98th percentile.",
             panels,
             cols=min(3, len(panels)),

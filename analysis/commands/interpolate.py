@@ -7,6 +7,7 @@ from landscape.errors import UserError
 from ..common import (
     add_data,
     add_executor,
+    add_objective,
     add_output,
     add_roots,
     context_from_args,
@@ -16,12 +17,13 @@ from ..common import (
 from ..flags import renamed
 
 HELP = "linear-interpolation barriers between every pair of seeds per group (optionally weight-matched) and MLI curves from init"
-EXAMPLE = "landscape interpolate runs --data digits --align -o results.h5"
+EXAMPLE = "landscape interpolate runs --data digits --align -o results.h5 [--loss lm]"
 
 
 def add_arguments(p) -> None:
     add_roots(p)
     add_data(p)
+    add_objective(p)
     add_output(p)
     add_executor(p, "pairs")
     g = p.add_argument_group("interpolation")

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 from landscape.errors import UserError
 
-from ..common import add_data, add_executor, add_output, add_roots, context_from_args, print_table
+from ..common import (
+    add_data,
+    add_executor,
+    add_objective,
+    add_output,
+    add_roots,
+    context_from_args,
+    print_table,
+)
 
-HELP = "loss surfaces along filter-normalised random directions (or the plane through three seeds), one per group"
-EXAMPLE = "landscape surface runs --data digits --steps 41 --span 1 -o results.h5 [--plane seed0,seed1,seed2] [--workers 2]"
+HELP = "loss surfaces along filter-normalised random directions (or the plane through three seeds, or the training trajectory's principal components), one per group"
+EXAMPLE = "landscape surface runs --data digits --steps 41 --span 1 -o results.h5 [--plane seed0,seed1,seed2 | --directions pca] [--loss lm] [--workers 2]"
 
 
 def add_arguments(p) -> None:
     add_roots(p)
     add_data(p)
+    add_objective(p)
     add_output(p)
     g = p.add_argument_group("surface")
     g.add_argument(
@@ -22,7 +31,8 @@ def add_arguments(p) -> None:
         "--span",
         type=float,
         default=None,
-        help="grid from -SPAN to SPAN along each direction (default: 1; with --plane: a square around A, B, C)",
+        help="grid from -SPAN to SPAN along each direction (default: 1; with --plane: a square "
+        "around A, B, C; with --directions pca: the extent of the projected trajectory)",
     )
     g.add_argument(
         "--dims",
@@ -36,6 +46,14 @@ def add_arguments(p) -> None:
         default=None,
         metavar="A,B,C",
         help="the plane through three seeds of each group (origin A) instead of random directions",
+    )
+    g.add_argument(
+        "--directions",
+        choices=("random", "pca"),
+        default="random",
+        help="random: filter-normalised Gaussian directions; pca: the top principal components "
+        "of the first seed's training trajectory (init, step<k>.pt or epoch<k>.pt, final; "
+        "Li et al. 2018), the trajectory drawn on the plane (default: %(default)s)",
     )
     g.add_argument(
         "--normalization",
@@ -83,6 +101,14 @@ def run(args) -> int:
         raise UserError(f"--steps must be at least 2, got {args.steps}")
     if args.span is not None and args.span <= 0:
         raise UserError(f"--span must be positive, got {args.span}")
+    if args.plane and args.directions != "random":
+        raise UserError("--plane and --directions pca exclude each other: choose one")
+    if args.directions == "pca":  # before the results file is touched
+        from checkpoints import discover
+
+        from ..surfaces import check_trajectories
+
+        check_trajectories(discover(args.roots), args.dims)
     ctx = context_from_args(args)
     df = study(
         ctx,
@@ -96,6 +122,7 @@ def run(args) -> int:
         split=args.split,
         radius=args.radius,
         chunk_size=args.chunk_size,
+        directions=args.directions,
     )
     print_table(
         df,

@@ -10,7 +10,8 @@ LOSS = Var(
     "loss",
     ("x", "y"),
     "nats",
-    "mean loss over the samples at theta0 + x d_x + y d_y; NaN where not computed yet (see done)",
+    "mean loss over the samples (tokens for a token-level loss; settings.loss names it) at "
+    "theta0 + x d_x + y d_y; NaN where not computed yet (see done)",
     optional_dims=1,
 )
 ACCURACY = Var(
@@ -27,6 +28,23 @@ DIRECTIONS = Var(
     "1",
     "direction vectors over the trainable coordinates of ParamView(model), rows in axis order",
     "float32",
+)
+
+TRAJECTORY = Var(
+    "trajectory",
+    ("checkpoint", "direction"),
+    "direction units",
+    "PCA directions: grid coordinates of each training checkpoint, the least-squares projection "
+    "of theta_t - theta_final onto the directions (the final model at the origin)",
+)
+CHECKPOINT = Var(
+    "checkpoint", ("checkpoint",), "1", "the trajectory's checkpoints, in training order", "str"
+)
+EXPLAINED_VARIANCE = Var(
+    "explained_variance",
+    ("direction",),
+    "fraction",
+    "PCA directions: share of the trajectory's variance along each direction",
 )
 
 AXES = Attr("axes", "the grid's dimension names")
@@ -52,7 +70,7 @@ SURFACE = RecordKind(
     "surface",
     "Loss surface on a line or plane through one network (or through three)",
     "<seed> or <A>-<B>-<C>",
-    (X, Y, LOSS, ACCURACY, DONE, DIRECTIONS),
+    (X, Y, LOSS, ACCURACY, DONE, DIRECTIONS, TRAJECTORY, CHECKPOINT, EXPLAINED_VARIANCE),
     (
         AXES,
         SPLIT,

@@ -450,6 +450,36 @@ def _(w):
     return Case(argv, ("d.npz", "do not fit"))
 
 
+@case("run_budget_zero")
+def _(w):
+    return Case(_run(w, "[study]\nsamples = 40\n", "--budget", "0"), ("--budget", "positive"))
+
+
+@case("config_budget_not_a_number")
+def _(w):
+    return Case(_run(w, '[study]\nbudget = "big"\n'), ("study.toml", "[study] budget", "number"))
+
+
+def _hessian(w: Where, *extra: str) -> list[str]:
+    out = str(w.out / "r.h5")
+    return ["hessian", str(w.runs), "--samples", "40", "--top-k", "2", "-q", *extra, "-o", out]
+
+
+@case("hessian_budget_negative")
+def _(w):
+    return Case(_hessian(w, "--density", "--budget", "-1"), ("--budget", "positive"))
+
+
+@case("hessian_block_size_zero")
+def _(w):
+    return Case(_hessian(w, "--block-size", "0"), ("--block-size", "positive integer"))
+
+
+@case("hessian_slq_trace_without_density")
+def _(w):
+    return Case(_hessian(w, "--trace-estimator", "slq"), ("--trace-estimator slq", "--density"))
+
+
 # ----------------------------------------------------------------------------- options
 @case("data_ftp")
 def _(w):
@@ -492,6 +522,68 @@ def _(w):
     return Case(["train", "--lr", "nan", "--out", str(w.out / "t"), "-q"], ("--lr", "finite"))
 
 
+def _train(w: Where, arch: str, data: str) -> list[str]:
+    return [
+        "train",
+        "--arch",
+        arch,
+        "--data",
+        data,
+        "--seeds",
+        "1",
+        "--out",
+        str(w.out / "t"),
+        "-q",
+    ]
+
+
+@case("modular_modulus_one")
+def _(w):
+    return Case(_train(w, "transformer", "modular:1"), ("--data modular:1", "P from 2 to 1000"))
+
+
+@case("modular_fraction_above_one")
+def _(w):
+    return Case(_train(w, "transformer", "modular:7:1.5"), ("--data modular:7:1.5", "fraction"))
+
+
+@case("text_file_missing")
+def _(w):
+    data = f"text:{w.tmp / 'missing.txt'}"
+    return Case(_train(w, "transformer", data), ("missing.txt", "no such file"))
+
+
+@case("text_file_not_utf8")
+def _(w):
+    (w.tmp / "latin1.txt").write_bytes("caf\xe9 au lait, ".encode("latin-1") * 20)
+    data = f"text:{w.tmp / 'latin1.txt'}"
+    return Case(_train(w, "transformer", data), ("latin1.txt", "not UTF-8"))
+
+
+@case("text_file_too_short")
+def _(w):
+    (w.tmp / "short.txt").write_text("abc")
+    data = f"text:{w.tmp / 'short.txt'}"
+    return Case(_train(w, "transformer", data), ("short.txt", "windows of 32"))
+
+
+@case("text_targets_need_a_token_loss")
+def _(w):
+    (w.tmp / "book.txt").write_text("the quick brown fox jumps over the lazy dog. " * 10)
+    data = f"text:{w.tmp / 'book.txt'}"
+    return Case(_train(w, "transformer", data), ("book.txt", "token-level loss"))
+
+
+@case("transformer_on_images")
+def _(w):
+    return Case(_train(w, "transformer", "digits"), ("--data digits", "integer token ids"))
+
+
+@case("tokens_for_an_mlp")
+def _(w):
+    return Case(_train(w, "mlp", "modular:7"), ("--data modular:7", "--arch transformer"))
+
+
 @case("demo_seeds_one")
 def _(w):
     return Case(["demo", "--seeds", "1", "-o", str(w.out / "demo"), "-q"], ("--seeds",))
@@ -513,6 +605,82 @@ def _(w):
     argv = _interpolate(w)
     argv[argv.index("-o") + 1] = str(w.out / "foreign.h5")
     return Case(argv, ("foreign.h5", "not written by landscape"))
+
+
+# ----------------------------------------------------------------------------- losses (--loss)
+def _loss_file(w: Where, body: str) -> str:
+    """``FILE.py:loss`` for a user loss module written into the scratch folder."""
+    f = w.tmp / "my_loss.py"
+    f.write_text("import torch\nimport torch.nn.functional as F\n\n\n" + body)
+    return f"{f}:loss"
+
+
+@case("loss_unknown_name")
+def _(w):
+    return Case(_interpolate(w, "--loss", "hinge"), ("--loss 'hinge'", "unknown loss"))
+
+
+@case("loss_module_does_not_import")
+def _(w):
+    argv = _interpolate(w, "--loss", "no_such_module_xyz:loss")
+    return Case(argv, ("--loss", "cannot import no_such_module_xyz"))
+
+
+@case("loss_file_raises_on_import")
+def _(w):
+    spec = _loss_file(w, "raise RuntimeError('broken on purpose')\n")
+    argv = ["surface", str(w.runs), "--samples", "40", "--steps", "3", "-o", str(w.out / "r.h5")]
+    return Case([*argv, "-q", "--loss", spec], ("my_loss.py", "cannot import", "broken on purpose"))
+
+
+@case("loss_wrong_shape")
+def _(w):
+    spec = _loss_file(
+        w,
+        "def loss(outputs, batch):\n"
+        "    return F.cross_entropy(outputs, batch.targets, reduction='none')[:, None]\n",
+    )
+    argv = ["surface", str(w.runs), "--samples", "40", "--steps", "3", "-o", str(w.out / "r.h5")]
+    return Case([*argv, "-q", "--loss", spec], ("my_loss.py:loss", "one value per sample"))
+
+
+@case("loss_not_finite")
+def _(w):
+    spec = _loss_file(
+        w, "def loss(outputs, batch):\n    return torch.full((len(outputs),), float('nan'))\n"
+    )
+    argv = ["hessian", str(w.runs), "--samples", "40", "--top-k", "2", "-o", str(w.out / "r.h5")]
+    return Case([*argv, "-q", "--loss", spec], ("my_loss.py:loss", "NaN or Inf", "final.pt"))
+
+
+@case("loss_lm_on_class_labels")
+def _(w):
+    return Case(_interpolate(w, "--loss", "lm"), ("--data digits", "needs logits (N, T, V)"))
+
+
+@case("run_loss_unknown")
+def _(w):
+    argv = _run(w, "[study]\nsamples = 40\n", "--loss", "mse_typo")
+    return Case(argv, ("--loss 'mse_typo'", "unknown loss"))
+
+
+@case("surface_pca_without_trajectory")
+def _(w):
+    argv = ["surface", str(w.runs), "--samples", "40", "--steps", "3", "-o", str(w.out / "r.h5")]
+    return Case([*argv, "-q", "--directions", "pca"], ("--directions pca", "--save-every"))
+
+
+@case("surface_pca_and_plane")
+def _(w):
+    argv = ["surface", str(w.runs), "--samples", "40", "-o", str(w.out / "r.h5"), "-q"]
+    argv += ["--directions", "pca", "--plane", "seed0,seed1,seed2"]
+    return Case(argv, ("--plane", "--directions pca"))
+
+
+@case("config_loss_names_code")
+def _(w):
+    argv = _run(w, '[study]\nloss = "os:system"\n')
+    return Case(argv, ("study.toml", "[study] loss", "cannot name code"))
 
 
 # ----------------------------------------------------------------------------- Bayesian networks
@@ -703,6 +871,12 @@ def _(w):
     patches = [(torch.cuda, "is_available", lambda: True), (torch.cuda, "device_count", lambda: 2)]
     argv = _interpolate(w, "--gpus", "0,5", "--device", "cpu")
     return Case(argv, ("--gpus 0,5", "2 GPU(s)"), patches=patches)
+
+
+@case("save_every_with_a_population")
+def _(w):
+    argv = ["train", "--population", "2", "--save-every", "1", "--out", str(w.out / "pop"), "-q"]
+    return Case(argv, ("--save-every", "population"))
 
 
 @case("unreachable_scheduler")

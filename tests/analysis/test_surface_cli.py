@@ -364,3 +364,82 @@ def test_kill_and_resume_gives_identical_grid(tmp_path):
     rec = ResultsStore(out).read("surface/g/seed0")
     assert rec.complete and rec["done"].all() and np.array_equal(rec["loss"], whole.loss)
     assert rec["directions"].shape == (2, d.numel)
+
+
+def _trajectory_run(root: Path, steps: int = 5) -> Path:
+    """``ROOT/standard/seed0/{init, step<k>, final}.pt``: a small MLP trained by plain full-batch
+    SGD on digits, a checkpoint after every 3 steps (what ``train --save-every 3`` keeps)."""
+    import torch.nn.functional as F
+
+    X, y = load_data("digits", "train", samples=200).pair
+    model = zoo.build("mlp", "standard", input_dim=64, num_classes=10, width=16, depth=2, seed=0)
+    d = root / "standard" / "seed0"
+    d.mkdir(parents=True)
+    save_checkpoint(model, d / "init.pt")
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    for k in range(1, steps + 1):
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(X), y).backward()
+            opt.step()
+        save_checkpoint(model, d / ("final.pt" if k == steps else f"step{3 * k}.pt"))
+    return d
+
+
+def test_surface_on_the_pca_plane_of_the_training_trajectory(tmp_path, capsys):
+    from analysis import load
+    from checkpoints.discover import discover, trajectory
+    from landscape.trajectory import pca_directions
+    from reports.figures import surface_figures
+
+    d = _trajectory_run(tmp_path / "runs")
+    run = discover(tmp_path / "runs")["standard"][0]
+    files = trajectory(run)
+    assert [p.name for p in files] == [
+        "init.pt", "step3.pt", "step6.pt", "step9.pt", "step12.pt", "final.pt"
+    ]  # fmt: skip
+    out = tmp_path / "r.h5"
+    argv = ["surface", str(tmp_path / "runs"), "--samples", "100", "--steps", "7"]
+    assert main([*argv, "--directions", "pca", "-o", str(out), "-q"]) == 0
+    assert "standard" in capsys.readouterr().out
+    rec = ResultsStore(out).read("surface/standard/seed0-pca")
+    final = load_model(d / "final.pt")
+    want = pca_directions(final, [load_model(p) for p in files], labels=[p.stem for p in files])
+    assert np.array_equal(rec["directions"], want.vectors.numpy())
+    np.testing.assert_allclose(rec["explained_variance"], want.explained_variance)
+    assert 0.5 < float(np.sum(rec["explained_variance"])) <= 1.0
+    np.testing.assert_allclose(rec["trajectory"], want.trajectory)
+    assert [str(c) for c in rec["checkpoint"]] == [
+        "init",
+        "step3",
+        "step6",
+        "step9",
+        "step12",
+        "final",
+    ]
+    path = np.asarray(rec["trajectory"])
+    assert np.allclose(path[-1], 0.0, atol=1e-6)  # the final model is the origin
+    for k, axis in enumerate(("x", "y")):  # the grid covers the path and holds the origin
+        c = np.asarray(rec[axis])
+        assert c.min() <= path[:, k].min() and c.max() >= path[:, k].max() and 0.0 in c
+    data = as_batches(load_data("digits", "train", samples=100).pair)
+    assert rec.attrs["origin_loss"] == evaluate(final, data).loss
+    s = rec.attrs["settings"]
+    assert s["directions"] == "pca" and len(s["trajectory"]) == 6 and s["loss"] == "auto"
+    # the report draws the trajectory as a line with markers on the contour
+    figs = {f.name: f for f in surface_figures(load(out), {"standard": "#000000"})}
+    traces = figs["surfaces"].panels[0].traces
+    assert [t.kind for t in traces] == ["contour", "markers"]
+    assert np.array_equal(traces[1].x, path[:, 0]) and np.array_equal(traces[1].y, path[:, 1])
+    assert "PC1" in figs["surfaces"].panels[0].xlabel
+    html = tmp_path / "report.html"
+    assert main(["report", str(out), "-o", str(html)]) == 0
+    assert "training trajectory (standard)" in html.read_text()
+
+
+def test_pca_without_a_trajectory_is_one_line(tiny_runs, tmp_path, capsys):
+    out = tmp_path / "r.h5"
+    argv = ["surface", str(tiny_runs), "--samples", "40", "--steps", "3", "--directions", "pca"]
+    assert main([*argv, "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--save-every" in err and "init.pt, final.pt" in err

@@ -170,3 +170,115 @@ def test_hessian_eigenvectors_from_the_hessian_capability():
     assert d.count == 2 and d.names == ("v1", "v2")
     gram = d.vectors.double() @ d.vectors.double().T
     torch.testing.assert_close(gram, torch.eye(2, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------- PCA of a trajectory
+def _wasym(seed=0, mask_seed=0):
+    from checkpoints import zoo
+
+    return zoo.build(
+        "mlp",
+        "w-asym",
+        input_dim=6,
+        num_classes=3,
+        width=8,
+        depth=2,
+        seed=seed,
+        mask_seed=mask_seed,
+    )
+
+
+def _walk(final: nn.Module, steps: int, seed: int, plane=None) -> list[nn.Module]:
+    """Copies of ``final`` moved along a random walk (or to ``final + a u + b v`` for a plane)."""
+    import copy
+
+    g = torch.Generator().manual_seed(seed)
+    view = ParamView(final)
+    theta, out = view.get().double(), []
+    pos = theta.clone()
+    for t in range(steps):
+        m = copy.deepcopy(final)
+        if plane is None:
+            pos = pos + 0.05 * torch.randn(view.numel, generator=g, dtype=torch.float64) * (t + 1)
+            ParamView(m).set_(pos.float())
+        else:
+            u, v, a, b = plane
+            ParamView(m).set_((theta + a[t] * u + b[t] * v).float())
+        out.append(m)
+    return out
+
+
+def test_pca_directions_equal_a_numpy_svd_of_the_trajectory():
+    import numpy as np
+
+    from landscape.trajectory import pca_directions
+
+    final = _wasym()
+    path = _walk(final, 7, seed=1)
+    view = ParamView(final)
+    assert view.numel < sum(
+        p.numel() for p in final.parameters()
+    )  # fixed entries are no coordinates
+    M = np.stack([ParamView(m).get().double().numpy() for m in path]) - view.get().double().numpy()
+    Mc = M - M.mean(axis=0)
+    _, S, Vt = np.linalg.svd(Mc, full_matrices=False)
+    d = pca_directions(final, path, labels=[f"step{i}" for i in range(7)])
+    got = d.vectors.double().numpy()
+    assert got.shape == (2, view.numel) and d.source == "pca" and d.names == ("x", "y")
+    for k in range(2):  # equal up to sign
+        sign = np.sign(got[k] @ Vt[k])
+        np.testing.assert_allclose(got[k], sign * Vt[k], atol=1e-6)
+    np.testing.assert_allclose(d.explained_variance, S[:2] ** 2 / (S**2).sum(), rtol=1e-10)
+    # projections: the directions are orthonormal, so least squares is the dot product
+    np.testing.assert_allclose(d.trajectory, M @ got.T, rtol=1e-5, atol=1e-6)
+    assert d.trajectory_labels[0] == "step0" and d.settings()["explained_variance"]
+    # state dicts give the same directions as models
+    sd = pca_directions(final, [m.state_dict() for m in path])
+    assert torch.equal(sd.vectors, d.vectors)
+    # uncentred: the SVD of M itself
+    _, S0, Vt0 = np.linalg.svd(M, full_matrices=False)
+    u = pca_directions(final, path, center=False)
+    assert abs(float(u.vectors[0].double().numpy() @ Vt0[0])) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_pca_projection_of_a_planar_trajectory_is_exact():
+    from landscape.trajectory import pca_directions
+
+    final = _wasym(2)
+    n = ParamView(final).numel
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(n, generator=g, dtype=torch.float64)
+    v = 0.5 * u + torch.randn(n, generator=g, dtype=torch.float64)  # not orthogonal to u
+    a = [1.0, 0.8, 0.5, 0.3, 0.1]
+    b = [-0.4, 0.1, 0.3, 0.2, 0.05]
+    path = _walk(final, 5, 0, plane=(u, v, a, b)) + [final]
+    d = pca_directions(final, path)
+    assert sum(d.explained_variance) == pytest.approx(1.0, abs=1e-9)
+    D = d.vectors.double()
+    theta = ParamView(final).get().double()
+    for t, m in enumerate(path):
+        m_t = ParamView(m).get().double() - theta
+        rebuilt = D.T @ torch.as_tensor(d.trajectory[t], dtype=torch.float64)
+        # in the plane: the projection gives the point back (float32 weights)
+        assert float((rebuilt - m_t).norm()) <= 1e-5 * max(1.0, float(m_t.norm()))
+    assert tuple(d.trajectory[-1]) == pytest.approx((0.0, 0.0), abs=1e-6)  # final at the origin
+
+
+def test_pca_bad_inputs():
+    from landscape.trajectory import pca_directions
+
+    final = _wasym()
+    path = _walk(final, 3, 0)
+    with pytest.raises(UserError, match="need at least 3 trajectory checkpoints"):
+        pca_directions(final, path[:2])
+    with pytest.raises(UserError, match="fewer than 2 directions"):
+        pca_directions(final, [path[0], path[0], final])
+    with pytest.raises(UserError, match="not one network family|differ in fixed buffer"):
+        pca_directions(final, [_wasym(mask_seed=9), *path])  # other masks
+    sd = path[0].state_dict()
+    sd.pop("lins.0.weight")
+    with pytest.raises(UserError, match="no tensor lins.0.weight"):
+        pca_directions(final, [sd, *path])
+    other = _wasym(mask_seed=9).state_dict()
+    with pytest.raises(UserError, match="fixed buffer .* differs"):
+        pca_directions(final, [other, *path])

@@ -16,8 +16,7 @@ from landscape.surfaces import surface
 
 pytest.importorskip("distributed")
 
-from landscape.distributed import DaskExecutor, make_executor  # noqa: E402
-from landscape.grid import LocalExecutor  # noqa: E402
+from landscape.distributed import DaskExecutor, LocalExecutor, make_executor  # noqa: E402
 
 
 def problem():

@@ -195,3 +195,31 @@ def test_several_splits_in_one_pass_equal_separate_curves():
             assert np.array_equal(both[name].loss, one.loss) and np.array_equal(
                 both[name].accuracy, one.accuracy
             )
+
+
+def test_the_objective_decides_the_curve():
+    """A squared-error curve on the linear problem is the hand-computed quadratic; a user loss
+    of twice the default doubles every point; dict batches with BatchNorm reset match tuples."""
+    from landscape import BatchSpec, as_batches
+
+    X, y, a, b = _linear_problem(seed=3)
+    wa, wb = a.weight.detach().reshape(-1), b.weight.detach().reshape(-1)
+    c = mli(a, b, (X, y[:, None]), num_points=5, objective="squared_error")
+    hand = [float(((X @ ((1 - t) * wa + t * wb) - y) ** 2).mean()) for t in c.curve.alphas]
+    np.testing.assert_allclose(c.curve.loss, hand, rtol=1e-12)
+    assert np.isnan(c.curve.accuracy).all()
+
+    m0 = zoo.build("mlp", input_dim=6, width=10, norm="batch", seed=0)
+    m1 = zoo.build("mlp", input_dim=6, width=10, norm="batch", seed=1)
+    g = torch.Generator().manual_seed(4)
+    xs, ys = torch.randn(30, 6, generator=g), torch.randint(0, 10, (30,), generator=g)
+
+    def double(out, batch):
+        return 2 * torch.nn.functional.cross_entropy(out, batch.targets, reduction="none")
+
+    ref = interpolate(m0, m1, (xs, ys), num_points=4, bn="reset")
+    twice = interpolate(m0, m1, (xs, ys), num_points=4, bn="reset", objective=double)
+    np.testing.assert_allclose(twice.loss, 2 * ref.loss, rtol=1e-6)
+    dicts = as_batches([{"features": xs, "target": ys}], spec=BatchSpec("features", "target"))
+    same = interpolate(m0, m1, dicts, num_points=4, bn="reset")
+    assert np.array_equal(same.loss, ref.loss) and np.array_equal(same.accuracy, ref.accuracy)

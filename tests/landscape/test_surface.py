@@ -300,6 +300,38 @@ def test_token_depends_on_data_and_is_cached_per_unchanged_batches():
     assert batches_fingerprint(data) != fp and surface_token(model, data, d, steps=3) != t
 
 
+def test_the_loss_is_part_of_the_token_and_of_every_point(tmp_path, monkeypatch):
+    """Another loss is another grid (its token differs; ``auto`` keeps the token grids always
+    had); a ``module:callable`` loss travels by name to a task's process and gives the points
+    of an independent evaluation."""
+    model = mlp()
+    data = data_for(model)
+    d = random_directions(model, seed=4)
+    t = surface_token(model, data, d, steps=3)
+    assert surface_token(model, data, d, steps=3, objective="auto") == t
+    assert surface_token(model, data, d, steps=3, objective="classification") != t
+    (tmp_path / "grid_losses.py").write_text(
+        "def double_ce(outputs, batch):\n"
+        "    import torch.nn.functional as F\n"
+        "    return 2 * F.cross_entropy(outputs, batch.targets, reduction='none')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    s = surface(
+        model, data, d, steps=3, span=0.5, objective="grid_losses:double_ce", progress=False
+    )
+    assert s.settings["loss"] == "grid_losses:double_ce" and np.isnan(s.accuracy).all()
+    for i, j in ((0, 0), (2, 1)):
+        m = moved(model, d, (s.coordinates[0][i], s.coordinates[1][j]))
+        assert s.loss[i, j] == pytest.approx(2 * evaluate(m, data).loss, rel=1e-6)
+    g = surface_module._grid(
+        model, data, d, 3, 0.5, None, "eval", None, None, None, objective="grid_losses:double_ce"
+    )
+    shipped = pickle.loads(pickle.dumps(GridTask(g.spec)))
+    assert shipped.spec.objective == "grid_losses:double_ce"
+    assert np.array_equal(shipped(np.arange(9)).loss, s.loss.ravel())
+    shipped.close()
+
+
 def test_any_map_executor_gives_the_same_grid():
     model = cnn()
     data = data_for(model)
