@@ -16,6 +16,7 @@ import pandas as pd
 from landscape import records as R
 from landscape.records import hessian as hess
 from landscape.records import interpolation as interp
+from landscape.records import layers as lay
 from landscape.records import surface as surf
 from landscape.records import symmetry as sym
 
@@ -262,7 +263,59 @@ def hessian_figures(res: Results, colors: dict[str, str]) -> list[Figure]:
                 cols=len(panels),
             )
         )
+    layers = layer_figure(res, colors)
+    if layers is not None:
+        out.append(layers)
     return out
+
+
+def layer_figure(res: Results, colors: dict[str, str]) -> Figure | None:
+    """Top eigenvalue and trace of each layer's Hessian block (``hessian_layers`` records), per
+    group: mean ± std over the group's networks, layers in model order."""
+    top = Panel("top eigenvalue per layer", "layer", "eigenvalue of H_ll")
+    trace = Panel("trace per layer", "layer", "tr H_ll")
+    for g in res.groups(lay.HESSIAN_LAYERS.analysis):
+        rows: dict[str, tuple[list[float], list[float]]] = {}
+        for k in res.keys(lay.HESSIAN_LAYERS.analysis, g):
+            rec = res.records[k]
+            names = rec.datasets.get(lay.LAYER.name)
+            eig = rec.datasets.get(lay.LAYER_EIGENVALUES.name)
+            tr = rec.datasets.get(lay.LAYER_TRACE.name)
+            if names is None or eig is None or tr is None:
+                continue
+            for i, name in enumerate(names):
+                label = name.decode() if isinstance(name, bytes) else str(name)
+                e, t = rows.setdefault(label, ([], []))
+                e.append(float(np.asarray(eig)[i].reshape(-1)[0]))
+                t.append(float(np.asarray(tr)[i]))
+        if not rows:
+            continue
+        x = np.asarray(list(rows))
+        for panel, j in ((top, 0), (trace, 1)):
+            vals = [np.asarray(v[j]) for v in rows.values()]
+            panel.traces.append(
+                Trace(
+                    "markers",
+                    g,
+                    x,
+                    np.asarray([v.mean() for v in vals]),
+                    error=np.asarray([v.std(ddof=1) if len(v) > 1 else 0.0 for v in vals]),
+                    color=colors[g],
+                    legend=panel is top,
+                    legendgroup=g,
+                )
+            )
+    if not top.traces:
+        return None
+    return Figure(
+        "hessian-layers",
+        "Curvature per layer",
+        "Largest eigenvalue and trace of each layer's diagonal Hessian block H_ll (the Hessian "
+        "with respect to that layer's coordinates only), mean ± std over each group's networks; "
+        "the traces of the layers add up to the full trace.",
+        [top, trace],
+        cols=2,
+    )
 
 
 def _surface_records(res: Results):

@@ -203,7 +203,14 @@ def sections(res: Results) -> list[tuple[str, str, str]]:
     if "barriers" in figs:
         add("barriers", fig("barriers"))
     add("mli", fig("mli") + table(mli) + [_absent(res, [mli])])
-    add("hessian", fig("hessian") + table("hessian") + [_absent(res, ["hessian"])])
+    add(
+        "hessian",
+        fig("hessian")
+        + table("hessian")
+        + fig("hessian-layers")
+        + (table("hessian_layers") if res.keys("hessian_layers") else [])
+        + [_absent(res, ["hessian"])],
+    )
     add(
         "surfaces",
         fig("surfaces", "surface3d", "surfaces-1d")

@@ -34,6 +34,7 @@ from .bnn import BNN
 from .calibration import CALIBRATION
 from .hessian import HESSIAN
 from .interpolation import INTERPOLATION, INTERPOLATION_ALIGNED, MLI
+from .layers import HESSIAN_LAYERS
 from .metanet import METANET
 from .surface import SURFACE
 from .symmetry import SYMMETRY
@@ -46,6 +47,7 @@ KINDS: dict[str, RecordKind] = {
         INTERPOLATION_ALIGNED,
         MLI,
         HESSIAN,
+        HESSIAN_LAYERS,
         SURFACE,
         SYMMETRY,
         CALIBRATION,

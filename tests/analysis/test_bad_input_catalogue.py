@@ -879,6 +879,12 @@ def _(w):
     return Case(argv, ("--save-every", "population"))
 
 
+@case("per_layer_depth_zero")
+def _(w):
+    argv = ["hessian", str(w.runs), "--per-layer", "--layers-by", "0", "-o", str(w.out / "r.h5")]
+    return Case(argv, ("--layers-by", "positive depth"))
+
+
 @case("unreachable_scheduler")
 def _(w):
     argv = _interpolate(w, "--scheduler", "tcp://127.0.0.1:9", "--connect-timeout", "1")
