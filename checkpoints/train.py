@@ -162,9 +162,15 @@ def train_model(
     gen = torch.Generator().manual_seed(10_007 * int(seed) + 1)
     X, y = train.X, train.y
     n = X.shape[0]
+    tokens = not y.is_floating_point() and y.dim() > 1  # language modelling (landscape "lm")
+    if tokens and settings.label_smoothing:
+        raise UserError("label smoothing applies to class labels, not to language modelling")
     if not y.is_floating_point():
         with torch.no_grad():
-            check_targets(model.eval()(X[:2]), (int(y.min()), int(y.max())))
+            out = model.eval()(X[:2])
+            if tokens:
+                out = out.reshape(-1, out.shape[-1])
+            check_targets(out, (int(y.min()), int(y.max())))
     elif settings.label_smoothing:
         raise UserError("label smoothing needs class labels; the data has float targets")
     augment = settings.augment
@@ -193,7 +199,10 @@ def train_model(
             if augment != "none":
                 xb = augment_batch(xb, augment, settings.augment_pad, aug_gen)
             opt.zero_grad(set_to_none=True)
-            if settings.label_smoothing:
+            if tokens:  # mean over the batch's tokens (the lm objective's unit)
+                out = model(xb)
+                loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y[idx].reshape(-1))
+            elif settings.label_smoothing:
                 loss = F.cross_entropy(model(xb), y[idx], label_smoothing=settings.label_smoothing)
             else:
                 loss = loss_sum(model(xb), y[idx]) / idx.numel()
@@ -218,11 +227,8 @@ def _data_kwargs(arch: str, kw: dict[str, Any], train: DataSet, test: DataSet) -
                 f"--data {spec}: --arch transformer reads integer token ids (N, T), the data has "
                 f"{train.X.dtype} inputs of shape {tuple(train.X.shape[1:])}: use modular:P or text:FILE"
             )
-        if train.y.dim() > 1:
-            raise UserError(
-                f"--data {spec}: targets at every position (language modelling) need a token-level "
-                "loss, which training does not have yet: train on a sequence task such as modular:P"
-            )
+        if train.y.dim() > 1:  # a target at every position: language modelling, all logits
+            out["all_positions"] = kw.get("all_positions", True)
         vocab = train.description.get("vocab_size") or int(max(train.X.max(), test.X.max())) + 1
         out.update(vocab_size=kw.get("vocab_size", int(vocab)))
         out.update(max_len=kw.get("max_len", int(train.X.shape[1])))
@@ -265,6 +271,8 @@ def train_group(
     root = Path(root)
     kw = dict(arch_kwargs or {})
     kw.update(_data_kwargs(arch, kw, train, test))
+    if settings.label_smoothing and not train.y.is_floating_point() and train.y.dim() > 1:
+        raise UserError("label smoothing applies to class labels, not to language modelling")
     runs = []
     jobs = [(v, s) for v in variants for s in seeds]
     bar = tqdm(jobs, desc="models", disable=not progress)
@@ -292,7 +300,9 @@ def train_group(
             desc=f"{variant} seed{seed}",
             on_epoch=keep if save_every else None,
         )
-        tr, te = evaluate(model, train.pair), evaluate(model, test.pair)
+        objective = "lm" if not train.y.is_floating_point() and train.y.dim() > 1 else None
+        tr = evaluate(model, train.pair, objective=objective)
+        te = evaluate(model, test.pair, objective=objective)
         save_checkpoint(model, d / "final.pt", option=option)
         sidecar = {
             **model_sidecar(model),

@@ -567,11 +567,12 @@ def _(w):
     return Case(_train(w, "transformer", data), ("short.txt", "windows of 32"))
 
 
-@case("text_targets_need_a_token_loss")
+@case("text_targets_with_label_smoothing")
 def _(w):
     (w.tmp / "book.txt").write_text("the quick brown fox jumps over the lazy dog. " * 10)
     data = f"text:{w.tmp / 'book.txt'}"
-    return Case(_train(w, "transformer", data), ("book.txt", "token-level loss"))
+    argv = _train(w, "transformer", data) + ["--label-smoothing", "0.1"]
+    return Case(argv, ("label smoothing", "language modelling"))
 
 
 @case("transformer_on_images")

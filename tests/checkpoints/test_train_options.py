@@ -130,3 +130,30 @@ def test_save_every_keeps_the_trajectory_that_a_shorter_run_ends_at(tmp_path):
     assert [p.name for p in trajectory(run)] == ["init.pt", "epoch2.pt", "epoch4.pt", "final.pt"]
     with pytest.raises(UserError, match="--save-every"):
         train_group(tmp_path / "bad", "mlp", ["standard"], [0], flat, flat, TrainSettings(epochs=1), save_every=0, **kw)  # fmt: skip
+
+
+def test_language_model_training_minimises_the_lm_objective_mean_over_tokens():
+    """Targets at every position train a transformer on the lm objective (the mean over the
+    batch's tokens), step for step the loop that calls the objective itself."""
+    from landscape.batch import Batch
+    from landscape.objectives import resolve_objective
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randint(0, 7, (24, 6), generator=g)
+    data = DataSet(X, torch.roll(X, -1, dims=1))
+    kw = dict(vocab_size=7, max_len=6, num_classes=7, width=8, depth=1, all_positions=True)
+    a, b = (zoo.build("transformer", seed=2, **kw) for _ in range(2))
+    train_model(a, data, TrainSettings(epochs=2, batch_size=8), seed=5, progress=False)
+    lm = resolve_objective("lm")
+    opt = torch.optim.AdamW(b.parameters(), lr=1e-3, weight_decay=0.03)
+    gen = torch.Generator().manual_seed(10_007 * 5 + 1)
+    b.train()
+    for _ in range(2):
+        order = torch.randperm(24, generator=gen)
+        for i in range(0, 24, 8):
+            idx = order[i : i + 8]
+            opt.zero_grad()
+            lm.losses(b(data.X[idx]), Batch(data.X[idx], data.y[idx])).mean().backward()
+            opt.step()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
