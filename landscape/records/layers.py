@@ -45,9 +45,7 @@ HESSIAN_LAYERS = RecordKind(
         LAYER_EXACT_TRACE,
     ),
     (TOTAL_TRACE, TOTAL_TRACE_STDERR, LAYERS_BY, ESTIMATOR, DEFINITION),
-    (
-        Column("sum of layer traces", TOTAL_TRACE.name, MEAN_STD),
-    ),
+    (Column("sum of layer traces", TOTAL_TRACE.name, MEAN_STD),),
     records_label="networks",
     optional=True,
 )
