@@ -22,6 +22,7 @@ from landscape.deprecation import warn_renamed
 from landscape.errors import UserError
 from landscape.evaluation import evaluate
 from landscape.hessian import HessianOperator, hessian_eigenvalues, hessian_trace, spectral_density
+from landscape.objectives import resolve_objective
 from landscape.params import ParamView
 from landscape.records import hessian as R
 from landscape.results import summarise
@@ -30,6 +31,8 @@ from .context import StudyContext
 from .executor import Workspace, run_records
 
 ANALYSIS = R.HESSIAN.analysis
+#: trace estimators of a record: the two with queries of their own, and the density's
+TRACE_ESTIMATORS = ("hutch++", "hutchinson", "slq")
 
 
 def _ends(res) -> dict[str, np.ndarray]:
@@ -61,35 +64,39 @@ def analyse(
     num_runs: int,
     lanczos_steps: int,
     sigma: float | None,
-    num_queries: int,
-    trace_estimator: str,
+    num_queries: int | None,
+    trace_estimator: str | None,
     seed: int,
+    block_size: int | str = "auto",
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Dataset values and scalar attributes of one record (no store access)."""
+    """Dataset values and scalar attributes of one record (no store access).
+
+    One Krylov pass serves the three spectra: with ``density``, the SLQ runs come first
+    (their most converged run kept), the eigenvalue solve continues that run (no product
+    repeated; none at all when it has already converged) and the trace is the Hutchinson
+    estimate on the runs' start vectors (``trace_estimator`` ``None`` or ``"slq"``: no
+    product of its own). Hutch++ or Hutchinson run only when asked for (``trace_estimator``,
+    or ``num_queries`` given); without a density the eigenvalue solve picks its block size
+    (``block_size``) and the trace defaults to Hutch++ with 60 queries.
+    """
+    estimator = _estimator(trace_estimator, num_queries, density)
     t0, h0 = time.perf_counter(), op.hvps
-    eig = hessian_eigenvalues(op, k=top_k, which="both", tol=tol, max_steps=max_steps, seed=seed)
-    values = _ends(eig)
+    values: dict[str, np.ndarray] = {}
     attrs: dict[str, Any] = {
-        R.LAMBDA_MAX.name: eig.lambda_max,
-        R.LAMBDA_MIN.name: eig.lambda_min,
-        R.ALL_CONVERGED.name: eig.all_converged,
-        R.LANCZOS_STEPS_USED.name: eig.lanczos_steps,
-        R.COORDINATES.name: op.n,
-        R.SAMPLES.name: op.num_samples,
-        R.LOSS.name: op.loss,
         R.TRACE.name: math.nan,
         R.TRACE_STDERR.name: math.nan,
         R.NEGATIVE_MASS.name: math.nan,
         R.NEGATIVE_ABS_RATIO.name: math.nan,
     }
-    if trace:
-        tr = hessian_trace(op, estimator=trace_estimator, num_queries=num_queries, seed=seed)
-        values[R.TRACE_SAMPLES.name] = tr.samples
-        attrs[R.TRACE.name], attrs[R.TRACE_STDERR.name] = tr.trace, tr.stderr
-        attrs[R.TRACE_ESTIMATOR.name] = tr.estimator
+    d = None
     if density:
         d = spectral_density(
-            op, num_runs=num_runs, lanczos_steps=lanczos_steps, sigma=sigma, seed=seed
+            op,
+            num_runs=num_runs,
+            lanczos_steps=lanczos_steps,
+            sigma=sigma,
+            seed=seed,
+            keep_run=True,
         )
         values[R.EIGENVALUE.name] = d.grid
         values[R.DENSITY.name] = d.density
@@ -99,9 +106,131 @@ def analyse(
         attrs[R.NEGATIVE_ABS_RATIO.name] = d.negative_abs_ratio()
         attrs[R.DENSITY_SIGMA.name] = d.sigma
         attrs[R.SLQ_TRACE.name] = d.trace
+        attrs[R.DENSITY_HVPS.name] = d.hvps
+    eig = hessian_eigenvalues(
+        op,
+        k=top_k,
+        which="both",
+        tol=tol,
+        max_steps=max_steps,
+        seed=seed,
+        block_size=block_size if d is None else 1,
+        start=d,
+    )
+    values.update(_ends(eig))
+    attrs.update(
+        {
+            R.LAMBDA_MAX.name: eig.lambda_max,
+            R.LAMBDA_MIN.name: eig.lambda_min,
+            R.ALL_CONVERGED.name: eig.all_converged,
+            R.LANCZOS_STEPS_USED.name: eig.lanczos_steps,
+            R.LANCZOS_BLOCK_SIZE.name: eig.block_size,
+            R.EIGEN_START.name: eig.start,
+            R.EIGEN_HVPS.name: eig.hvps,
+            R.COORDINATES.name: op.n,
+            R.SAMPLES.name: op.num_samples,
+            R.LOSS.name: op.loss,
+        }
+    )
+    if trace:
+        if estimator == "slq":
+            tr = d.trace_estimate()
+        else:
+            tr = hessian_trace(op, estimator=estimator, num_queries=num_queries or 60, seed=seed)
+        values[R.TRACE_SAMPLES.name] = tr.samples
+        attrs[R.TRACE.name], attrs[R.TRACE_STDERR.name] = tr.trace, tr.stderr
+        attrs[R.TRACE_ESTIMATOR.name] = tr.estimator
+        attrs[R.TRACE_HVPS.name] = tr.hvps
     attrs[R.HVPS.name] = op.hvps - h0
     attrs[R.SECONDS.name] = time.perf_counter() - t0
     return values, attrs
+
+
+def _estimator(trace_estimator: str | None, num_queries: int | None, density: bool) -> str:
+    """The trace estimator a record uses: as asked, else Hutch++ when queries are given or
+    there is no density, else the density runs' own (``"slq"``)."""
+    if trace_estimator is None:
+        return "hutch++" if num_queries is not None or not density else "slq"
+    if trace_estimator not in TRACE_ESTIMATORS:
+        raise UserError(
+            f"unknown trace estimator {trace_estimator!r}: use {', '.join(TRACE_ESTIMATORS)}"
+        )
+    if trace_estimator == "slq" and not density:
+        raise UserError(
+            "the slq trace comes from the spectral density's runs: add --density, or use hutch++"
+        )
+    return trace_estimator
+
+
+def density_budget(num_runs: int, lanczos_steps: int, budget: float) -> tuple[int, int]:
+    """SLQ runs and steps scaled by ``budget``: each by ``sqrt(budget)``, so that their
+    products (runs x steps) scale by ``budget``; at least 2 runs (a standard error) and 10 steps."""
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+        raise UserError(f"budget must be a positive number, got {budget!r}")
+    if budget == 1:
+        return int(num_runs), int(lanczos_steps)
+    f = math.sqrt(budget)
+    return max(2, round(num_runs * f)), max(10, round(lanczos_steps * f))
+
+
+#: Lanczos steps the eigenvalue solve typically takes for both ends, ``25 + 30 top_k``: trained
+#: digits MLPs of width 512 took 61-293 steps for the 5 largest and 5 most negative (mean 176;
+#: the most negative ones cluster, and converge last), and 157-213 for 3 (non-sigma groups)
+def typical_steps(top_k: int) -> int:
+    return 25 + 30 * top_k
+
+
+def expected_products(
+    top_k: int,
+    density: bool,
+    trace: bool,
+    num_runs: int,
+    lanczos_steps: int,
+    trace_estimator: str | None,
+    num_queries: int | None,
+    max_steps: int | None = None,
+) -> tuple[int, int, int]:
+    """Hessian-vector products one record is expected to take, as ``(typical, least, most)``:
+    the density's ``num_runs x lanczos_steps``, the eigenvalue solve (typically
+    :func:`typical_steps` Lanczos steps for both ends, at most ``max_steps``, default 300; a
+    continued density run already holds ``lanczos_steps`` of them) and the trace's queries
+    (none when it comes from the density)."""
+    limit = int(max_steps or 300)
+    typical, most = min(limit, typical_steps(top_k)), limit
+    least = 2 * top_k + 1
+    if density:
+        typical, least, most = (max(0, x - lanczos_steps) for x in (typical, least, most))
+    fixed = num_runs * lanczos_steps if density else 0
+    fixed += (num_queries or 0) if trace and trace_estimator != "slq" else 0
+    return fixed + typical, fixed + least, fixed + most
+
+
+def _expected_cost(
+    ctx: StudyContext, todo, split: str, params, per: tuple[int, int, int], budget: float
+) -> str:
+    """The line announcing the study's cost: records x products, and the time that implies at
+    the measured cost of one product (and of building the gradient graphs) on the first model."""
+    _g, run = todo[0]
+    op = HessianOperator(
+        ctx.model(run),
+        ctx.batches(split),
+        params=params,
+        device=ctx.device,
+        objective=ctx.objective,
+    )
+    t0 = time.perf_counter()
+    op.loss  # noqa: B018  (builds the gradient graphs: a fixed cost per model)
+    build = time.perf_counter() - t0
+    g = np.random.default_rng(0).standard_normal(op.n)
+    t0 = time.perf_counter()
+    op.matvec(g.astype(op.dtype))
+    one = time.perf_counter() - t0
+    typical, least, most = (len(todo) * (build + p * one) / 60 for p in per)
+    return (
+        f"hessian: {len(todo)} model(s) x about {per[0]} ({per[1]}-{per[2]}) Hessian-vector "
+        f"products (budget {budget:g}; one product {one:.3g} s on {ctx.device}): expected "
+        f"about {typical:.1f} min ({least:.1f}-{most:.1f})"
+    )
 
 
 def compute(
@@ -109,7 +238,9 @@ def compute(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """One network's record (:func:`analyse`) on whichever process runs the job."""
     _g, run = job
-    op = HessianOperator(ws.model(run), ws.batches(split), params=params, device=ws.device)
+    op = HessianOperator(
+        ws.model(run), ws.batches(split), params=params, device=ws.device, objective=ws.objective
+    )
     try:
         return analyse(op, **options)
     finally:
@@ -128,8 +259,10 @@ def study(
     num_runs: int = 10,
     lanczos_steps: int = 80,
     sigma: float | None = None,
-    num_queries: int = 60,
-    trace_estimator: str = "hutch++",
+    num_queries: int | None = None,
+    trace_estimator: str | None = None,
+    block_size: int | str = "auto",
+    budget: float = 1.0,
     params: str | list[str] | None = None,
     seed: int = 0,
     seeds: int | None = None,
@@ -140,11 +273,21 @@ def study(
 
     ``params`` restricts the Hessian to a parameter subset (glob patterns, see
     :class:`landscape.ParamView`); ``seeds`` limits the seeds per group (first N).
+    With a density, one Krylov pass serves all three (see :func:`analyse`): the trace comes
+    from the density runs (``trace_estimator="slq"``) unless Hutch++ or Hutchinson is asked
+    for (``trace_estimator``, or ``num_queries`` given; 60 queries by default).
+    ``budget`` scales the density's products (:func:`density_budget`); ``block_size`` is
+    that of the eigenvalue solve without a density (``"auto"``: measured).
     Returns :func:`summary`. ``trace_method`` is the deprecated name of ``trace_estimator``.
     """
     if trace_method is not None:  # the old name, for one more release
         warn_renamed("the hessian study's trace_method=", "trace_estimator=")
         trace_estimator = trace_method
+    if trace:
+        trace_estimator = _estimator(trace_estimator, num_queries, density)
+        if trace_estimator != "slq" and num_queries is None:
+            num_queries = 60
+    num_runs, lanczos_steps = density_budget(num_runs, lanczos_steps, budget)
     settings = dict(
         top_k=top_k,
         density=density,
@@ -157,9 +300,11 @@ def study(
         sigma=sigma,
         num_queries=num_queries,
         trace_estimator=trace_estimator,
+        block_size=block_size,
+        budget=budget,
         params=params,
         seed=seed,
-        loss="mean over all samples of the split (cross-entropy)",
+        **resolve_objective(ctx.objective).settings(),
         model_mode="eval",
     )
     names = list(groups or ctx.groups)
@@ -169,16 +314,12 @@ def study(
         for r in (ctx.groups[g] if seeds is None else ctx.groups[g][: int(seeds)])
     ]
     todo = [(g, r) for g, r in jobs if not ctx.should_skip(f"{ANALYSIS}/{g}/{r.key}")]
-    if todo and ctx.progress:
-        per = (
-            2 * min(top_k, 50) * 4
-            + (num_queries if trace else 0)
-            + (num_runs * lanczos_steps if density else 0)
-        )
-        print(
-            f"hessian: {len(todo)} model(s) x about {per} Hessian-vector products (2-4 passes over the {split} data each)"
-        )
     _validate(ctx, todo, top_k, split, params)
+    if todo and ctx.progress:
+        per = expected_products(
+            top_k, density, trace, num_runs, lanczos_steps, trace_estimator, num_queries, max_steps
+        )
+        print(_expected_cost(ctx, todo, split, params, per, budget))
     # the keyword arguments of analyse(): one dict, the same on every executor
     options = dict(
         top_k=top_k,
@@ -192,6 +333,7 @@ def study(
         num_queries=num_queries,
         trace_estimator=trace_estimator,
         seed=seed,
+        block_size=block_size,
     )
 
     def write(job, result) -> None:
@@ -223,7 +365,7 @@ def _validate(ctx: StudyContext, todo, top_k: int, split: str, params) -> None:
             raise UserError(
                 f"k={top_k} eigenvalues asked for, but {run.final} has only {n} coordinates in the chosen parameters: lower --top-k"
             )
-        evaluate(model, ctx.batches(split))
+        evaluate(model, ctx.batches(split), objective=ctx.objective)
 
 
 def summary(ctx: StudyContext, groups: Iterable[str] | None = None) -> pd.DataFrame:

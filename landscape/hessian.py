@@ -1,34 +1,15 @@
-"""The one Hessian-vector-product operator, and the model-level curvature functions.
+"""The model-level curvature functions: extreme eigenvalues, spectral density and trace of the loss Hessian.
 
-The Hessian is that of the exact sample-mean loss over the whole data,
+All three act on the one :class:`~landscape.hessian_operator.HessianOperator` (re-exported
+here), built from a model and data or passed in. The algorithms (:func:`hessian_eigenvalues`,
+:func:`spectral_density`, :func:`hessian_trace`) take either an operator or a model and
+data; the construction settings (``params``, ``device``, ``batch_size``, ``hvp``) belong
+to the operator, so giving them with a built one is an error.
 
-    L(theta) = (1/N) sum_{i=1..N} l(f(x_i; theta), y_i),        H = d^2 L / d theta^2,
-
-with ``l`` the per-sample loss of :mod:`landscape.evaluation` (cross-entropy for integer
-targets, squared error for float targets), the model in eval mode (BatchNorm uses its
-running statistics) and ``theta`` the coordinates of a :class:`~landscape.params.ParamView`:
-all trainable entries or a chosen subset, never the fixed entries of W-Asym layers.
-Batches of any sizes give the same ``H``: each batch contributes the Hessian of its
-*sum* of losses, and the total is divided by ``N`` once.
-
-:class:`HessianOperator` follows the conventions of ``scipy.sparse.linalg.LinearOperator``:
-``shape == (n, n)``, vectors are columns, ``op @ v`` is ``H v`` for a vector ``(n,)`` and
-``H V`` for a matrix ``(n, k)`` (column ``j`` of the result is ``H v_j``), and a NumPy input
-gives a NumPy output, a torch input a torch output, with the same numbers. The algorithms
-(:func:`hessian_eigenvalues`, :func:`spectral_density`, :func:`hessian_trace`) take either an
-operator or a model and data; the construction settings (``params``, ``device``,
-``batch_size``, ``hvp``) belong to the operator, so giving them with a built one is an error.
-
-Hessian-vector products (``hvp=``) use double backward (``"double-backward"``:
-``autograd.grad`` of the gradient with ``create_graph=True``) or forward-over-reverse
-(``"forward-over-reverse"``: ``torch.func.jvp`` of ``torch.func.grad``). Measured on 2 CPU
-cores (16.5k-parameter MLP, 2,048 samples): double backward 7 ms per product,
-forward-over-reverse 8-10 ms, and double backward through a gradient graph built once and
-reused 3-4 ms. So by default the gradient graph of every batch is built once and kept
-(``cache="auto"``: when its estimated size fits :data:`CACHE_BYTES_CPU` /
-a quarter of free GPU memory), otherwise rebuilt per product. Several vectors at once
-(``matmat``) go through one batched backward (``is_grads_batched``, i.e. ``vmap``), in
-blocks of ``block`` vectors.
+One Krylov pass can serve all three: ``spectral_density(op, keep_run=True)`` keeps its most
+converged run, ``hessian_eigenvalues(op, start=density)`` continues that run (no product
+is repeated), and ``density.trace_estimate()`` is the Hutchinson estimate on the runs'
+start vectors, with its standard error, at no product at all.
 
 Old keyword names still work for one release, with a ``DeprecationWarning``: ``method=``
 (the product implementation, now ``hvp=``) and, in :func:`hessian_trace`, ``method=`` (the
@@ -37,19 +18,19 @@ estimator, now ``estimator=``) and ``hvp_method=`` (now ``hvp=``).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from .data import Batches, Data, as_batches, resolve_device
+from .data import Data
 from .deprecation import renamed_keywords
 from .errors import UserError
-from .evaluation import eval_mode, evaluate, loss_sum
+from .hessian_operator import CACHE_BYTES_CPU, HVP_IMPLEMENTATIONS, HessianOperator
+from .krylov import LanczosRun
 from .lanczos import (
     ESTIMATORS,
     EigenResult,
@@ -61,266 +42,16 @@ from .lanczos import (
     lanczos_eigen,
     slq,
 )
-from .params import ParamView, Selection
+from .params import Selection
 
-#: largest gradient graph kept between products on the CPU (bytes)
-CACHE_BYTES_CPU = 1 * 1024**3
-#: Hessian-vector-product implementations (``hvp=``)
-HVP_IMPLEMENTATIONS = ("double-backward", "forward-over-reverse")
-
-
-class HessianOperator:
-    """The linear operator ``v -> H v`` for the Hessian of the sample-mean loss of ``model`` on ``data``.
-
-    ``H`` is ``n x n`` (``n``: the coordinates of ``ParamView(model, params)``) and symmetric.
-    ``op @ v`` / :meth:`matvec` give ``H v`` for ``v`` of shape ``(n,)``; ``op @ V`` /
-    :meth:`matmat` give ``H V`` for ``V`` of shape ``(n, k)`` (columns are vectors, as in
-    ``scipy.sparse.linalg.LinearOperator``). NumPy in gives NumPy out, torch in gives torch
-    out (on the operator's device). ``shape``, ``dtype`` (NumPy) and ``torch_dtype`` describe
-    it; :meth:`aslinearoperator` wraps it for SciPy.
-
-    ``params`` selects a subset of parameters (see :class:`ParamView`); ``hvp`` picks the
-    product implementation (``"double-backward"`` or ``"forward-over-reverse"``, see the
-    module notes; ``method`` is its deprecated name). The operator is a snapshot: it is
-    defined at the parameters the model holds when it is created; do not change the model
-    while using it. ``hvps`` counts Hessian-vector products (one per vector, however
-    batched). The model's train/eval flag is left as found.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        data: Data,
-        *,
-        params: Selection = None,
-        device: str | torch.device | None = None,
-        batch_size: int | None = None,
-        hvp: str = "double-backward",
-        cache: bool | str = "auto",
-        block: int | None = None,
-        **renamed: Any,
-    ):
-        hvp = renamed_keywords(
-            "HessianOperator",
-            renamed,
-            {"method": "hvp"},
-            {"hvp": hvp},
-            {"hvp": "double-backward"},
-        )["hvp"]
-        if hvp not in HVP_IMPLEMENTATIONS:
-            raise UserError(
-                f"unknown Hessian-vector-product implementation hvp={hvp!r}: use {' or '.join(HVP_IMPLEMENTATIONS)}"
-            )
-        first = next(iter(model.parameters()), None)
-        if first is None:
-            raise UserError("the model has no parameters: nothing to take a Hessian of")
-        dev = resolve_device(device) if device is not None else first.device
-        if first.device != dev:
-            model = copy.deepcopy(model).to(dev)  # never move the caller's model
-        self.model = model
-        self.view = ParamView(model, select=params)
-        self.batches: Batches = as_batches(
-            data, device=dev, batch_size=batch_size, dtype=self.view.dtype
-        )
-        self.num_samples = self.batches.num_samples
-        # batching vectors through vmap measured slower per vector on the CPU (see docs/hessian.md)
-        self.hvp, self.block = (
-            hvp,
-            max(1, int(block if block is not None else (8 if dev.type == "cuda" else 1))),
-        )
-        self.hvps = 0
-        self._params = self.view.params
-        # one pass, before any graph is built: checks the labels against the outputs and the loss for NaN (UserError)
-        self.loss = evaluate(model, self.batches).loss
-        self._graphs = self._build_cache(cache) if hvp == "double-backward" else None
-
-    # -- properties --------------------------------------------------------------------------
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.view.numel, self.view.numel)
-
-    @property
-    def n(self) -> int:
-        return self.view.numel
-
-    @property
-    def dtype(self) -> np.dtype:
-        """NumPy dtype of the products (``scipy.sparse.linalg.LinearOperator`` convention)."""
-        return np.dtype(str(self.view.dtype).replace("torch.", ""))
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        """The model's dtype, in which the products are computed."""
-        return self.view.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.view.device
-
-    @property
-    def cached(self) -> bool:
-        """True when gradient graphs are kept between products."""
-        return self._graphs is not None
-
-    # -- products ----------------------------------------------------------------------------
-    def matvec(self, v: Tensor | np.ndarray) -> Tensor | np.ndarray:
-        """``H v`` for one vector ``v`` of shape ``(n,)`` (or a column ``(n, 1)``: same shape out)."""
-        if v.ndim == 2 and v.shape[1] == 1:
-            return self.matvec(v.reshape(-1)).reshape(-1, 1)
-        if v.ndim != 1 or v.shape[0] != self.n:
-            raise UserError(f"expected a vector of shape ({self.n},), got {tuple(v.shape)}")
-        if isinstance(v, np.ndarray):
-            rows = torch.as_tensor(v.reshape(1, -1), dtype=self.torch_dtype, device=self.device)
-            return self._on_rows(rows)[0].cpu().numpy()
-        return self._on_rows(v.reshape(1, -1))[0]
-
-    def matmat(self, V: Tensor | np.ndarray) -> Tensor | np.ndarray:
-        """``H V`` for ``V`` of shape ``(n, k)``: column ``j`` of the result is ``H v_j``."""
-        if V.ndim != 2 or V.shape[0] != self.n:
-            raise UserError(
-                f"expected a matrix of shape ({self.n}, k) (columns are vectors), got {tuple(V.shape)}"
-            )
-        if isinstance(V, np.ndarray):
-            rows = torch.as_tensor(
-                np.ascontiguousarray(V.T), dtype=self.torch_dtype, device=self.device
-            )
-            return self._on_rows(rows).cpu().numpy().T
-        return self._on_rows(V.T.contiguous()).T
-
-    def __matmul__(self, x: Tensor | np.ndarray) -> Tensor | np.ndarray:
-        """``H x`` for a vector ``(n,)`` or a matrix ``(n, k)``."""
-        return self.matvec(x) if x.ndim == 1 else self.matmat(x)
-
-    # H is symmetric: the adjoint products are the products (scipy looks for these names)
-    rmatvec = matvec
-    rmatmat = matmat
-
-    def aslinearoperator(self):
-        """The operator as a ``scipy.sparse.linalg.LinearOperator`` (NumPy vectors in the model's dtype)."""
-        from scipy.sparse.linalg import LinearOperator
-
-        return LinearOperator(
-            self.shape,
-            matvec=self.matvec,
-            matmat=self.matmat,
-            rmatvec=self.matvec,
-            rmatmat=self.matmat,
-            dtype=self.dtype,
-        )
-
-    def gradient(self) -> Tensor:
-        """The gradient ``dL/dtheta`` of the sample-mean loss (one pass over the data)."""
-        total = None
-        with eval_mode(self.model), torch.enable_grad():
-            for x, y in self.batches:
-                g = torch.autograd.grad(loss_sum(self.model(x), y), self._params, allow_unused=True)
-                g = self.view.flatten(
-                    [torch.zeros_like(p) if a is None else a for a, p in zip(g, self._params)]
-                )
-                total = g if total is None else total + g
-        return total / self.num_samples
-
-    # -- internals ---------------------------------------------------------------------------
-    def _on_rows(self, V: Tensor) -> Tensor:
-        """``(H v_1, ..., H v_b)`` as rows, for the rows of ``V`` (shape ``(b, n)``), in blocks of ``block``."""
-        V = V.to(self.device, self.torch_dtype)
-        outs = [self._products(V[i : i + self.block]) for i in range(0, V.shape[0], self.block)]
-        self.hvps += int(V.shape[0])
-        return torch.cat(outs) if len(outs) > 1 else outs[0]
-
-    def _directions(self, V: Tensor) -> list[Tensor]:
-        """Parameter-shaped tangents from coordinate rows (fixed entries zero): ``shape`` for one row, ``(b, *shape)`` for several."""
-        if V.shape[0] == 1:
-            return list(self.view.unflatten(V[0]).values())
-        dicts = [self.view.unflatten(v) for v in V]
-        return [torch.stack([d[name] for d in dicts]) for name in self.view.names]
-
-    def _products(self, V: Tensor) -> Tensor:
-        if self.hvp == "forward-over-reverse":
-            return self._products_fwd_rev(V)
-        b = V.shape[0]
-        tangents = self._directions(V)
-        total: list[Tensor | None] = [None] * len(tangents)
-        # a kept graph was built in eval mode; only rebuilding needs the switch
-        with eval_mode(self.model, self._graphs is None), torch.enable_grad():
-            for i, (x, y) in enumerate(self.batches):
-                g = self._graphs[i] if self._graphs is not None else self._gradient_graph(x, y)
-                # one vector: a plain backward (vmap's overhead is not worth it for b = 1)
-                h = torch.autograd.grad(
-                    g,
-                    self._params,
-                    grad_outputs=tangents,
-                    retain_graph=self._graphs is not None,
-                    is_grads_batched=b > 1,
-                    allow_unused=True,
-                )
-                total = [a if t is None else (t if a is None else t + a) for t, a in zip(total, h)]
-        total = [torch.zeros_like(t) if a is None else a for a, t in zip(total, tangents)]
-        if b == 1:
-            return (self.view.flatten(total) / self.num_samples)[None]
-        return (
-            torch.stack([self.view.flatten([h[i] for h in total]) for i in range(b)])
-            / self.num_samples
-        )
-
-    def _gradient_graph(self, x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
-        """The batch's gradient of the loss sum, with its graph."""
-        g = torch.autograd.grad(
-            loss_sum(self.model(x), y), self._params, create_graph=True, allow_unused=True
-        )
-        # unused parameters (or ones whose gradient does not depend on theta) get a constant
-        # zero that still takes part in the second backward
-        return tuple(
-            a if a is not None and a.requires_grad else (p * 0.0) for a, p in zip(g, self._params)
-        )
-
-    def _build_cache(self, cache: bool | str) -> list[tuple[Tensor, ...]] | None:
-        """Every batch's gradient graph, or None when they are not kept (``cache`` off, or "auto" and over budget)."""
-        if cache is False or cache == "never":
-            return None
-        nbytes = 0
-
-        def pack(t: Tensor) -> Tensor:
-            nonlocal nbytes
-            nbytes += t.numel() * t.element_size()
-            return t
-
-        graphs = []
-        with eval_mode(self.model), torch.enable_grad():
-            for i, (x, y) in enumerate(self.batches):
-                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    graphs.append(self._gradient_graph(x, y))
-                # a graph per batch, each about the size of the first
-                if (
-                    cache == "auto"
-                    and i == 0
-                    and nbytes * len(self.batches) > _cache_budget(self.device)
-                ):
-                    return None
-        return graphs
-
-    def _products_fwd_rev(self, V: Tensor) -> Tensor:
-        from torch.func import functional_call, grad, jvp, vmap
-
-        theta = self.view.get().detach()  # products are values, not part of a graph
-        total = torch.zeros_like(V)
-        with eval_mode(self.model):
-            for x, y in self.batches:
-
-                def f(t, x=x, y=y):
-                    return loss_sum(
-                        functional_call(self.model, self.view.functional(t), (x,), strict=False), y
-                    )
-
-                total += vmap(lambda v: jvp(grad(f), (theta,), (v,))[1])(V).detach()
-        return total / self.num_samples
-
-
-def _cache_budget(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free // 4
-    return CACHE_BYTES_CPU
+__all__ = [
+    "CACHE_BYTES_CPU",
+    "HVP_IMPLEMENTATIONS",
+    "HessianOperator",
+    "hessian_eigenvalues",
+    "hessian_trace",
+    "spectral_density",
+]
 
 
 def _operator(
@@ -362,20 +93,29 @@ def hessian_eigenvalues(
     max_steps: int | None = None,
     return_eigenvectors: bool = False,
     seed: int = 0,
+    block_size: int | str = "auto",
+    start: SpectralDensity | LanczosRun | torch.Tensor | np.ndarray | None = None,
     params: Selection = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
     hvp: str | None = None,
     **renamed: Any,
 ) -> EigenResult:
-    """Extreme eigenvalues of the loss Hessian by Lanczos with full reorthogonalisation.
+    """Extreme eigenvalues of the loss Hessian by (block) Lanczos with full reorthogonalisation.
 
     ``which``: ``"largest"`` (the k algebraically largest), ``"smallest"`` (the k most
     negative) or ``"both"``. Stops when every wanted Ritz value ``theta_i`` has an error
     bound ``min(r_i, r_i^2 / gap_i) <= tol * max(|theta_i|, 1e-3 max_j |theta_j|)``, with
-    ``r_i = beta_m |s_{m,i}|`` the Ritz residual ``||H y_i - theta_i y_i||``, or after
-    ``max_steps`` Lanczos steps, one product each (default
-    :func:`landscape.lanczos.default_max_steps`); ``result.lanczos_steps`` says how many ran.
+    ``r_i`` the Ritz residual ``||H y_i - theta_i y_i||``, or after ``max_steps`` Lanczos
+    vectors, one product each (default :func:`landscape.lanczos.default_max_steps`);
+    ``result.lanczos_steps`` says how many steps ran, ``result.block_size`` how many vectors
+    each step multiplied (1: single-vector Lanczos).
+    ``block_size``: 1, ``b > 1`` (block Lanczos: batched products, every copy of a repeated
+    eigenvalue up to ``b``) or ``"auto"`` (the default: block Lanczos when the measured cost
+    per vector of a batched product makes up for the extra products it needs, see
+    :func:`landscape.lanczos.lanczos_eigen`). ``start``: a :class:`SpectralDensity` computed
+    with ``keep_run=True`` on the same operator (its kept run is continued: no product is
+    repeated), a :class:`~landscape.krylov.LanczosRun`, or start vectors (columns).
     Eigenvectors (unit norm in coordinates) come as ``result.eigenvectors``, dicts of
     parameter-shaped tensors, zero at fixed entries.
 
@@ -407,6 +147,17 @@ def hessian_eigenvalues(
         raise UserError(
             f"max_steps={limit} is fewer than the {need} Ritz values asked for: raise max_steps or lower k"
         )
+    if isinstance(start, SpectralDensity):
+        if start.run is None:
+            raise UserError(
+                "the spectral density kept no Lanczos run to continue: compute it with keep_run=True"
+            )
+        if start.n != op.n:
+            raise UserError(
+                f"the spectral density is of a {start.n}-coordinate operator, this one has {op.n}: "
+                "pass the density of the same operator"
+            )
+        start = start.run
     t0, h0 = time.perf_counter(), op.hvps
     res = lanczos_eigen(
         op,
@@ -418,6 +169,8 @@ def hessian_eigenvalues(
         dtype=op.torch_dtype,
         device=op.device,
         return_eigenvectors=return_eigenvectors,
+        block_size=block_size,
+        start=start,
     )
     vecs = None
     if return_eigenvectors and res.eigenvectors is not None:
@@ -440,6 +193,7 @@ def spectral_density(
     sigma: float | None = None,
     grid: int | np.ndarray = 1000,
     seed: int = 0,
+    keep_run: bool = False,
     params: Selection = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
@@ -455,6 +209,12 @@ def spectral_density(
     (see :func:`landscape.lanczos.slq`); ``grid``: a point count spanning the nodes +- 5 sigma
     (the density then integrates to 1 up to 1e-6) or explicit points. ``model``, ``data``
     and the operator settings as in :func:`hessian_eigenvalues`.
+
+    The runs' start vectors give the trace for free: ``result.trace`` (``n`` times the mean
+    of ``v_r^T H v_r``), ``result.trace_stderr``, ``result.trace_estimate()``.
+    ``keep_run=True`` keeps the run whose extreme Ritz values are closest to converged
+    (``result.run``; memory: ``lanczos_steps + 1`` vectors) for
+    ``hessian_eigenvalues(op, start=result)``.
     """
     hvp = renamed_keywords("spectral_density", renamed, {"method": "hvp"}, {"hvp": hvp})["hvp"]
     op = _operator(
@@ -473,6 +233,7 @@ def spectral_density(
         seed=seed,
         dtype=op.torch_dtype,
         device=op.device,
+        keep_run=keep_run,
     )
     return dataclasses.replace(res, hvps=op.hvps - h0, seconds=time.perf_counter() - t0)
 

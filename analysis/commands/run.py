@@ -12,6 +12,8 @@ Config (every table optional)::
     samples = 1000
     analyses = ["interpolation", "hessian"]
     workers = 4            # or "gpu"; or scheduler = "tcp://HOST:8786" (one executor for all)
+    budget = 2.0           # scales the Hessian density's products (runs x steps), as --budget
+    loss = "lm"            # a built-in loss, as --loss (module:callable only on the command line)
     [interpolation]        # keyword arguments of analysis.interpolation.study
     num_points = 25
     [hessian]              # ... of analysis.hessian.study, and so on: [symmetry], [surface]
@@ -32,6 +34,7 @@ from landscape.errors import UserError
 from ..common import (
     add_data,
     add_executor,
+    add_objective,
     add_roots,
     check_output,
     executor_kwargs,
@@ -55,17 +58,22 @@ STUDIES: dict[str, tuple[str, dict[str, Any]]] = {
 DEFAULTS: dict[str, dict[str, Any]] = {
     "interpolation": {"num_points": 21},
     "symmetry": {},
-    "hessian": {"top_k": 5, "num_runs": 5, "lanczos_steps": 60, "num_queries": 30},
+    # one Krylov pass: 3 x 30 density products, the 3 largest and most negative eigenvalues
+    # continuing one of those runs, the trace from their start vectors (--budget scales the
+    # density); about 3 minutes for 9 digits MLPs of width 512 on 2 cores
+    "hessian": {"top_k": 3, "num_runs": 3, "lanczos_steps": 30},
     "surface": {"steps": 21},
 }
 STUDY_KEYS = {
     "data", "samples", "batch_size", "device", "arch", "analyses", "workers", "scheduler", "gpus",
+    "budget", "loss",
 }  # fmt: skip
 
 
 def add_arguments(p) -> None:
     add_roots(p)
     add_data(p, default=None)
+    add_objective(p)
     add_executor(p, "records of every analysis")
     p.add_argument(
         "-o",
@@ -86,6 +94,14 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--static", metavar="DIR", help="also write every figure as PNG and PDF into DIR"
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="FACTOR",
+        help="scale the Hessian density's products (runs x steps, 3 x 30 at 1) by FACTOR; the "
+        "expected cost is printed before the Hessian study starts (default: 1)",
     )
     p.add_argument(
         "--force",
@@ -125,6 +141,8 @@ _STUDY_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "workers": ((int, str), 'a positive integer or "gpu"'),
     "scheduler": ((str,), 'a string ("tcp://HOST:PORT")'),
     "gpus": ((str,), 'a string ("all" or "0,1")'),
+    "budget": ((int, float), "a positive number"),
+    "loss": ((str,), 'a string (a loss name: "auto", "classification", "squared_error", "lm")'),
 }
 
 
@@ -155,6 +173,8 @@ def validate_config(cfg: Mapping[str, Any], source: str = "config") -> None:
             ok = isinstance(v, str) or all(isinstance(a, str) for a in v)
         if ok and k == "workers":
             ok = v == "gpu" if isinstance(v, str) else v >= 1
+        if ok and k == "budget":
+            ok = _positive(v)
         if not ok:
             raise UserError(f"{source}: [study] {k} = {v!r}: must be {kind}; fix the file")
     if "analyses" in study:
@@ -221,8 +241,15 @@ def _refuse_code(study: Mapping[str, Any], path: Path) -> None:
     """A config file names data and models, never code: ``module:callable`` only on the command line."""
     from checkpoints.sources import names_code
     from checkpoints.zoo import ARCHS
+    from landscape.objectives import is_builtin
 
-    arch, data = study.get("arch"), study.get("data")
+    arch, data, loss = study.get("arch"), study.get("data"), study.get("loss")
+    if isinstance(loss, str) and not is_builtin(loss):
+        raise UserError(
+            f"{path}: [study] loss = {loss!r} is not a built-in loss (auto, classification, "
+            "squared_error, lm); a config file cannot name code to run: if you trust it, pass "
+            f"--loss {loss} on the command line"
+        )
     if isinstance(arch, str) and arch not in ARCHS:
         raise UserError(
             f"{path}: [study] arch = {arch!r} is not a zoo model ({', '.join(ARCHS)}); a config "
@@ -278,11 +305,13 @@ def run_studies(
     analyses: list[str] | None = None,
     *,
     source: str = "config",
+    budget: float | None = None,
 ) -> list[tuple[str, str, float]]:
     """Run the installed studies on ``ctx``; returns ``(analysis, status, seconds)`` rows.
 
     The first bad-input error stops the run (one :class:`UserError`, prefixed with the
-    analysis): the records written so far are complete, and a rerun resumes.
+    analysis): the records written so far are complete, and a rerun resumes. ``budget``
+    goes to every study that takes one (the Hessian's: it scales the density's products).
     """
     settings = settings or {}
     rows = []
@@ -291,7 +320,12 @@ def run_studies(
         if fn is None:
             rows.append((analysis, "not installed", 0.0))
             continue
+        if analysis == "calibration" and _token_level(ctx):  # class probabilities per sample
+            rows.append((analysis, "skipped: token-level loss", 0.0))
+            continue
         kw = study_kwargs(fn, analysis, settings.get(analysis, {}), source)
+        if budget is not None and "budget" in inspect.signature(fn).parameters:
+            kw["budget"] = budget
         t0 = time.perf_counter()
         try:
             fn(ctx, **kw)
@@ -300,6 +334,12 @@ def run_studies(
             raise UserError(f"{analysis}{where}: {exc}") from exc
         rows.append((analysis, "done", time.perf_counter() - t0))
     return rows
+
+
+def _token_level(ctx) -> bool:
+    from landscape.objectives import resolve_objective
+
+    return resolve_objective(getattr(ctx, "objective", None)).unit == "token"
 
 
 def select(analyses: str | list[str] | None) -> list[str]:
@@ -334,6 +374,8 @@ def execute(
     scheduler: str | None = None,
     gpus: str | None = None,
     connect_timeout: float = 10.0,
+    budget: float | None = None,
+    objective: str | None = None,
 ) -> int:
     """The body of ``landscape run`` (also used by ``landscape demo``): returns the exit status.
 
@@ -346,6 +388,9 @@ def execute(
     cfg = dict(config or {})
     validate_config(cfg, source)
     st = cfg.get("study", {})
+    if budget is not None and not _positive(budget):
+        raise UserError(f"--budget must be a positive number, got {budget:g}")
+    budget = budget if budget is not None else st.get("budget")
     names = select(analyses if analyses is not None else st.get("analyses"))
     outdir = check_output(outdir, "-o", folder=True)
     if static:
@@ -378,8 +423,9 @@ def execute(
             scheduler=scheduler or st.get("scheduler"),
             gpus=gpus or st.get("gpus"),
             connect_timeout=connect_timeout,
+            objective=objective or st.get("loss"),
         )
-        rows = run_studies(ctx, cfg, names, source=source)
+        rows = run_studies(ctx, cfg, names, source=source, budget=budget)
     except UserError:
         if not existed:
             _remove_if_unused(outdir, ctx)
@@ -401,6 +447,10 @@ def execute(
         print_table(res.summary(), f"summary ({outdir / 'results.h5'})")
         print(f"report: {report}")
     return 0
+
+
+def _positive(value: float) -> bool:
+    return value > 0 and value != float("inf")
 
 
 def _remove_if_unused(folder: Path, ctx) -> None:
@@ -436,5 +486,7 @@ def run(args) -> int:
         progress=not args.quiet,
         static=args.static,
         source=str(args.config or "defaults"),
+        budget=args.budget,
+        objective=args.loss,
         **executor_kwargs(args),
     )

@@ -53,7 +53,19 @@ SAMPLES = Attr("samples", "samples the loss is averaged over")
 LOSS = Attr("loss", "the loss at the network", "nats")
 TRACE = Attr("trace", "Hessian trace estimate", UNITS)
 TRACE_STDERR = Attr("trace_stderr", "standard error of the trace estimate", UNITS)
-TRACE_ESTIMATOR = Attr("trace_estimator", "hutch++ or hutchinson")
+TRACE_ESTIMATOR = Attr(
+    "trace_estimator", "hutch++, hutchinson, or slq (Hutchinson on the density runs' start vectors)"
+)
+LANCZOS_BLOCK_SIZE = Attr(
+    "lanczos_block_size",
+    "vectors per Lanczos step of the eigenvalue solve (1: single-vector Lanczos; b > 1: block Lanczos)",
+)
+EIGEN_START = Attr(
+    "eigen_start", "where the eigenvalue solve began: random vectors, or a density run continued"
+)
+EIGEN_HVPS = Attr("eigen_hvps", "Hessian-vector products of the eigenvalue solve")
+TRACE_HVPS = Attr("trace_hvps", "Hessian-vector products of the trace (0: from the density runs)")
+DENSITY_HVPS = Attr("density_hvps", "Hessian-vector products of the spectral density")
 NEGATIVE_MASS = Attr("negative_mass", "share of the spectral density below zero")
 NEGATIVE_ABS_RATIO = Attr(
     "negative_abs_ratio", "|sum of negative eigenvalues| / sum of |eigenvalues| (SLQ)"
@@ -87,6 +99,8 @@ HESSIAN = RecordKind(
         LAMBDA_MIN,
         ALL_CONVERGED,
         LANCZOS_STEPS_USED,
+        LANCZOS_BLOCK_SIZE,
+        EIGEN_START,
         COORDINATES,
         SAMPLES,
         LOSS,
@@ -98,6 +112,9 @@ HESSIAN = RecordKind(
         DENSITY_SIGMA,
         SLQ_TRACE,
         HVPS,
+        EIGEN_HVPS,
+        TRACE_HVPS,
+        DENSITY_HVPS,
         SECONDS,
     ),
     (

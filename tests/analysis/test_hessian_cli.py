@@ -149,3 +149,28 @@ def test_labels_out_of_range_exit_2(tiny_runs, tmp_path, capsys):
     )
     assert "labels range" in capsys.readouterr().err
     assert not out.exists() or not ResultsStore(out).keys("hessian")
+
+
+def test_one_krylov_pass_serves_density_trace_and_eigenvalues(tiny_runs, tmp_path):
+    """With --density and no query count: the trace from the density runs, the eigenvalue
+    solve continuing one of them; every product counted once, the saving on record."""
+    out = tmp_path / "one.h5"
+    argv = ["hessian", str(tiny_runs), "--data", "digits", "--samples", "150", "--top-k", "3"]
+    argv += ["--density", "--num-runs", "4", "--lanczos-steps", "30", "--budget", "0.25"]
+    assert main([*argv, "-q", "-o", str(out)]) == 0
+    rec = ResultsStore(out).read("hessian/w-asym/seed0")
+    a = rec.attrs
+    # --budget 0.25 halves runs and steps: a quarter of the density's products
+    assert a["settings"]["num_runs"] == 2 and a["settings"]["lanczos_steps"] == 15
+    assert rec["slq_nodes"].shape == (2, 15) and a["density_hvps"] == 30
+    assert a["trace_estimator"] == "slq" and a["trace_hvps"] == 0
+    assert rec["trace_samples"].shape == (2,) and a["trace"] == pytest.approx(a["slq_trace"])
+    assert a["eigen_start"] == "density run" and a["lanczos_block_size"] == 1
+    assert a["eigen_hvps"] == max(0, a["lanczos_steps_used"] - 15)
+    assert a["hvps"] == a["density_hvps"] + a["eigen_hvps"]
+    model = load_model(a["checkpoints"][0])
+    data = load_data("digits", "train", samples=150)
+    fresh = hessian_eigenvalues(model, data.pair, k=3, which="both", block_size=1)
+    assert np.allclose(
+        fresh.eigenvalues, np.concatenate([rec["eigenvalues"], rec["smallest"]]), rtol=1e-4
+    )
