@@ -32,7 +32,7 @@ their forward pass gives the loss (``op.loss``) and checks the labels and the lo
 Several vectors at once (``matmat``) go through one batched backward
 (``is_grads_batched``, i.e. ``vmap``) in blocks of ``block`` vectors. ``block="auto"``
 batches 8 at a time when :meth:`block_costs` (measured: the first product's time and the
-per-call overheads on a slice of 8 samples) says a batched product costs less per vector,
+per-call overheads on a slice of at most 8 samples) says a batched product costs less per vector,
 and loops otherwise. ``block_size="auto"`` in :func:`landscape.lanczos.lanczos_eigen`
 reads the same estimates; :meth:`product_seconds` gives the measured times.
 """
@@ -287,7 +287,8 @@ class HessianOperator:
 
         A product costs a fixed overhead per batch of data and per call (autograd and, for
         several vectors, ``vmap`` bookkeeping) plus work per vector. The overheads are timed
-        on a slice of 8 samples, where the work is negligible: ``o_1`` for one vector,
+        on a slice of the first batch (at most 8 samples and a sixteenth of the batch), where
+        the work is negligible: ``o_1`` for one vector,
         ``o_8`` for a batched call of 8 (each times the number of data batches). The work per
         vector is the measured full product ``t_1`` less ``o_1``. A block of ``b`` then
         costs ``(o_1 + (o_8 - o_1) (b - 1) / 7) / b + (t_1 - o_1)`` per vector. Measured once
@@ -307,18 +308,20 @@ class HessianOperator:
         return dict(self._block_costs)
 
     def _overheads(self, t1: float) -> tuple[float, float]:
-        """Per-call seconds of a product with one vector and with 8, on 8 samples of the first
-        batch, times the number of batches (after one untimed call each).
+        """Per-call seconds of a product with one vector and with 8, on a slice of the first
+        batch (at most 8 samples and a sixteenth of it, so that its work is negligible), times
+        the number of batches (after one untimed call each; median of two for one vector, one
+        call for 8).
 
-        When one vector's overhead is under a tenth of the full product ``t1``, a batch cannot
-        pay for block Lanczos's extra products (at least 12% more for two vectors and up to 20
-        wanted eigenvalues, see :func:`landscape.lanczos.block_inflation`): the batched call is
+        When one vector's overhead is under 30% of the full product ``t1``, no batch can be
+        cheaper per vector than ``t1 - o_1 > 0.7 t1``, which is what block Lanczos must beat
+        (``landscape.lanczos.BLOCK_MARGIN``, before its extra products): the batched call is
         not timed and counts as 8 single calls.
         """
         first = next(iter(self.batches))
         mini = HessianOperator(
             self.model,
-            [first.rows(0, 8)],
+            [first.rows(0, max(1, min(8, first.size // 16)))],
             params=self.view.names,
             hvp=self.hvp,
             block=AUTO_BATCH,
@@ -326,8 +329,7 @@ class HessianOperator:
         )
         mini._prepare()
         g = torch.Generator().manual_seed(0)
-        V = torch.randn(AUTO_BATCH, self.n, generator=g, dtype=torch.float64)
-        V = V.to(self.device, self.torch_dtype)
+        V = torch.randn(1, self.n, generator=g).to(self.device, self.torch_dtype)
 
         def timed(b: int, repeats: int) -> float:
             times = []
@@ -342,13 +344,17 @@ class HessianOperator:
                     times.append(time.perf_counter() - t0)
             return len(self.batches) * statistics.median(times)
 
-        o1 = timed(1, 3)
-        if o1 < 0.1 * t1:
+        o1 = timed(1, 2)
+        if o1 < 0.3 * t1:
             return o1, AUTO_BATCH * o1
-        o8 = timed(AUTO_BATCH, 2)
-        if not mini._batching:  # no batched backward here: a batch is 8 single products
-            self._batching = False
-            return o1, AUTO_BATCH * o1
+        V = torch.randn(AUTO_BATCH, self.n, generator=g).to(self.device, self.torch_dtype)
+        if self.hvp == "double-backward":  # does a batched backward work here at all?
+            try:
+                mini._products_double_backward(V[:2])
+            except RuntimeError:
+                self._batching = False
+                return o1, AUTO_BATCH * o1
+        o8 = timed(AUTO_BATCH, 1)
         return o1, o8
 
     def _prepare(self) -> None:

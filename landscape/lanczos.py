@@ -107,8 +107,9 @@ def lanczos_eigen(
     repeated eigenvalue) or ``"auto"``: the ``b`` in 1, 2, 4, 8 with the least expected
     time, ``block_inflation(b, need)`` products per single-vector one times the operator's
     measured cost per vector at ``b`` (``operator.block_costs()``; an operator without it
-    gets single-vector Lanczos), if that is under ``BLOCK_MARGIN`` of single-vector's. No product is spent on the choice: the first start vector's
-    product is the first step of either.
+    gets single-vector Lanczos), if that is under ``BLOCK_MARGIN`` of single-vector's. No
+    product is spent on the choice: the first start vector's product is the first step of
+    either.
     ``start``: a :class:`LanczosRun` to continue (a kept spectral-density run: no product
     is repeated, and none is made if it has already converged), or start vectors, a vector
     ``(n,)`` or the columns of an ``(n, c)`` matrix (``c > 1`` runs block Lanczos with
