@@ -15,8 +15,6 @@ layout (:mod:`checkpoints.public_layout`). Files are written by rename
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import inspect
 import json
 import os
@@ -29,6 +27,7 @@ from torch import Tensor, nn
 
 from landscape.atomic import write_atomic
 from landscape.errors import UserError, display, first_line, os_error_line
+from landscape.user_code import import_object
 
 from . import zoo
 from .public_layout import infer_public_layout, public_layout  # noqa: F401 (public here too)
@@ -226,29 +225,9 @@ def import_callable(spec: str, option: str = "--arch") -> Callable[..., nn.Modul
 
     ``option`` is the command-line option that named it, for the error messages.
     """
-    if ":" not in spec:
-        raise UserError(
-            f"{option} {spec!r}: expected package.module:callable or path/to/file.py:callable"
-        )
-    mod_name, _, attr = spec.rpartition(":")
-    try:
-        if mod_name.endswith(".py"):
-            p = Path(mod_name)
-            if not p.is_file():
-                raise UserError(f"{option} {spec!r}: no such file {p}")
-            s = importlib.util.spec_from_file_location(p.stem, p)
-            module = importlib.util.module_from_spec(s)
-            s.loader.exec_module(module)
-        else:
-            module = importlib.import_module(mod_name)
-    except (ImportError, ValueError) as exc:  # ValueError: an empty module name
-        raise UserError(f"{option} {spec!r}: cannot import {mod_name} ({exc})") from exc
-    except SyntaxError as exc:
-        raise UserError(
-            f"{option} {spec!r}: {exc.filename}:{exc.lineno}: syntax error ({exc.msg})"
-        ) from exc
-    fn = getattr(module, attr, None)
+    fn = import_object(spec, option, "package.module:callable or path/to/file.py:callable")
     if not callable(fn):
+        mod_name, _, attr = spec.rpartition(":")
         raise UserError(f"{option} {spec!r}: {mod_name} has no callable {attr}")
     return fn
 

@@ -37,19 +37,17 @@ or counts tokens (``unit="token"``: the loss returns one value per counted token
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from .batch import Batch
-from .errors import UserError, first_line
+from .errors import UserError
+from .user_code import import_object
 
 UNITS = ("sample", "token")
 #: targets equal to this are not counted by the lm loss (the Hugging Face / PyTorch convention)
@@ -382,36 +380,11 @@ def _key(name: str) -> str:
 
 
 def _import(spec: str, option: str) -> Objective:
-    mod_name, _, attr = spec.rpartition(":")
-    if not mod_name or not attr:
-        raise UserError(
-            f"{option} {spec!r}: expected a loss name ({', '.join(BUILTIN)}) or module:callable"
-        )
-    try:
-        if mod_name.endswith(".py"):
-            path = Path(mod_name)
-            if not path.is_file():
-                raise UserError(f"{option} {spec!r}: no such file {path}")
-            s = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(s)
-            s.loader.exec_module(module)
-        else:
-            module = importlib.import_module(mod_name)
-    except UserError:
-        raise
-    except SyntaxError as exc:
-        raise UserError(
-            f"{option} {spec!r}: {exc.filename}:{exc.lineno}: syntax error ({exc.msg})"
-        ) from exc
-    except Exception as exc:  # the user's module failed to import: its error, in one line
-        raise UserError(
-            f"{option} {spec!r}: cannot import {mod_name} ({type(exc).__name__}: {first_line(exc, 100)})"
-        ) from exc
-    fn = getattr(module, attr, None)
+    fn = import_object(spec, option, f"a loss name ({', '.join(BUILTIN)}) or module:callable")
     if isinstance(fn, Objective):
         return replace(fn, spec=spec)
     if not callable(fn):
-        raise UserError(f"{option} {spec!r}: {mod_name} has no callable {attr}")
+        raise UserError(f"{option} {spec!r}: {spec.rpartition(':')[0]} has no callable loss")
     return Objective(spec, fn, description=f"user loss {spec}, mean over samples", spec=spec)
 
 
