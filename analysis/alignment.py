@@ -28,7 +28,7 @@ from landscape.spec_resolution import apply_permutation
 from landscape.symmetry import SymmetryAudit, symmetry_audit
 
 from .context import StudyContext
-from .executor import Workspace, run_records
+from .executor import Workspace, network_records, run_records
 
 ANALYSIS = R.SYMMETRY.analysis
 DEFINITION = (
@@ -133,14 +133,7 @@ def study(
     todo = [(g, r) for g, r in jobs if not ctx.should_skip(f"{ANALYSIS}/{g}/{r.key}")]
     settings = dict(trials=trials, audit_samples=audit_samples, seed=seed, data=data)
 
-    def write(job, result) -> None:
-        g, run = job
-        values, computed = result
-        attrs = ctx.record_attrs(
-            ANALYSIS, g, run, splits=() if data == "random" else (data,), **settings
-        )
-        attrs.update(computed)
-        R.SYMMETRY.write(ctx.store, f"{ANALYSIS}/{g}/{run.key}", values, attrs)
+    write, label = network_records(ctx, R.SYMMETRY, () if data == "random" else (data,), settings)
 
     run_records(
         ctx,
@@ -150,7 +143,7 @@ def study(
         splits=() if data == "random" else (data,),
         models=[ctx.model(ctx.groups[g][0]) for g in dict.fromkeys(g for g, _ in todo)],
         desc="symmetry",
-        label=lambda job: f"{ANALYSIS}/{job[0]}/{job[1].key}",
+        label=label,
     )
     return summary(ctx)
 

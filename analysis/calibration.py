@@ -21,7 +21,7 @@ from landscape.records import calibration as R
 from landscape.results import summarise
 
 from .context import StudyContext
-from .executor import Workspace, run_records
+from .executor import Workspace, network_records, run_records
 
 ANALYSIS = R.CALIBRATION.analysis
 DEFINITION = (
@@ -115,12 +115,7 @@ def study(
         if is_posterior(r.final):
             load_posterior(r.final, arch=ctx.arch, device=ctx.device, seed=seed)
 
-    def write(job, result) -> None:
-        g, run = job
-        values, outcomes = result
-        attrs = ctx.record_attrs(ANALYSIS, g, run, splits=(split,), **settings)
-        attrs.update(outcomes)
-        R.CALIBRATION.write(ctx.store, f"{ANALYSIS}/{g}/{run.key}", values, attrs)
+    write, label = network_records(ctx, R.CALIBRATION, (split,), settings)
 
     run_records(
         ctx,
@@ -130,7 +125,7 @@ def study(
         splits=[split],
         models=[ctx.model(r) for _g, r in todo[:1] if not is_posterior(r.final)],
         desc="calibration",
-        label=lambda job: f"{ANALYSIS}/{job[0]}/{job[1].key}",
+        label=label,
     )
     return summary(ctx, names)
 

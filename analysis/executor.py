@@ -183,6 +183,25 @@ def run_records(
         bar.close()
 
 
+def network_records(ctx: StudyContext, kind, splits: Iterable[str], settings: dict[str, Any]):
+    """``(write, label)`` for a study with one record per network (jobs ``(group, run)``):
+    ``write`` adds the context's provenance to the computed attributes and writes the record
+    ``<analysis>/<group>/<seedK>`` through its definition ``kind``."""
+    splits = tuple(splits)
+
+    def write(job: tuple, result: tuple[Any, dict[str, Any]]) -> None:
+        group, run = job
+        values, computed = result
+        attrs = ctx.record_attrs(kind.analysis, group, run, splits=splits, **settings)
+        attrs.update(computed)
+        kind.write(ctx.store, f"{kind.analysis}/{group}/{run.key}", values, attrs)
+
+    def label(job: tuple) -> str:
+        return f"{kind.analysis}/{job[0]}/{job[1].key}"
+
+    return write, label
+
+
 def start_executor(
     workers: int | str | None,
     scheduler: str | None,

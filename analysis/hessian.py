@@ -28,7 +28,7 @@ from landscape.records import hessian as R
 from landscape.results import summarise
 
 from .context import StudyContext
-from .executor import Workspace, run_records
+from .executor import Workspace, network_records, run_records
 
 ANALYSIS = R.HESSIAN.analysis
 #: trace estimators of a record: the two with queries of their own, and the density's
@@ -336,12 +336,7 @@ def study(
         block_size=block_size,
     )
 
-    def write(job, result) -> None:
-        g, run = job
-        ds, values = result
-        attrs = ctx.record_attrs(ANALYSIS, g, run, splits=(split,), **settings)
-        attrs.update(values)
-        R.HESSIAN.write(ctx.store, f"{ANALYSIS}/{g}/{run.key}", ds, attrs)
+    write, label = network_records(ctx, R.HESSIAN, (split,), settings)
 
     run_records(
         ctx,
@@ -351,7 +346,7 @@ def study(
         splits=[split],
         models=[ctx.model(r) for _g, r in todo[:1]],
         desc="hessian",
-        label=lambda job: f"{ANALYSIS}/{job[0]}/{job[1].key}",
+        label=label,
     )
     return summary(ctx, names)
 

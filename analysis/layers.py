@@ -20,7 +20,7 @@ from landscape.records import layers as R
 from landscape.results import summarise
 
 from .context import StudyContext
-from .executor import Workspace, run_records
+from .executor import Workspace, network_records, run_records
 
 ANALYSIS = R.HESSIAN_LAYERS.analysis
 DEFINITION = (
@@ -83,12 +83,7 @@ def study(
     ]
     todo = [(g, r) for g, r in jobs if not ctx.should_skip(f"{ANALYSIS}/{g}/{r.key}")]
 
-    def write(job, result) -> None:
-        g, run = job
-        values, computed = result
-        attrs = ctx.record_attrs(ANALYSIS, g, run, splits=(split,), **settings)
-        attrs.update(computed)
-        R.HESSIAN_LAYERS.write(ctx.store, f"{ANALYSIS}/{g}/{run.key}", values, attrs)
+    write, label = network_records(ctx, R.HESSIAN_LAYERS, (split,), settings)
 
     run_records(
         ctx,
@@ -98,7 +93,7 @@ def study(
         splits=[split],
         models=[ctx.model(r) for _g, r in todo[:1]],
         desc="hessian per layer",
-        label=lambda job: f"{ANALYSIS}/{job[0]}/{job[1].key}",
+        label=label,
     )
     return summary(ctx, names)
 
