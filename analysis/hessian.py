@@ -142,6 +142,7 @@ def analyse(
         attrs[R.TRACE_ESTIMATOR.name] = tr.estimator
         attrs[R.TRACE_HVPS.name] = tr.hvps
     attrs[R.HVPS.name] = op.hvps - h0
+    attrs[R.HVP.name] = op.implementation
     attrs[R.SECONDS.name] = time.perf_counter() - t0
     return values, attrs
 

@@ -8,8 +8,9 @@ cross-checked against landscape's float64 Lanczos at tol 1e-10. ``error`` is the
 relative error of the five eigenvalues.
 
 Rows: landscape with default settings (tol 1e-4, stops on Ritz residuals, block size chosen
-from measured costs), and forced to single-vector (``block_size=1``) and block Lanczos
-(``block_size=8``);
+from measured costs, products by the hand-derived chain passes of
+:mod:`landscape.chain_hvp`: the model is an MLP), with double-backward products, and forced
+to single-vector (``block_size=1``) and block Lanczos (``block_size=8``);
 hessian-eigenthings' ``lanczos`` at its default ``max_iter`` (2k) and at the smallest
 ``max_iter`` that reaches 1e-4 (bisection; "tuned"), both with full reorthogonalisation; PyHessian's deflated power iteration
 at its defaults (tol 1e-3, maxIter 100) and with tol 1e-6. Each call builds its operator
@@ -34,6 +35,7 @@ from benchmarks.timing import measure_interleaved, spread
 from landscape import HessianOperator, hessian_eigenvalues
 
 K = 5
+FORWARD_BACKWARD = "forward+backward pass (loss.backward())"
 
 
 def _problem(smoke: bool, device: str, width: int | None = None):
@@ -193,19 +195,23 @@ def run(smoke: bool = False, device: str = "cpu") -> list[dict]:
     calls: dict[str, callable] = {}
     results: dict[str, np.ndarray] = {}
 
-    def ours(name="landscape", **kw):
-        r = hessian_eigenvalues(model, (X, y), k=K, device=device, **kw)
+    def ours(name="landscape", hvp="auto", **kw):
+        op = HessianOperator(model, (X, y), device=device, hvp=hvp)
+        r = hessian_eigenvalues(op, k=K, **kw)
         counts[name].n = r.hvps
-        notes[name] = notes[name].split(" [")[0] + f" [ran: block size {r.block_size}]"
+        ran = f" [ran: block size {r.block_size}, {op.implementation} products]"
+        notes[name] = notes[name].split(" [")[0] + ran
         return r.eigenvalues
 
     notes = {
-        "landscape": "defaults: tol=1e-4, stops on Ritz residuals, block size from measured costs",
+        "landscape": "defaults: tol=1e-4, stops on Ritz residuals, block size from measured costs, hvp auto",
+        "landscape (double backward)": "hvp='double-backward'",
         "landscape (single-vector)": "block_size=1",
         "landscape (block Lanczos, b=8)": "block_size=8",
     }
     for name, kw in (
         ("landscape", {}),
+        ("landscape (double backward)", {"hvp": "double-backward"}),
         ("landscape (single-vector)", {"block_size": 1}),
         ("landscape (block Lanczos, b=8)", {"block_size": 8}),
     ):
@@ -330,16 +336,24 @@ def _hvp_methods(label, model, X, y, smoke: bool, device: str, target: float | N
 
     case = f"one Hessian-vector product, {label}, {X.shape[0]} samples, one batch"
     ops = {
-        "double backward, kept graph": HessianOperator(model, (X, y), device=device, block=8),
+        "analytic (hand-derived chain passes)": HessianOperator(
+            model, (X, y), device=device, block=8, hvp="auto"
+        ),
+        "double backward, kept graph": HessianOperator(
+            model, (X, y), device=device, block=8, hvp="double-backward"
+        ),
         "double backward, rebuilt per product": HessianOperator(
-            model, (X, y), device=device, cache=False, block=8
+            model, (X, y), device=device, cache=False, block=8, hvp="double-backward"
         ),
         "forward-over-reverse (jvp of grad)": HessianOperator(
             model, (X, y), device=device, hvp="forward-over-reverse", block=8
         ),
     }
+    first = ops["analytic (hand-derived chain passes)"]
+    if first.implementation != "analytic":  # not a chain (ResNet-20): the row would repeat another
+        del ops["analytic (hand-derived chain passes)"]
     g = torch.Generator().manual_seed(0)
-    v = torch.randn(ops["double backward, kept graph"].n, generator=g).to(device)
+    v = torch.randn(first.n, generator=g).to(device)
     V = torch.randn(8, v.numel(), generator=g).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -347,28 +361,28 @@ def _hvp_methods(label, model, X, y, smoke: bool, device: str, target: float | N
         model.zero_grad(set_to_none=True)
         loss_sum(model(X), y).backward()
 
-    fns = {"forward+backward pass (loss.backward())": forward_backward}
+    fns = {FORWARD_BACKWARD: forward_backward}
     for name, op in ops.items():
         fns[name] = lambda op=op: op.matvec(v)
         fns[name + ", batch of 8 (per vector)"] = lambda op=op: op.matmat(V.T)
     times = measure_interleaved(fns, repeats=3 if smoke else 7, warmup=1)
     model.zero_grad(set_to_none=True)
     del params
-    base = times["forward+backward pass (loss.backward())"]
+    base = times[FORWARD_BACKWARD]
     rows = []
     for name, ts in times.items():
         per = [t / 8 for t in ts] if "batch" in name else ts
         med, lo, hi = spread(per)
         row = {
             "case": case,
-            "tool": "landscape: " + name if name in fns and "pass" not in name else name,
+            "tool": name if name == FORWARD_BACKWARD else "landscape: " + name,
             "time_s": med,
             "time_min_s": lo,
             "time_max_s": hi,
             "repeats": len(ts),
-            "hvps": 0 if "pass" in name else 1,
+            "hvps": 0 if name == FORWARD_BACKWARD else 1,
         }
-        if "pass" not in name:
+        if name != FORWARD_BACKWARD:
             ratios = [a / b for a, b in zip(per, base)]
             row["ratio"], row["ratio_min"], row["ratio_max"] = spread(ratios)
             row["ratio_of"] = "time per vector / forward+backward pass time, per round"

@@ -17,23 +17,28 @@ Batches of any sizes give the same ``H``: each batch contributes the Hessian of 
 ``H V`` for a matrix ``(n, k)`` (column ``j`` of the result is ``H v_j``), and a NumPy input
 gives a NumPy output, a torch input a torch output, with the same numbers.
 
-Products (``hvp=``): double backward (``"double-backward"``: ``autograd.grad`` of the
-gradient with ``create_graph=True``) or forward-over-reverse (``"forward-over-reverse"``:
-``torch.func.jvp`` of ``torch.func.grad``, under ``vmap`` for several vectors). Double
-backward through the gradient graph of every batch, built once and kept, measured fastest
-on 2 CPU cores at every block size (docs/hessian.md), so by default the graphs are kept
-(``cache="auto"``: when their estimated size fits :data:`CACHE_BYTES_CPU` / a quarter of free
-GPU memory), otherwise rebuilt per product.
+Products (``hvp=``): hand-derived passes for chains of dense layers (``"analytic"``,
+:mod:`landscape.chain_hvp`: MLPs of Linear, LayerNorm, BatchNorm and elementwise activations
+under cross-entropy or squared error), double backward (``"double-backward"``:
+``autograd.grad`` of the gradient with ``create_graph=True``) or forward-over-reverse
+(``"forward-over-reverse"``: ``torch.func.jvp`` of ``torch.func.grad``, under ``vmap`` for
+several vectors). ``"auto"`` (the default) takes the analytic products when the model is such
+a chain and double backward otherwise; :attr:`HessianOperator.implementation` says which ran
+and :attr:`HessianOperator.fallback` why the analytic one did not. What the products keep
+between calls (the chain's activations and backpropagated gradients, or the gradient graph
+of every batch) is kept when its estimated size fits :data:`CACHE_BYTES_CPU` / a quarter of
+free GPU memory (``cache="auto"``), otherwise recomputed per product.
 
 Nothing is computed when the operator is built: the first product builds the graphs, and
 their forward pass gives the loss (``op.loss``) and checks the labels and the loss for NaN
 (:class:`UserError`), so construction costs no pass over the data of its own.
 
-Several vectors at once (``matmat``) go through one batched backward
-(``is_grads_batched``, i.e. ``vmap``) in blocks of ``block`` vectors. ``block="auto"``
-batches 8 at a time when :meth:`block_costs` (measured: the first product's time and the
-per-call overheads on a slice of at most 8 samples) says a batched product costs less per vector,
-and loops otherwise. ``block_size="auto"`` in :func:`landscape.lanczos.lanczos_eigen`
+Several vectors at once (``matmat``) go through one batched product (the analytic passes
+on a leading dimension of vectors; a batched backward, ``is_grads_batched``, i.e. ``vmap``)
+in blocks of ``block`` vectors. ``block="auto"`` batches 8 at a time when
+:meth:`block_costs` (measured: the first product's time and, for autograd products, the
+per-call overheads on a slice of at most 8 samples) says a batched product costs less per
+vector, and loops otherwise; the analytic products are always batched 8 at a time. ``block_size="auto"`` in :func:`landscape.lanczos.lanczos_eigen`
 reads the same estimates; :meth:`product_seconds` gives the measured times.
 """
 
@@ -49,6 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import chain_hvp
 from .batch import call, call_args
 from .data import Batches, Data, as_batches, resolve_device
 from .deprecation import renamed_keywords
@@ -60,7 +66,7 @@ from .params import ParamView, Selection
 #: largest gradient graph kept between products on the CPU (bytes)
 CACHE_BYTES_CPU = 1 * 1024**3
 #: Hessian-vector-product implementations (``hvp=``)
-HVP_IMPLEMENTATIONS = ("double-backward", "forward-over-reverse")
+HVP_IMPLEMENTATIONS = ("auto", "analytic", "double-backward", "forward-over-reverse")
 #: vectors per batched product when ``block="auto"`` batches
 AUTO_BATCH = 8
 #: a product slower than this per batch of data (seconds) is taken as compute-bound, and its
@@ -84,8 +90,8 @@ class HessianOperator:
 
     ``objective`` is the loss (a name, an Objective, a callable or ``module:callable``;
     default ``auto``). ``params`` selects a subset of parameters (see :class:`ParamView`); ``hvp`` picks the
-    product implementation (``"double-backward"`` or ``"forward-over-reverse"``, see the
-    module notes; ``method`` is its deprecated name); ``block`` the vectors per batched
+    product implementation (``"auto"``, ``"analytic"``, ``"double-backward"`` or
+    ``"forward-over-reverse"``, see the module notes; ``method`` is its deprecated name); ``block`` the vectors per batched
     product (an integer, or ``"auto"``: measured). The operator is a snapshot: it is
     defined at the parameters the model holds when it is created; do not change the model
     while using it. ``hvps`` counts Hessian-vector products (one per vector, however
@@ -100,7 +106,7 @@ class HessianOperator:
         params: Selection = None,
         device: str | torch.device | None = None,
         batch_size: int | None = None,
-        hvp: str = "double-backward",
+        hvp: str = "auto",
         cache: bool | str = "auto",
         block: int | str | None = "auto",
         objective: Any = None,
@@ -111,7 +117,7 @@ class HessianOperator:
             renamed,
             {"method": "hvp"},
             {"hvp": hvp},
-            {"hvp": "double-backward"},
+            {"hvp": "auto"},
         )["hvp"]
         if hvp not in HVP_IMPLEMENTATIONS:
             raise UserError(
@@ -141,6 +147,11 @@ class HessianOperator:
         self._params = self.view.params
         self._cache_setting = cache
         self._graphs: list[tuple[Tensor, ...]] | None = None
+        # the analytic products' plan and the kept state of every batch (None: recomputed)
+        self._plan: chain_hvp.Plan | None = None
+        self._states: list[chain_hvp.BatchState] | None = None
+        self._implementation = hvp if hvp in ("double-backward", "forward-over-reverse") else None
+        self._fallback: str | None = None
         self._loss: float | None = None
         self._timings: dict[int, list[float]] = {}
         self._block_costs: dict[int, float] | None = None
@@ -179,9 +190,22 @@ class HessianOperator:
 
     @property
     def cached(self) -> bool:
-        """True when gradient graphs are kept between products."""
+        """True when what the products need (gradient graphs, or the chain's states) is kept between products."""
         self._prepare()
-        return self._graphs is not None
+        return self._graphs is not None or self._states is not None
+
+    @property
+    def implementation(self) -> str:
+        """The product implementation that runs: ``"analytic"``, ``"double-backward"`` or
+        ``"forward-over-reverse"`` (``hvp="auto"`` is resolved on the first product)."""
+        self._prepare()
+        return self._implementation
+
+    @property
+    def fallback(self) -> str | None:
+        """Why ``hvp="auto"`` did not take the analytic products (None when it did, or was not asked)."""
+        self._prepare()
+        return self._fallback
 
     def product_seconds(self) -> dict[int, float]:
         """Measured wall time per vector of the products so far, by vectors per batched call
@@ -281,6 +305,8 @@ class HessianOperator:
         """Vectors in the next batched product: ``block``, or with ``"auto"`` what :meth:`block_costs` favours."""
         if self.block != "auto":
             return min(self.block, remaining)
+        if self._implementation == "analytic":
+            return min(AUTO_BATCH, remaining)  # always cheaper per vector, and no timing decides
         if remaining == 1 or 1 not in self._timings:
             return 1  # a product alone first: its time is part of the measurement
         costs = self.block_costs()
@@ -298,12 +324,18 @@ class HessianOperator:
         costs ``(o_1 + (o_8 - o_1) (b - 1) / 7) / b + (t_1 - o_1)`` per vector. Measured once
         (the first product's time, made here if none was), then kept. A product over
         :data:`COMPUTE_BOUND_S` per batch is not probed: every ``b`` then costs ``t_1``.
+
+        The analytic products are not probed: their per-call overhead is small (0.4 ms of
+        3 ms for the 16.5k-parameter benchmark MLP), so every ``b`` costs ``t_1`` here and
+        Lanczos runs single-vector unless told otherwise (a batch of 8 measured 0.7-0.8 of
+        ``t_1`` per vector, far from the share that would pay for block Lanczos' extra
+        products); ``matmat`` still batches them 8 at a time, which costs less per vector.
+        No timing decides anything about them, so their numbers do not vary from run to run.
         """
+        if self.implementation == "analytic":
+            return dict.fromkeys((1, 2, 4, AUTO_BATCH), self._t1())
         if self._block_costs is None:
-            if 1 not in self._timings:
-                g = torch.Generator().manual_seed(0)
-                self.matvec(torch.randn(self.n, generator=g, dtype=torch.float64))
-            t1 = statistics.median(self._timings[1])
+            t1 = self._t1()
             if t1 / len(self.batches) > COMPUTE_BOUND_S:
                 o1, o8 = 0.0, 0.0  # compute-bound: a batch saves no overhead worth measuring
             else:
@@ -314,6 +346,13 @@ class HessianOperator:
                 for b in (1, 2, 4, AUTO_BATCH)
             }
         return dict(self._block_costs)
+
+    def _t1(self) -> float:
+        """Median seconds of a one-vector product (one is made if none was)."""
+        if 1 not in self._timings:
+            g = torch.Generator().manual_seed(0)
+            self.matvec(torch.randn(self.n, generator=g, dtype=torch.float64))
+        return statistics.median(self._timings[1])
 
     def _overheads(self, t1: float) -> tuple[float, float]:
         """Per-call seconds of a product with one vector and with 8, on a slice of the first
@@ -331,10 +370,11 @@ class HessianOperator:
             self.model,
             [first.rows(0, max(1, min(8, first.size // 16)))],
             params=self.view.names,
-            hvp=self.hvp,
+            hvp=self.implementation,
             block=AUTO_BATCH,
             objective=self.objective,
         )
+        mini._plan = self._plan  # the same chain: no second trace
         mini._prepare()
         g = torch.Generator().manual_seed(0)
         V = torch.randn(1, self.n, generator=g).to(self.device, self.torch_dtype)
@@ -356,7 +396,7 @@ class HessianOperator:
         if o1 < 0.3 * t1:
             return o1, AUTO_BATCH * o1
         V = torch.randn(AUTO_BATCH, self.n, generator=g).to(self.device, self.torch_dtype)
-        if self.hvp == "double-backward":  # does a batched backward work here at all?
+        if self.implementation == "double-backward":  # does a batched backward work here at all?
             try:
                 mini._products_double_backward(V[:2])
             except RuntimeError:
@@ -366,12 +406,15 @@ class HessianOperator:
         return o1, o8
 
     def _prepare(self) -> None:
-        """The loss, the label and NaN checks, and (double backward) the kept gradient graphs,
-        all in one pass over the data: what the first product needs anyway."""
+        """The loss, the label and NaN checks, and what the products keep (the chain's states,
+        or the gradient graphs), all in one pass over the data: what the first product needs anyway."""
         if self._loss is not None:
             return
         cache = self._cache_setting
-        if self.hvp != "double-backward" or cache is False or cache == "never":
+        loss = self._build_chain(cache) if self._implementation is None else None
+        if loss is not None:  # the analytic products' pass gave it
+            pass
+        elif self._implementation != "double-backward" or cache is False or cache == "never":
             ev = evaluate(self.model, self.batches, check_finite=False, objective=self.objective)
             loss, self._units = ev.loss, ev.num_units
         else:
@@ -421,6 +464,56 @@ class HessianOperator:
         self._units = units
         return total / units
 
+    def _build_chain(self, cache: bool | str) -> float | None:
+        """The analytic products' plan and every batch's state (kept within the budget), and
+        the loss; None (and the reason in ``fallback``) when the model is not a chain."""
+        with eval_mode(self.model):
+            plan = self._plan or chain_hvp.plan(self.model, self.objective)
+            reason = plan if isinstance(plan, str) else None
+            states: list[chain_hvp.BatchState] | None = []
+            total, units, nbytes = 0.0, 0, 0
+            for i, b in enumerate(self.batches if reason is None else ()):
+                if not isinstance(b.inputs, Tensor) or b.targets is None or b.mask is not None:
+                    reason = "the batches are not (inputs, targets) tensor pairs"
+                    break
+                try:
+                    state = chain_hvp.point(plan, b.inputs, b.targets)
+                except (ValueError, RuntimeError, IndexError) as e:
+                    reason = f"its hand-derived pass failed on this data ({e})"
+                    break
+                if i == 0:
+                    self.objective.validate(state.outputs, b, self.batches)
+                    if not chain_hvp.check_outputs(self.model, b.inputs, state):
+                        reason = "its layer-by-layer pass does not reproduce the model's outputs"
+                        break
+                    nbytes = chain_hvp.nbytes(state)
+                    keep = cache is True or (
+                        cache == "auto" and nbytes * len(self.batches) <= _cache_budget(self.device)
+                    )
+                    if not keep or cache is False or cache == "never":
+                        states = None
+                total += state.loss
+                units += state.units
+                if states is not None:
+                    states.append(state)
+        if reason is not None:
+            if self.hvp == "analytic":
+                raise UserError(
+                    f"hvp='analytic' needs a chain of dense layers under a built-in loss: {reason}; "
+                    "use hvp='auto' or 'double-backward'"
+                )
+            self._implementation, self._fallback = "double-backward", reason
+            return None
+        if units == 0:
+            raise UserError(f"the {self.objective.name} loss counted no units on this data")
+        self._implementation, self._plan, self._states, self._units = (
+            "analytic",
+            plan,
+            states,
+            units,
+        )
+        return total / units
+
     def _gradient_graph(self, loss: Tensor) -> tuple[Tensor, ...]:
         """The gradient of a batch's loss sum, with its graph."""
         g = torch.autograd.grad(loss, self._params, create_graph=True, allow_unused=True)
@@ -430,10 +523,10 @@ class HessianOperator:
             a if a is not None and a.requires_grad else (p * 0.0) for a, p in zip(g, self._params)
         )
 
-    def _tangents(self, V: Tensor) -> list[Tensor]:
+    def _tangents(self, V: Tensor, batched: bool = False) -> list[Tensor]:
         """Parameter-shaped tangents from coordinate rows (fixed entries zero): ``shape`` for
-        one row, ``(b, *shape)`` for several."""
-        if V.shape[0] == 1:
+        one row (unless ``batched``), ``(b, *shape)`` for several."""
+        if V.shape[0] == 1 and not batched:
             return list(self.view.unflatten(V[0]).values())
         b, out = V.shape[0], []
         for s in self.view.slots:
@@ -455,7 +548,9 @@ class HessianOperator:
         return torch.cat(parts, dim=1)
 
     def _products(self, V: Tensor) -> Tensor:
-        if self.hvp == "forward-over-reverse":
+        if self._implementation == "analytic":
+            return self._products_analytic(V)
+        if self._implementation == "forward-over-reverse":
             return self._products_fwd_rev(V)
         if V.shape[0] > 1 and self._batching:
             try:
@@ -491,6 +586,23 @@ class HessianOperator:
         if b == 1:
             return (self.view.flatten(total) / self._units)[None]
         return self._flatten_rows(total, b) / self._units
+
+    def _products_analytic(self, V: Tensor) -> Tensor:
+        b = V.shape[0]
+        tangents = self._tangents(V, batched=True)
+        T = {id(p): t for p, t in zip(self._params, tangents)}
+        total: dict[int, Tensor] = {}
+        with eval_mode(self.model, self._states is None):
+            for i, batch in enumerate(self.batches):
+                state = (
+                    self._states[i]
+                    if self._states is not None
+                    else chain_hvp.point(self._plan, batch.inputs, batch.targets)
+                )
+                for key, h in chain_hvp.products(self._plan, state, T).items():
+                    total[key] = h if key not in total else total[key] + h
+        rows = [total.get(id(p), torch.zeros_like(t)) for p, t in zip(self._params, tangents)]
+        return self._flatten_rows(rows, b) / self._units
 
     def _products_fwd_rev(self, V: Tensor) -> Tensor:
         from torch.func import functional_call, grad, jvp, vmap

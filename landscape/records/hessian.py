@@ -73,6 +73,11 @@ NEGATIVE_ABS_RATIO = Attr(
 DENSITY_SIGMA = Attr("density_sigma", "Gaussian broadening of the density", UNITS)
 SLQ_TRACE = Attr("slq_trace", "trace implied by the SLQ runs", UNITS)
 HVPS = Attr("hvps", "Hessian-vector products used for the record")
+HVP = Attr(
+    "hvp",
+    "how the products were computed: analytic (hand-derived passes through a chain of dense "
+    "layers) or double-backward (autograd)",
+)
 SECONDS = Attr("seconds", "wall time of the record", "s")
 
 HESSIAN = RecordKind(
@@ -112,6 +117,7 @@ HESSIAN = RecordKind(
         DENSITY_SIGMA,
         SLQ_TRACE,
         HVPS,
+        HVP,
         EIGEN_HVPS,
         TRACE_HVPS,
         DENSITY_HVPS,
