@@ -11,6 +11,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 _MATMUL_CACHE: dict[tuple, float] = {}
@@ -46,12 +47,16 @@ def spread(values: Sequence[float]) -> tuple[float, float, float]:
 def measure_interleaved(
     fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
 ) -> dict[str, list[float]]:
-    """Wall times of several functions measured round-robin: every round calls each once, in order.
+    """Wall times of several functions measured round-robin: every round calls each once.
 
     Returns the ``repeats`` times of each function. On a shared machine the load drifts
     over seconds; interleaving exposes the functions being compared to the same drift, and
     the ratio of two functions' times within one round (then the median over rounds) is
-    steadier than a ratio of medians taken minutes apart.
+    steadier than a ratio of medians taken minutes apart. Each round calls the functions in
+    its own order (a permutation drawn from a fixed seed), so no function always runs first,
+    or always right after the same one: a call that follows one freeing much memory (a
+    tool's large run) pays for page faults the next call does not, and that cost must fall
+    on every function alike.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
@@ -59,8 +64,12 @@ def measure_interleaved(
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    order = np.random.default_rng(0)
     for _ in range(repeats):
-        for k, fn in fns.items():
+        for i in order.permutation(len(names)):
+            k = names[i]
+            fn = fns[k]
             _sync()
             t0 = time.perf_counter()
             fn()
