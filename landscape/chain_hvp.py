@@ -101,9 +101,10 @@ def _module_step(m: nn.Module) -> Step | str:
     for kind, make in _ACT_MODULES.items():
         if type(m) is kind and not (m._forward_hooks or m._forward_pre_hooks):
             return ActStep(make(m))
-    if type(m) in (nn.Identity, nn.Dropout):
+    hooked = bool(m._forward_hooks or m._forward_pre_hooks)
+    if type(m) in (nn.Identity, nn.Dropout) and not hooked:
         return IdentityStep()
-    if type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1:
+    if type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1 and not hooked:
         return FlattenStep()
     return type(m).__name__
 

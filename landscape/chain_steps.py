@@ -26,6 +26,13 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _GELU_C = 0.044715
 
 
+def _rows(x: Tensor, what: str) -> Tensor:
+    """``x`` if it is ``(N, features)``: the R-passes of these layers assume rows of samples."""
+    if x.dim() != 2:
+        raise ValueError(f"{what} on a {x.dim()}-D input, not (N, features)")
+    return x
+
+
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     if a is None:
         return b
@@ -156,7 +163,7 @@ class LinearStep(Step):
         return (self.m.effective_weight() if self.asym else self.weight).detach()
 
     def forward(self, x: Tensor, keep: dict) -> Tensor:
-        keep["x"], keep["w"] = x, self._w()
+        keep["x"], keep["w"] = _rows(x, "Linear"), self._w()
         b = None if self.bias is None else self.bias.detach()
         return F.linear(x, keep["w"], b)
 
@@ -278,7 +285,7 @@ class LayerNormStep(Step):
         self.params = tuple(p for p in (m.weight, m.bias) if p is not None)
 
     def forward(self, x, keep):
-        var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
+        var, mean = torch.var_mean(_rows(x, "LayerNorm"), dim=-1, keepdim=True, correction=0)
         r = torch.rsqrt(var + self.eps)
         xh = (x - mean) * r
         keep["xh"], keep["r"] = xh, r
@@ -373,7 +380,7 @@ class BatchNormStep(Step):
         self.params = tuple(p for p in (m.weight, m.bias) if p is not None)
 
     def forward(self, x, keep):
-        s = torch.rsqrt(self.m.running_var + self.m.eps).to(x.dtype)
+        s = torch.rsqrt(self.m.running_var + self.m.eps).to(_rows(x, "BatchNorm1d").dtype)
         xh = (x - self.m.running_mean.to(x.dtype)) * s
         a = s * self.gamma.detach() if self.gamma is not None else s
         keep.update(s=s, xh=xh, a=a)
@@ -414,6 +421,7 @@ def head(z: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor],
         return (diff * diff).sum(), 2 * diff, lambda rz: 2 * rz
     logp = torch.log_softmax(z, dim=1)
     p = logp.exp()
+    targets = targets.long()
     loss = -logp.gather(1, targets[:, None]).sum()
     dz = p.clone()
     dz[torch.arange(z.shape[0], device=z.device), targets] -= 1

@@ -26,7 +26,6 @@ import atexit
 import logging
 import os
 import uuid
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -36,8 +35,10 @@ from .errors import UserError
 CONNECT_TIMEOUT = 10.0
 #: the scheduler's web server: this machine only, any free port (no clash with another cluster)
 DASHBOARD = "127.0.0.1:0"
-#: executors started in this process and not yet closed
-_OPEN: weakref.WeakSet = weakref.WeakSet()
+#: executors started in this process and not yet closed: held here (not weakly), so that a
+#: study context dropped without closing its executor still has its workers stopped by
+#: :func:`close_all` (the CLI calls it as each command ends; atexit otherwise)
+_OPEN: set = set()
 
 
 class LocalExecutor:

@@ -38,8 +38,9 @@ on a leading dimension of vectors; a batched backward, ``is_grads_batched``, i.e
 in blocks of ``block`` vectors. ``block="auto"`` batches 8 at a time when
 :meth:`block_costs` (measured: the first product's time and, for autograd products, the
 per-call overheads on a slice of at most 8 samples) says a batched product costs less per
-vector, and loops otherwise; the analytic products are always batched 8 at a time. ``block_size="auto"`` in :func:`landscape.lanczos.lanczos_eigen`
-reads the same estimates; :meth:`product_seconds` gives the measured times.
+vector, and loops otherwise; the analytic products are always batched 8 at a time.
+``block_size="auto"`` in :func:`landscape.lanczos.lanczos_eigen` reads the same estimates;
+:meth:`product_seconds` gives the measured times.
 """
 
 from __future__ import annotations
@@ -471,7 +472,7 @@ class HessianOperator:
             plan = self._plan or chain_hvp.plan(self.model, self.objective)
             reason = plan if isinstance(plan, str) else None
             states: list[chain_hvp.BatchState] | None = []
-            total, units, nbytes = 0.0, 0, 0
+            total, units = 0.0, 0
             for i, b in enumerate(self.batches if reason is None else ()):
                 if not isinstance(b.inputs, Tensor) or b.targets is None or b.mask is not None:
                     reason = "the batches are not (inputs, targets) tensor pairs"
@@ -486,11 +487,11 @@ class HessianOperator:
                     if not chain_hvp.check_outputs(self.model, b.inputs, state):
                         reason = "its layer-by-layer pass does not reproduce the model's outputs"
                         break
-                    nbytes = chain_hvp.nbytes(state)
-                    keep = cache is True or (
-                        cache == "auto" and nbytes * len(self.batches) <= _cache_budget(self.device)
-                    )
-                    if not keep or cache is False or cache == "never":
+                    # every batch's state about the size of the first
+                    nbytes = chain_hvp.nbytes(state) * len(self.batches)
+                    if not (
+                        cache is True or (cache == "auto" and nbytes <= _cache_budget(self.device))
+                    ):
                         states = None
                 total += state.loss
                 units += state.units

@@ -215,6 +215,20 @@ def test_a_client_killed_mid_study_resumes_without_recomputing(tiny_runs, tmp_pa
     assert_same_records(ref, out)
 
 
+def test_a_command_leaves_no_worker_process_behind(tiny_runs, tmp_path):
+    """The CLI's study contexts are dropped without closing their executors: the command's
+    end (close_all) must still stop the workers it started, not the interpreter's exit."""
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())  # the module's cluster, if started
+    argv = ["interpolate", str(tiny_runs), "--num-points", "3", "-q", "--workers", "2"]
+    assert main([*argv, "-o", str(tmp_path / "a.h5")]) == 0
+    deadline = time.monotonic() + 20
+    while set(multiprocessing.active_children()) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(multiprocessing.active_children()) - before
+
+
 def test_train_seeds_on_workers_are_the_inline_checkpoints(tmp_path):
     base = ["train", "--arch", "mlp", "--variants", "standard,w-asym", "--seeds", "2"]
     base += ["--epochs", "1", "--width", "8", "--depth", "1", "--samples", "200", "-q"]

@@ -260,6 +260,18 @@ def test_numeric_check_refuses_a_misread_chain():
     torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-9, atol=1e-11)
 
 
+def test_a_layer_on_rows_of_tokens_falls_back():
+    """Linear layers on (N, T, features) pass the plan but not the first batch's pass."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Flatten(), nn.Linear(8, 4)).double()
+    X, y = _data(True, shape=(2, 3))
+    op = HessianOperator(model, (X, y))
+    assert op.implementation == "double-backward"
+    assert "Linear on a 3-D input" in op.fallback
+    H = dense_hessian(model, X, y, op)
+    v = torch.randn(op.n, dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-9, atol=1e-11)
+
+
 def test_losses_other_than_the_built_ins_fall_back():
     model = MODELS["zoo-mlp"]().double().eval()
     X, y = _data(True)
