@@ -79,6 +79,28 @@ def _distributed():
     return distributed
 
 
+def _spawn_environ() -> dict[str, str | None]:
+    """This process's values of the variables Dask's nannies write into ``os.environ`` before
+    spawning a worker (``distributed.nanny.pre-spawn-environ``: OMP_NUM_THREADS=1 and the
+    like, plus PYTHONHASHSEED), None where unset."""
+    import dask
+
+    keys = set(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}) | {
+        "PYTHONHASHSEED"
+    }
+    return {k: os.environ.get(k) for k in keys}
+
+
+def _restore_environ(saved: dict[str, str | None]) -> None:
+    """Put those variables back: the nannies set them in this process, where every later
+    subprocess (a training run, a benchmark's CLI call) would inherit one thread."""
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def parse_workers(value: str | int | None) -> int | str | None:
     """``--workers``: a positive number of local worker processes, or ``gpu`` (one per GPU)."""
     if value is None:
@@ -196,6 +218,7 @@ class DaskExecutor:
         devices = visible_gpus(gpus) if gpus is not None else None  # CUDA checked before Dask
         distributed = _distributed()
         self.retries, self.cluster, self._own_client = int(retries), None, client is None
+        self._environ = _spawn_environ()
         self.quiet = quiet
         self.threads, self.address = threads, scheduler
         logs = logging.ERROR if quiet else logging.WARNING
@@ -239,6 +262,10 @@ class DaskExecutor:
                 silence_logs=logs,
             )
             self.client = distributed.Client(self.cluster, set_as_default=False)
+        if self.cluster is not None:
+            _restore_environ(
+                self._environ
+            )  # and again at close(): a restarted worker sets them anew
         self.gpus = devices
         _OPEN.add(self)
 
@@ -318,6 +345,7 @@ class DaskExecutor:
                 self.client.close()
             if self.cluster is not None:
                 self.cluster.close()
+                _restore_environ(self._environ)
         finally:
             log.setLevel(level)
         self._own_client, self.cluster = False, None

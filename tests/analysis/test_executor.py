@@ -217,16 +217,24 @@ def test_a_client_killed_mid_study_resumes_without_recomputing(tiny_runs, tmp_pa
 
 def test_a_command_leaves_no_worker_process_behind(tiny_runs, tmp_path):
     """The CLI's study contexts are dropped without closing their executors: the command's
-    end (close_all) must still stop the workers it started, not the interpreter's exit."""
+    end (close_all) must still stop the workers it started, not the interpreter's exit, and
+    leave this process's environment as it found it."""
     import multiprocessing
 
     before = set(multiprocessing.active_children())  # the module's cluster, if started
+    environ = dict(os.environ)
     argv = ["interpolate", str(tiny_runs), "--num-points", "3", "-q", "--workers", "2"]
     assert main([*argv, "-o", str(tmp_path / "a.h5")]) == 0
     deadline = time.monotonic() + 20
     while set(multiprocessing.active_children()) - before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not set(multiprocessing.active_children()) - before
+    # nor one thread for every later subprocess: Dask's nannies set OMP_NUM_THREADS=1 and the
+    # like in this process's environment before spawning a worker
+    marker = "__DASK_PARENT_PID"  # set once when distributed is imported, for its process titles
+    assert {k: v for k, v in os.environ.items() if k != marker} == {
+        k: v for k, v in environ.items() if k != marker
+    }
 
 
 def test_train_seeds_on_workers_are_the_inline_checkpoints(tmp_path):
