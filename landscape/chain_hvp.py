@@ -23,7 +23,7 @@ ending in ``(N, C)`` outputs, with the built-in ``classification``, ``squared_er
 ``auto`` objective. Anything else (residual connections, convolutions, FiGLU, attention, a
 user loss, hooks) is not a chain: :class:`~landscape.hessian_operator.HessianOperator` then
 uses double backward and says why. A plan is also checked numerically: its forward pass
-must reproduce the model's outputs on the first batch, or it is not used.
+must reproduce the model's outputs on the first rows of the first batch, or it is not used.
 """
 
 from __future__ import annotations
@@ -79,10 +79,12 @@ class _Tracer(fx.Tracer):
 
 
 def _own_forward(m: nn.Module, base: type) -> bool:
-    return type(m).forward is base.forward and not (m._forward_hooks or m._forward_pre_hooks)
+    return type(m).forward is base.forward
 
 
 def _module_step(m: nn.Module) -> Step | str:
+    if m._forward_hooks or m._forward_pre_hooks:
+        return f"{type(m).__name__} with a forward hook"
     if isinstance(m, nn.Linear):
         if _own_forward(m, nn.Linear):
             return LinearStep(m, asym=False)
@@ -99,12 +101,11 @@ def _module_step(m: nn.Module) -> Step | str:
             return f"{type(m).__name__} without running statistics"
         return BatchNormStep(m)
     for kind, make in _ACT_MODULES.items():
-        if type(m) is kind and not (m._forward_hooks or m._forward_pre_hooks):
+        if type(m) is kind:
             return ActStep(make(m))
-    hooked = bool(m._forward_hooks or m._forward_pre_hooks)
-    if type(m) in (nn.Identity, nn.Dropout) and not hooked:
+    if type(m) in (nn.Identity, nn.Dropout):
         return IdentityStep()
-    if type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1 and not hooked:
+    if type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1:
         return FlattenStep()
     return type(m).__name__
 
@@ -112,9 +113,10 @@ def _module_step(m: nn.Module) -> Step | str:
 def _node_step(node: fx.Node, model: nn.Module) -> Step | str:
     if node.op == "call_module":
         return _module_step(model.get_submodule(node.target))
-    if node.op == "call_function" and node.target in _ACT_FUNCTIONS and not node.kwargs:
+    alone = len(node.args) == 1  # the input only: no positional options to misread
+    if node.op == "call_function" and node.target in _ACT_FUNCTIONS and alone and not node.kwargs:
         return ActStep(_ACT_FUNCTIONS[node.target])
-    if node.op == "call_function" and node.target is F.gelu:
+    if node.op == "call_function" and node.target is F.gelu and alone:
         approx = node.kwargs.get("approximate", "none")
         return ActStep(ACTIVATIONS["gelu_tanh" if approx == "tanh" else "gelu"])
     flat = (node.op == "call_method" and node.target == "flatten") or (
@@ -122,7 +124,7 @@ def _node_step(node: fx.Node, model: nn.Module) -> Step | str:
     )
     if flat and tuple(node.args[1:]) in ((1,), (1, -1)) and not node.kwargs:
         return FlattenStep()
-    if node.op == "call_method" and node.target in ("relu", "tanh", "sigmoid") and not node.kwargs:
+    if node.op == "call_method" and node.target in ("relu", "tanh", "sigmoid") and alone:
         return ActStep(ACTIVATIONS[node.target])
     name = getattr(node.target, "__name__", node.target)
     return f"{node.op} {name}"

@@ -223,7 +223,7 @@ REFUSED = {
     ),
     "residual connection": (Residual, "not a chain"),
     "custom Linear forward": (lambda: nn.Sequential(Doubled(6, 4)), "Doubled"),
-    "hook on a layer": (_hooked, "Tanh"),
+    "hook on a layer": (_hooked, "Tanh with a forward hook"),
     "hook on the model": (_hooked_top, "does not reproduce the model's outputs"),
     "plan passes, outputs differ": (
         lambda: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), ShiftedAsym(8, 4)),
