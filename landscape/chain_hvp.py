@@ -16,12 +16,13 @@ hand: a single tensor input flowing through a chain of
 - ``nn.Linear`` (and W-Asym linear layers with ``effective_weight()``, ``mask``, ``fixed``),
 - ``nn.LayerNorm`` over the last dimension, ``nn.BatchNorm1d`` in eval mode on ``(N, C)``,
 - ``nn.ReLU``, ``nn.LeakyReLU``, ``nn.GELU`` (exact or tanh), ``nn.Tanh``, ``nn.Sigmoid``,
-  ``nn.SiLU`` (as modules or ``torch``/``F`` functions),
+  ``nn.SiLU`` (as modules or ``torch``/``F`` functions), and FiGLU, the fixed gate
+  ``x * sigmoid(x C^T)`` of sigma-Asym networks,
 - ``nn.Identity``, ``nn.Dropout`` (eval: identity), ``flatten(1)`` / ``nn.Flatten()``,
 
 ending in ``(N, C)`` outputs, with the built-in ``classification``, ``squared_error`` or
-``auto`` objective. Anything else (residual connections, convolutions, FiGLU, attention, a
-user loss, hooks) is not a chain: :class:`~landscape.hessian_operator.HessianOperator` then
+``auto`` objective. Anything else (residual connections, convolutions, attention, a user
+loss, hooks) is not a chain: :class:`~landscape.hessian_operator.HessianOperator` then
 uses double backward and says why. A plan is also checked numerically: its forward pass
 must reproduce the model's outputs on the first rows of the first batch, or it is not used.
 """
@@ -42,6 +43,7 @@ from .chain_steps import (
     ActStep,
     BatchNormStep,
     FlattenStep,
+    GateStep,
     IdentityStep,
     LayerNormStep,
     LinearStep,
@@ -73,9 +75,22 @@ _LEAVES = (nn.Linear, nn.LayerNorm, nn.BatchNorm1d, nn.Identity, nn.Dropout, nn.
 )
 
 
+def _is_figlu(m: nn.Module) -> bool:
+    """FiGLU of sigma-Asym networks (``x * sigmoid(x C^T)``, a fixed square buffer ``C``), by
+    its name and buffer; the plan's numeric check confirms what its forward computes."""
+    C = getattr(m, "C", None)
+    return (
+        type(m).__name__ == "FiGLU"
+        and isinstance(C, Tensor)
+        and C.dim() == 2
+        and C.shape[0] == C.shape[1]
+        and not getattr(m, "conv", False)
+    )
+
+
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
+        return isinstance(m, _LEAVES) or _is_figlu(m) or super().is_leaf_module(m, qualname)
 
 
 def _own_forward(m: nn.Module, base: type) -> bool:
@@ -103,6 +118,8 @@ def _module_step(m: nn.Module) -> Step | str:
     for kind, make in _ACT_MODULES.items():
         if type(m) is kind:
             return ActStep(make(m))
+    if _is_figlu(m):
+        return GateStep(m.C)
     if type(m) in (nn.Identity, nn.Dropout):
         return IdentityStep()
     if type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1:

@@ -235,6 +235,50 @@ class ActStep(Step):
         return rdx
 
 
+class GateStep(Step):
+    """FiGLU, ``y = x * sigmoid(z)`` with ``z = x C^T`` and ``C`` fixed (sigma-Asym networks).
+
+    ``R{y} = R{x} s + x s' R{z}`` with ``R{z} = R{x} C^T``; backward ``dx = dy s + g C`` with
+    ``g = dy x s'``, so ``R{dx} = R{dy} s + dy s' R{z} + R{g} C`` and
+    ``R{g} = R{dy} x s' + dy s' R{x} + dy x s'' R{z}`` (``s' = s(1-s)``, ``s'' = s'(1-2s)``).
+    """
+
+    def __init__(self, C: Tensor):
+        self.C = C
+
+    def forward(self, x, keep):
+        C = self.C.to(_rows(x, "FiGLU").dtype)
+        s = torch.sigmoid(x @ C.T)
+        s1 = s * (1 - s)
+        keep.update(C=C, s=s, s1=s1, x=x)
+        return x * s
+
+    def backward(self, dy, keep, need_dx):
+        s, s1, x, C = keep["s"], keep["s1"], keep["x"], keep["C"]
+        xs1 = x * s1
+        dx = dy * s + (dy * xs1) @ C
+        keep.update(xs1=xs1, dys1=dy * s1, dyxs2=dy * xs1 * (1 - 2 * s))
+        for k in ("s1", "x"):
+            keep.pop(k)
+        return dx
+
+    def rforward(self, rx, T, keep, state):
+        if rx is None:
+            return None
+        state["rz"] = rz = torch.matmul(rx, keep["C"].T)
+        return (rx * keep["s"]).addcmul_(keep["xs1"], rz)
+
+    def rbackward(self, rdy, rx, T, keep, state, out):
+        rdx = rdy * keep["s"]
+        rg = rdy * keep["xs1"]
+        if rx is not None:
+            rz = state["rz"]
+            rdx.addcmul_(keep["dys1"], rz)
+            rg.addcmul_(keep["dys1"], rx).addcmul_(keep["dyxs2"], rz)
+        rdx.view(-1, rdx.shape[-1]).addmm_(rg.reshape(-1, rg.shape[-1]), keep["C"])
+        return rdx
+
+
 class IdentityStep(Step):
     def forward(self, x, keep):
         return x

@@ -78,6 +78,9 @@ MODELS = {
     "zoo-mlp-w-asym": lambda: build(
         "mlp", input_dim=6, width=8, depth=2, num_classes=4, seed=1, variant="w-asym"
     ),
+    "zoo-mlp-sigma-asym": lambda: build(
+        "mlp", input_dim=6, width=8, depth=2, num_classes=4, seed=1, variant="sigma-asym"
+    ),
     "zoo-mlp-batchnorm-tanh": lambda: build(
         "mlp", input_dim=6, width=8, depth=2, num_classes=4, seed=1, norm="batch", activation="tanh"
     ),
@@ -215,12 +218,6 @@ class ShiftedAsym(nn.Linear):
 
 
 REFUSED = {
-    "sigma-asym FiGLU": (
-        lambda: build(
-            "mlp", input_dim=6, width=8, depth=2, num_classes=4, seed=1, variant="sigma-asym"
-        ),
-        "outside its layers",
-    ),
     "residual connection": (Residual, "not a chain"),
     "custom Linear forward": (lambda: nn.Sequential(Doubled(6, 4)), "Doubled"),
     "hook on a layer": (_hooked, "Tanh with a forward hook"),
