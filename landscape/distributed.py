@@ -262,10 +262,8 @@ class DaskExecutor:
                 silence_logs=logs,
             )
             self.client = distributed.Client(self.cluster, set_as_default=False)
-        if self.cluster is not None:
-            _restore_environ(
-                self._environ
-            )  # and again at close(): a restarted worker sets them anew
+        if self.cluster is not None:  # and again at close(): a restarted worker sets them anew
+            _restore_environ(self._environ)
         self.gpus = devices
         _OPEN.add(self)
 
