@@ -154,6 +154,10 @@ class Plan:
     steps: list[Step]
     head: str
 
+    def __post_init__(self):
+        #: index of the first step with parameters: no pass goes further back than it
+        self.first = next((i for i, s in enumerate(self.steps) if s.params), len(self.steps))
+
     def parameters(self) -> list[nn.Parameter]:
         return [p for s in self.steps for p in s.params]
 
@@ -248,19 +252,12 @@ def point(plan: Plan, inputs: Tensor, targets: Tensor) -> BatchState:
         if x.dim() != 2:
             raise ValueError(f"outputs of shape {tuple(x.shape)}, not (N, C)")
         loss, dy, rdz = head(x, targets)
-        first = _first_with_params(plan)
+        first = plan.first
         for i in range(len(plan.steps) - 1, -1, -1):
             dy = plan.steps[i].backward(dy, keeps[i], need_dx=i > first)
             if i <= first:
                 break
     return BatchState(keeps, rdz, float(loss), int(x.shape[0]), x)
-
-
-def _first_with_params(plan: Plan) -> int:
-    for i, s in enumerate(plan.steps):
-        if s.params:
-            return i
-    return len(plan.steps)
 
 
 def nbytes(state: BatchState) -> int:
@@ -276,7 +273,7 @@ def nbytes(state: BatchState) -> int:
 def products(plan: Plan, state: BatchState, T: Tangents) -> Tangents:
     """``R{dL/dtheta}`` (the Hessian of this batch's loss sum times the tangents) for every
     chain parameter that has a tangent or gets an output, shape ``(b, *shape)``."""
-    first = _first_with_params(plan)
+    first = plan.first
     states: list[dict] = [{"need_dx": i > first} for i in range(len(plan.steps))]
     rxs: list[Tensor | None] = []
     rx: Tensor | None = None

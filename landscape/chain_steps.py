@@ -152,7 +152,11 @@ def _bmm(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
 
 
 class LinearStep(Step):
-    """``y = x W^T + b``; W-Asym layers use ``W * mask + fixed`` (fixed entries take no tangent)."""
+    """``y = x W^T + b``; W-Asym layers use ``W * mask + fixed``.
+
+    Fixed entries need no masking here: they are never coordinates of a ParamView, so their
+    tangents arrive as zeros and their outputs are never read.
+    """
 
     def __init__(self, m: nn.Linear, asym: bool):
         self.m, self.asym = m, asym
@@ -171,12 +175,8 @@ class LinearStep(Step):
         keep["dy"] = dy
         return dy @ keep["w"] if need_dx else None
 
-    def _vw(self, T: Tangents) -> Tensor | None:
-        v = _tangent(T, self.weight)
-        return v * self.m.mask if v is not None and self.asym else v
-
     def rforward(self, rx, T, keep, state):
-        vw, vb = self._vw(T), _tangent(T, self.bias)
+        vw, vb = _tangent(T, self.weight), _tangent(T, self.bias)
         ry = None
         if vw is not None:  # x R{W}^T + R{b} in one product
             x = keep["x"]
@@ -201,12 +201,12 @@ class LinearStep(Step):
             gw = _bmm(rdy.mT, x)
             if rx is not None:
                 gw = _bmm(dy.T, rx, gw)
-            _put(out, self.weight, gw * self.m.mask if self.asym else gw)
+            _put(out, self.weight, gw)
         _put(out, self.bias, rdy.sum(1))
         if not state.get("need_dx", True):
             return None
         rdx = torch.matmul(rdy, keep["w"])
-        vw = self._vw(T)
+        vw = _tangent(T, self.weight)
         return rdx if vw is None else _bmm(dy, vw, rdx)
 
 

@@ -375,7 +375,6 @@ class HessianOperator:
             block=AUTO_BATCH,
             objective=self.objective,
         )
-        mini._plan = self._plan  # the same chain: no second trace
         mini._prepare()
         g = torch.Generator().manual_seed(0)
         V = torch.randn(1, self.n, generator=g).to(self.device, self.torch_dtype)
@@ -469,7 +468,7 @@ class HessianOperator:
         """The analytic products' plan and every batch's state (kept within the budget), and
         the loss; None (and the reason in ``fallback``) when the model is not a chain."""
         with eval_mode(self.model):
-            plan = self._plan or chain_hvp.plan(self.model, self.objective)
+            plan = chain_hvp.plan(self.model, self.objective)
             reason = plan if isinstance(plan, str) else None
             states: list[chain_hvp.BatchState] | None = []
             total, units = 0.0, 0
