@@ -143,10 +143,6 @@ def block_lanczos_eigen(
         T[dim : dim + size, prev:dim] = B
         T[prev:dim, dim : dim + size] = B.T
 
-    def ritz(idx: np.ndarray) -> Tensor:
-        coef = torch.as_tensor(S[:, idx].T.copy(), dtype=dtype, device=device)
-        return coef @ V[:dim]
-
     return eigen_result(
         theta,
         resid,
@@ -155,7 +151,7 @@ def block_lanczos_eigen(
         tol,
         steps,
         exhausted=dim >= n,
-        ritz=ritz if return_eigenvectors else None,
+        ritz=(S, V[:dim]) if return_eigenvectors else None,
         block_size=b,
         start=start_label,
     )

@@ -277,17 +277,22 @@ def eigen_result(
     steps: int,
     *,
     exhausted: bool,
-    ritz: Callable[[np.ndarray], Tensor] | None,
+    ritz: tuple[np.ndarray, Tensor] | None,
     block_size: int = 1,
     start: str = "random",
 ) -> EigenResult:
     """The :class:`EigenResult` of ascending Ritz values ``theta`` with residuals ``resid``.
 
-    ``exhausted``: the Krylov space is the whole space (every value exact); ``ritz(idx)`` gives
-    the Ritz vectors of the selected values as rows, when eigenvectors are wanted.
+    ``exhausted``: the Krylov space is the whole space (every value exact); ``ritz``, when
+    eigenvectors are wanted: ``(S, basis)``, the eigenvectors of the projected matrix as the
+    columns of ``S`` and the Krylov basis as rows, from which the Ritz vectors are formed.
     """
     idx, labels, bounds, conv = converged(theta, resid, k, which, tol)
-    vectors = None if ritz is None else signed_unit_rows(ritz(idx))
+    vectors = None
+    if ritz is not None:
+        S, basis = ritz
+        coef = torch.as_tensor(S[:, idx].T.copy(), dtype=basis.dtype, device=basis.device)
+        vectors = signed_unit_rows(coef @ basis)
     return EigenResult(
         theta[idx].astype(np.float64),
         labels,

@@ -317,10 +317,6 @@ def _single(
             V[m + 1] = w / b if b > 0 else torch.zeros_like(w)
         m += 1
 
-    def ritz(idx: np.ndarray) -> Tensor:
-        coef = torch.as_tensor(S[:, idx].T.copy(), dtype=dtype, device=device)
-        return coef @ V[:m]
-
     return eigen_result(
         theta,
         resid,
@@ -329,6 +325,6 @@ def _single(
         tol,
         m,
         exhausted=m == n,
-        ritz=ritz if want else None,
+        ritz=(S, V[:m]) if want else None,
         start="random" if run is None and v0 is None else (run.label if run else "given"),
     )

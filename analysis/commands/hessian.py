@@ -166,17 +166,22 @@ def _check(args) -> None:
     args.layers_by = layers_by(args.layers_by) if args.per_layer else args.layers_by
 
 
-def block_size(text: str) -> int | str:
-    """``--block-size``: ``auto`` or a positive integer."""
-    if text == "auto":
+def _word_or_count(text: str, word: str, option: str, count: str) -> str | int:
+    """``word`` itself, or a positive integer (``count`` names it in the error)."""
+    if text == word:
         return text
     try:
-        b = int(text)
+        n = int(text)
     except ValueError:
-        b = 0
-    if b < 1:
-        raise UserError(f"--block-size must be auto or a positive integer, got {text!r}")
-    return b
+        n = 0
+    if n < 1:
+        raise UserError(f"{option} must be {word} or a positive {count}, got {text!r}")
+    return n
+
+
+def block_size(text: str) -> int | str:
+    """``--block-size``: ``auto`` or a positive integer."""
+    return _word_or_count(text, "auto", "--block-size", "integer")
 
 
 def run(args) -> int:
@@ -226,12 +231,4 @@ def run(args) -> int:
 
 def layers_by(text: str) -> str | int:
     """``--layers-by``: ``module`` or a positive module-path depth."""
-    if text == "module":
-        return text
-    try:
-        depth = int(text)
-    except ValueError:
-        depth = 0
-    if depth < 1:
-        raise UserError(f"--layers-by must be module or a positive depth, got {text!r}")
-    return depth
+    return _word_or_count(text, "module", "--layers-by", "depth")
