@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.timing import measure_interleaved, spread
+from benchmarks.timing import measure_interleaved, spread, time_columns
 from landscape import HessianOperator, hessian_eigenvalues
 
 K = 5
@@ -264,14 +264,10 @@ def run(smoke: bool = False, device: str = "cpu") -> list[dict]:
     times = measure_interleaved(calls, repeats=repeats, warmup=0)
     base = times["landscape"]
     for name in calls:
-        med, lo, hi = spread(times[name])
         row = {
             "case": case,
             "tool": name,
-            "time_s": med,
-            "time_min_s": lo,
-            "time_max_s": hi,
-            "repeats": repeats,
+            **time_columns(times[name]),
             "hvps": hvps[name],
             "error": _rel(results[name], truth),
             "error_of": "max relative error of the top 5 vs ground truth",
@@ -372,14 +368,10 @@ def _hvp_methods(label, model, X, y, smoke: bool, device: str, target: float | N
     rows = []
     for name, ts in times.items():
         per = [t / 8 for t in ts] if "batch" in name else ts
-        med, lo, hi = spread(per)
         row = {
             "case": case,
             "tool": name if name == FORWARD_BACKWARD else "landscape: " + name,
-            "time_s": med,
-            "time_min_s": lo,
-            "time_max_s": hi,
-            "repeats": len(ts),
+            **time_columns(per),
             "hvps": 0 if name == FORWARD_BACKWARD else 1,
         }
         if name != FORWARD_BACKWARD:

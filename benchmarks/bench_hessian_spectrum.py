@@ -34,7 +34,7 @@ from benchmarks.bench_hessian import (
     _pyhessian,
     smallest_passing,
 )
-from benchmarks.timing import _sync, measure_interleaved, spread
+from benchmarks.timing import _sync, measure_interleaved, spread, time_columns
 from landscape import hessian_eigenvalues
 
 
@@ -73,15 +73,11 @@ def _timed(case, calls, counts, repeats, extra):
     times = measure_interleaved(calls, repeats=repeats, warmup=0)
     rows = []
     for name in calls:
-        med, lo, hi = spread(times[name])
         rows.append(
             {
                 "case": case,
                 "tool": name,
-                "time_s": med,
-                "time_min_s": lo,
-                "time_max_s": hi,
-                "repeats": repeats,
+                **time_columns(times[name]),
                 "hvps": counts[name].n // repeats,
                 **extra[name],
             }
@@ -295,15 +291,11 @@ def _one_pass(model, X, y, lam, smoke, device, desc, grid, true, sigma) -> list[
     rows = []
     for name, key in zip(calls, ("separate", "one pass")):
         r = out[key]
-        med, lo, hi = spread(times[name])
         rows.append(
             {
                 "case": case,
                 "tool": name,
-                "time_s": med,
-                "time_min_s": lo,
-                "time_max_s": hi,
-                "repeats": len(times[name]),
+                **time_columns(times[name]),
                 "hvps": r["hvps"],
                 "eigen_error": float(np.max(np.abs(r["eig"].eigenvalues - top) / np.abs(top))),
                 "trace_error": abs(r["trace"][0] - tr) / abs(tr),
@@ -484,14 +476,10 @@ def _resnet(smoke: bool, device: str) -> list[dict]:
     }
     rows = []
     for name in calls:
-        med, lo, hi = spread(times[name])
         row = {
             "case": case,
             "tool": name,
-            "time_s": med,
-            "time_min_s": lo,
-            "time_max_s": hi,
-            "repeats": repeats,
+            **time_columns(times[name]),
             "hvps": hv[name],
             "lambda_1": float(vals[name][0]),
             "vs_landscape": float(

@@ -44,6 +44,12 @@ def spread(values: Sequence[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 
 
+def time_columns(times: Sequence[float]) -> dict[str, float | int]:
+    """A report row's time columns: the median and spread of ``times`` and their count."""
+    med, lo, hi = spread(times)
+    return {"time_s": med, "time_min_s": lo, "time_max_s": hi, "repeats": len(times)}
+
+
 def measure_interleaved(
     fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
 ) -> dict[str, list[float]]:
